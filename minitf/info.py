@@ -1,0 +1,40 @@
+"""Small read-outs of a model for the ``info`` and ``run`` commands."""
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import MinitfError
+from .model import Model
+
+
+def model_info(model: Model) -> dict:
+    """Config, parameter count, float32 bytes and every tensor's shape."""
+    cfg = model.cfg
+    n_params = sum(a.size for a in model.w.values())
+    return {
+        "folder": str(model.folder),
+        "layers": cfg.n_layer, "heads": cfg.n_head, "d_model": cfg.d_model, "d_head": cfg.d_head,
+        "d_mlp": cfg.d_mlp, "vocab": cfg.d_vocab, "context": cfg.n_ctx,
+        "parameters": n_params, "dtype": "float32", "bytes": n_params * 4,
+        "unembedding": "lm_head" if "lm_head.weight" in model.w else "tied to wte",
+        "tensors": {name: list(a.shape) for name, a in model.w.items()},
+    }
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """exp(x − max x) / Σ exp(x − max x) over the last axis, float32."""
+    e = np.exp(logits - logits.max(-1, keepdims=True))  # [..., V]
+    return e / e.sum(-1, keepdims=True)
+
+
+def next_token_predictions(model: Model, text: str, top_k: int = 10, bos: bool = False) -> dict:
+    """The ``top_k`` most likely next tokens after ``text`` with their probabilities."""
+    ids = ([model.bos] if bos else []) + model.encode(text)
+    if not ids:
+        raise MinitfError("--text: empty prompt")
+    if len(ids) > model.cfg.n_ctx:
+        raise MinitfError(f"--text: {len(ids)} tokens, longer than the model's context of {model.cfg.n_ctx}")
+    probs = softmax(model.run(ids, logits="last").logits[0])  # [V]
+    top = np.argsort(-probs, kind="stable")[:top_k]
+    return {"n_tokens": len(ids), "tokens": [model.token_str(i) for i in ids],
+            "predictions": [{"id": int(i), "token": model.token_str(i), "prob": float(probs[i])} for i in top]}

@@ -1,0 +1,110 @@
+"""Build random GPT-2 checkpoints with transformers (the reference implementation), in both key styles.
+
+* ``"prefixed"``: ``save_pretrained`` as transformers 5 writes it (``transformer.`` keys, no attn.bias).
+* ``"hub"``: as the Hugging Face Hub's real GPT-2 files: unprefixed keys, ``h.N.attn.bias`` causal-mask
+  buffers [1, 1, n_ctx, n_ctx], and the data starting at an odd (unaligned) byte offset, like the real
+  file's 14291.
+
+Weights are redrawn with larger scales than GPT-2's init (0.02) so that every layer matters numerically.
+Only tests and tools import this module (it needs torch).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from reference_paths import SHARED_GPT2, TOKENIZER_DIR  # noqa: F401
+
+_ST_DTYPE = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
+
+
+def random_gpt2(n_layer=2, n_head=2, d_head=4, d_vocab=50, n_ctx=16, d_mlp=None, seed=0,
+                scale=0.3, tied=True) -> GPT2LMHeadModel:
+    """A GPT-2 with weights ~ N(0, scale²/fan-in-ish), LayerNorm γ ~ 1 ± 0.2, biases ~ N(0, 0.1²)."""
+    cfg = GPT2Config(n_layer=n_layer, n_head=n_head, n_embd=n_head * d_head, n_positions=n_ctx,
+                     n_inner=d_mlp, vocab_size=d_vocab, activation_function="gelu_new",
+                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=tied,
+                     bos_token_id=d_vocab - 1, eos_token_id=d_vocab - 1)
+    cfg._attn_implementation = "eager"
+    torch.manual_seed(seed)
+    model = GPT2LMHeadModel(cfg).eval()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "ln" in name and name.endswith("weight"):
+                p.copy_(1 + 0.2 * torch.randn(p.shape, generator=gen))
+            elif name.endswith("bias"):
+                p.copy_(0.1 * torch.randn(p.shape, generator=gen))
+            elif name.endswith(("wte.weight", "wpe.weight")):
+                p.copy_(torch.randn(p.shape, generator=gen))
+            else:  # Conv1D weights are [in, out]: keep activations O(1) whatever the width
+                p.copy_(scale * torch.randn(p.shape, generator=gen) / p.shape[0] ** 0.5 * 3)
+        if not tied:
+            model.lm_head.weight.copy_(scale * torch.randn(model.lm_head.weight.shape, generator=gen))
+    return model
+
+
+def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], unaligned: bool = False) -> None:
+    """Write a safetensors file by hand; ``unaligned`` pads the header so the data starts at a byte ≡ 3 (mod 8),
+    as in the Hub's GPT-2 file (14291)."""
+    header, chunks, pos = {}, [], 0
+    for name, t in tensors.items():
+        t = t.detach().contiguous().cpu()
+        raw = t.view(torch.int16).numpy().tobytes() if t.dtype == torch.bfloat16 else t.numpy().tobytes()
+        header[name] = {"dtype": _ST_DTYPE[t.dtype], "shape": list(t.shape), "data_offsets": [pos, pos + len(raw)]}
+        chunks.append(raw)
+        pos += len(raw)
+    header["__metadata__"] = {"format": "pt"}
+    text = json.dumps(header, separators=(",", ":")).encode()
+    if unaligned:
+        text += b" " * ((3 - 8 - len(text)) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)))
+        f.write(text)
+        for c in chunks:
+            f.write(c)
+
+
+def save(model: GPT2LMHeadModel, folder: Path, style: str = "prefixed", dtype: torch.dtype = torch.float32,
+         tokenizer_dir: Path | None = None) -> Path:
+    """Save ``model`` into ``folder`` in the given key style and dtype; copy a tokenizer if given."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if style == "prefixed":
+        model.to(dtype).save_pretrained(folder, safe_serialization=True)
+        model.to(torch.float32)
+    elif style == "hub":
+        cfg = model.config
+        tensors = {}
+        for name, t in model.state_dict().items():
+            if name == "lm_head.weight" and cfg.tie_word_embeddings:
+                continue
+            tensors[name.removeprefix("transformer.")] = t.to(dtype)
+        for layer in range(cfg.n_layer):  # the Hub file's causal-mask buffers, as old transformers saved them
+            mask = torch.tril(torch.ones(cfg.n_positions, cfg.n_positions)).view(1, 1, cfg.n_positions, cfg.n_positions)
+            tensors[f"h.{layer}.attn.bias"] = mask.to(dtype)
+        write_safetensors(folder / "model.safetensors", tensors, unaligned=True)
+        cfg.to_json_file(folder / "config.json")
+    else:
+        raise ValueError(style)
+    if tokenizer_dir is not None:
+        for name in ("vocab.json", "merges.txt"):
+            shutil.copy(tokenizer_dir / name, folder / name)
+    return folder
+
+
+def reference_outputs(folder: Path, tokens: np.ndarray) -> dict[str, np.ndarray]:
+    """Load ``folder`` with transformers (float32, eager attention) and run ``tokens`` [B, T]."""
+    model = GPT2LMHeadModel.from_pretrained(folder, dtype=torch.float32, attn_implementation="eager").eval()
+    with torch.inference_mode():
+        out = model(torch.as_tensor(tokens), output_hidden_states=True, output_attentions=True)
+    return {
+        "logits": out.logits.numpy(),  # [B, T, V]
+        "hidden": np.stack([h.numpy() for h in out.hidden_states]),  # [L+1, B, T, D]; the last has ln_f applied
+        "attentions": np.stack([a.numpy() for a in out.attentions]),  # [L, B, H, T, T]
+    }
