@@ -186,8 +186,8 @@ class Model:
         tokens: one prompt (list of ids / 1-D array), a list of prompts of any lengths, or a [B, T] array.
         logits: "all" → [B, T, V]; "last" → each prompt's last position [B, V]; an int array [B] →
             those positions [B, V]; None → no unembedding at all.
-        keep: names from ``INTERNALS`` to record for every layer, or "all" (all but ``head_out``, which is
-            H× the size of attn_out and is recorded only when named).
+        keep: names from ``INTERNALS`` to record for every layer, (name, layer) pairs for one layer, or "all"
+            (all but ``head_out``, which is H× the size of attn_out and is recorded only when named).
         stop_at_layer: end after this layer's MLP activation (no logits then); ``stop_neurons`` limits that
             last layer's pre/post to these neuron indices.
         interventions: heads' outputs or neurons' activations to zero or replace (see ``Intervention``).
@@ -196,7 +196,7 @@ class Model:
         tokens, lengths = pad(tokens, cfg.n_ctx)
         B, T = tokens.shape
         keep = set(LAYER_INTERNALS) - {"head_out"} | {"ln_f_scale"} if keep == "all" else set(keep or ())
-        if unknown := keep - set(INTERNALS):
+        if unknown := {k if isinstance(k, str) else k[0] for k in keep} - set(INTERNALS):
             raise ValueError(f"unknown internals {sorted(unknown)}; choose from {INTERNALS}")
         if stop_at_layer is not None:
             if not 0 <= stop_at_layer < cfg.n_layer:
@@ -255,7 +255,7 @@ class Model:
         for head, positions, value in patches:
             z[:, slice(None) if positions is None else positions, head] = value
         record("z", layer, z)
-        if record.wants("head_out"):
+        if record.wants("head_out", layer):
             record("head_out", layer, np.einsum("bthd,hdD->bthD", z, self.W_O[layer], optimize=True))  # [B, T, H, D]
         attn_out = z.reshape(B, T, D) @ self.w[p + "attn.c_proj.weight"]  # [B, T, D]
         attn_out += self.w[p + "attn.c_proj.bias"]
@@ -318,11 +318,11 @@ class _Recorder:
     def __init__(self, keep: set[str], cache: dict):
         self.keep, self.cache = keep, cache
 
-    def wants(self, name: str) -> bool:
-        return name in self.keep
+    def wants(self, name: str, layer: int | None = None) -> bool:
+        return name in self.keep or (name, layer) in self.keep
 
     def __call__(self, name: str, layer: int | None, value: np.ndarray) -> None:
-        if name in self.keep:
+        if self.wants(name, layer):
             self.cache[name, layer] = value
 
 

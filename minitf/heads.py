@@ -1,0 +1,50 @@
+"""The paper's selection rules: which heads are active on a prompt, and which are differential for a neuron.
+
+Active heads of one prompt, over the candidate heads' direct effects e_1 … e_N (candidates: the heads of
+layers < l, as in the paper; optionally layer l too):
+    "sigma2": e_h > mean(e) + 2 · std(e), std with N − 1 (the paper's default);
+    "top3":   the 3 largest e_h.
+Both rules are unchanged when every e_h of a prompt is multiplied by the same σ_t > 0, so they select the
+same heads from the paper's σ-less scores as from minitf's true effects.
+
+Differential heads of a neuron: active on 25 %–75 % of its prompts (inclusive), so that the prompts split
+into an active and an inactive set that an explanation can tell apart.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .names import Head
+
+RULES = ("sigma2", "top3")
+DIFFERENTIAL_RANGE = (0.25, 0.75)
+
+
+def candidate_heads(layer: int, n_head: int, include_same_layer: bool = False) -> list[Head]:
+    """Heads that may drive a neuron of ``layer``: layers < layer (≤ layer with include_same_layer)."""
+    last = layer + 1 if include_same_layer else layer
+    return [Head(k, h) for k in range(last) for h in range(n_head)]
+
+
+def active_mask(effects: np.ndarray, rule: str = "sigma2") -> np.ndarray:
+    """effects [P, N] (prompts × candidate heads) → bool [P, N]: the heads active on each prompt."""
+    P, N = effects.shape
+    if N == 0:
+        return np.zeros((P, 0), bool)
+    if rule == "sigma2":
+        if N < 2:
+            return np.zeros((P, N), bool)  # std needs two heads
+        threshold = effects.mean(1, keepdims=True) + 2 * effects.std(1, ddof=1, keepdims=True)  # [P, 1]
+        return effects > threshold
+    if rule == "top3":
+        mask = np.zeros((P, N), bool)  # [P, N]
+        top = np.argsort(-effects, axis=1, kind="stable")[:, :3]  # [P, ≤3]
+        np.put_along_axis(mask, top, True, axis=1)
+        return mask
+    raise ValueError(f"unknown rule {rule!r}; choose from {RULES}")
+
+
+def differential(active: np.ndarray, lo: float = DIFFERENTIAL_RANGE[0], hi: float = DIFFERENTIAL_RANGE[1]) -> np.ndarray:
+    """active [P, N] → bool [N]: heads active on a fraction of prompts within [lo, hi]."""
+    fraction = active.mean(0)  # [N]
+    return (fraction >= lo) & (fraction <= hi)
