@@ -77,5 +77,164 @@ def run(model_spec, text, top_k, bos, as_json):
         click.echo(f"  {row['prob']:7.2%}  {row['id']:>6}  {row['token']!r}")
 
 
+@main.command()
+@click.argument("name")
+@click.option("--dest", type=click.Path(file_okay=False), default=str(minitf.WEIGHTS_DIR), show_default=True,
+              help="Folder that receives <name>/.")
+@click.option("--endpoint", default=None, help="Hub URL [default: $HF_ENDPOINT or https://huggingface.co].")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def download(name, dest, endpoint, no_progress):
+    """Fetch a GPT-2 (gpt2, gpt2-medium, gpt2-large, gpt2-xl) from the Hugging Face hub into weights/<name>/."""
+    from pathlib import Path
+
+    from minitf.hub import download as fetch
+
+    folder = fetch(name, Path(dest), endpoint=endpoint, progress=not no_progress)
+    click.echo(f"{folder}: ready; use --model {folder.name}")
+
+
+def _neuron_arg(ctx, param, value):
+    try:
+        return minitf.parse_neuron(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
+
+@main.command()
+@click.option("--neuron", required=True, callback=_neuron_arg, help="L10N2345, 10:2345 or blocks.10.mlp.hook_pre[2345].")
+@model_option
+@click.option("--text", "texts", multiple=True, help="A prompt to trace (repeatable).")
+@click.option("--prompts", "prompt_file", type=click.Path(dir_okay=False), help="Prompts: .txt one per line, or .jsonl with 'text'.")
+@click.option("--corpus", type=click.Path(dir_okay=False), help="Corpus to mine top prompts from [default: the model's corpus].")
+@click.option("--split", type=click.Choice(["train", "test", "all"]), default="train", show_default=True)
+@click.option("--n-prompts", default=20, show_default=True, type=click.IntRange(1, 1000), help="Top prompts to mine.")
+@click.option("--rule", type=click.Choice(["sigma2", "top3"]), default="sigma2", show_default=True,
+              help="Active heads: effect > mean + 2·std of the candidates (paper's default), or the top 3.")
+@click.option("--include-same-layer", is_flag=True, help="Candidates include the neuron's own layer.")
+@click.option("--bos/--no-bos", default=True, show_default=True, help="Prepend <|endoftext|> to each prompt.")
+@click.option("--ablate", default=5, show_default=True, type=click.IntRange(0, 1000),
+              help="Ablate this many top heads by mean effect (and every differential head).")
+@json_option
+def trace(neuron, model_spec, texts, prompt_file, corpus, split, n_prompts, rule, include_same_layer, bos, ablate,
+          as_json):
+    """Which attention heads switch a neuron on: exact direct effects, looked-up tokens, ablation."""
+    from minitf.render import trace_lines
+    from minitf.trace import trace_neuron
+
+    if texts and prompt_file:
+        raise click.UsageError("give --text or --prompts, not both")
+    model = minitf.load(model_spec)
+    result = trace_neuron(model, neuron, texts=list(texts), prompt_file=prompt_file, corpus=corpus, split=split,
+                       n_prompts=n_prompts, rule=rule, include_same_layer=include_same_layer, bos=bos, ablate=ablate,
+                       progress=not as_json)
+    for note in result["settings"].get("notes", []):
+        click.echo(f"note: {note}", err=True)
+    if as_json:
+        return _emit_json(result)
+    click.echo("\n".join(trace_lines(result)))
+
+
+def _head_arg(ctx, param, value):
+    try:
+        return None if value is None else str(minitf.parse_head(value))
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
+
+def _llm_options(f):
+    for option in reversed([
+        click.option("--llm", "llm_model", default="gpt-4o-mini", show_default=True, help="LLM model name."),
+        click.option("--base-url", default=None, help="OpenAI-compatible server [default: $OPENAI_BASE_URL or OpenAI]."),
+        click.option("--max-calls", type=click.IntRange(0), default=None, help="At most this many LLM requests."),
+        click.option("--concurrency", type=click.IntRange(1, 64), default=4, show_default=True),
+        click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
+                     help="LLM cache and results [default: $MINITF_CACHE_DIR or ~/.cache/minitf]."),
+        click.option("--head", "head_spec", default=None, callback=_head_arg, help="Only this head (e.g. L1H10)."),
+        click.option("--n-prompts", default=30, show_default=True, type=click.IntRange(2, 1000),
+                     help="Top prompts of the split to use."),
+        click.option("--rule", type=click.Choice(["sigma2", "top3"]), default="sigma2", show_default=True),
+        click.option("--include-same-layer", is_flag=True),
+        click.option("--corpus", type=click.Path(dir_okay=False), default=None),
+    ]):
+        f = option(f)
+    return f
+
+
+def _llm_setup(model_spec, neuron, cache_dir, llm_model, base_url, max_calls, concurrency, dry_run=False):
+    from pathlib import Path
+
+    from minitf.explain import ResultStore, default_cache_dir
+    from minitf.llm import LLM
+
+    model = minitf.load(model_spec)
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    llm = None if dry_run else LLM(llm_model, base_url, cache_dir=cache / "llm", max_calls=max_calls,
+                                   concurrency=concurrency)
+    return model, llm, ResultStore(cache, model.folder, str(neuron))
+
+
+@main.command()
+@click.option("--neuron", required=True, callback=_neuron_arg, help="L10N2345, 10:2345 or blocks.10.mlp.hook_pre[2345].")
+@model_option
+@_llm_options
+@click.option("--dry-run", is_flag=True, help="Print the exact prompts; call nothing.")
+@json_option
+def explain(neuron, model_spec, llm_model, base_url, max_calls, concurrency, cache_dir, head_spec, n_prompts, rule,
+            include_same_layer, corpus, dry_run, as_json):
+    """Ask an LLM when each differential head of a neuron is active (prompts from the train split)."""
+    from minitf.explain import explain_neuron
+
+    model, llm, store = _llm_setup(model_spec, neuron, cache_dir, llm_model, base_url, max_calls, concurrency, dry_run)
+    out = explain_neuron(model, neuron, llm, store, head_spec, corpus=corpus, n_prompts=n_prompts, rule=rule,
+                         include_same_layer=include_same_layer)
+    if as_json:
+        return _emit_json({"neuron": str(neuron), **out})
+    if not out["heads"]:
+        click.echo(f"{neuron}: no differential head on its top {out['n_prompts']} train prompts (rule {rule}); "
+                   "name one with --head")
+    for head, entry in out["heads"].items():
+        counts = f"{entry['n_active']} active / {entry['n_inactive']} inactive train prompts"
+        if "messages" in entry:
+            click.echo(f"===== {neuron} {head}: {counts}")
+            for m in entry["messages"]:
+                click.echo(f"--- {m['role']}\n{m['content']}")
+        elif "skip_reason" in entry:
+            click.echo(f"{head}: skipped ({counts}): {entry['skip_reason']}")
+        else:
+            click.echo(f"{head} ({counts}):\n  {entry['explanation']}")
+    if llm is not None:
+        click.echo(f"LLM: {llm.calls_made} calls, {llm.cache_hits} cache hits; saved in {store.path}", err=True)
+
+
+@main.command()
+@click.option("--neuron", required=True, callback=_neuron_arg, help="L10N2345, 10:2345 or blocks.10.mlp.hook_pre[2345].")
+@model_option
+@_llm_options
+@json_option
+def score(neuron, model_spec, llm_model, base_url, max_calls, concurrency, cache_dir, head_spec, n_prompts, rule,
+          include_same_layer, corpus, as_json):
+    """Score the explanations: the LLM predicts, from each explanation alone, where the head is active (test split)."""
+    from minitf.explain import render_summary, score_neuron, summarize_scores
+
+    model, llm, store = _llm_setup(model_spec, neuron, cache_dir, llm_model, base_url, max_calls, concurrency)
+    scores, skipped = score_neuron(model, neuron, llm, store, head_spec, corpus=corpus, n_prompts=n_prompts,
+                                   rule=rule, include_same_layer=include_same_layer)
+    summary = summarize_scores(scores)
+    if as_json:
+        return _emit_json({"neuron": str(neuron), "scores": [s.to_dict(items=True) for s in scores],
+                           "skipped": skipped,
+                           "summary": {"count": summary.count, "mean": summary.mean, "std": summary.std,
+                                       "histogram": [{"low": lo, "high": hi, "count": c} for lo, hi, c in summary.bins]}})
+    for head, reason in skipped.items():
+        click.echo(f"{head}: skipped: {reason}")
+    for s in scores:
+        auc = "–" if s.roc_auc is None else f"{s.roc_auc:.3f}"
+        bacc = "–" if s.balanced_accuracy is None else f"{s.balanced_accuracy:.3f}"
+        click.echo(f"{s.head}: balanced accuracy {bacc}, ROC-AUC {auc} (TP {s.tp} FP {s.fp} TN {s.tn} FN {s.fn}; "
+                   f"{s.n_malformed} malformed answers)")
+    click.echo("\n".join(render_summary(summary)))
+    click.echo(f"LLM: {llm.calls_made} calls, {llm.cache_hits} cache hits", err=True)
+
+
 if __name__ == "__main__":
     main()

@@ -30,10 +30,14 @@ of the LLM cache key, so old cached answers are not reused for a new prompt.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import os
 import random
 import string
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Protocol, Sequence
 
 import numpy as np
@@ -577,3 +581,113 @@ def render_summary(summary: Summary, label: str = "balanced accuracy", width: in
         bar = "#" * (max(1, round(c / peak * width)) if c else 0)
         lines.append(f"  [{lo:.{digits}f}, {hi:.{digits}f}{close} | {bar:<{width}} {c:>3}")
     return lines
+
+
+# --------------------------------------------------------------------------------------------
+# From a trace, and where the results live
+# --------------------------------------------------------------------------------------------
+
+
+def head_examples(trace: dict[str, Any], head: str) -> HeadExamples:
+    """The active / inactive prompts (decoded text) of ``head`` in a trace (see ``minitf.trace``)."""
+    if not any(h["head"] == head for h in trace["heads"]):
+        raise MinitfError(f"--head {head}: not a candidate head of {trace['neuron']['name']} "
+                          "(heads of earlier layers; --include-same-layer adds its own layer)")
+    active = [p["text"] for p in trace["prompts"] if head in p["active_heads"]]
+    inactive = [p["text"] for p in trace["prompts"] if head not in p["active_heads"]]
+    return HeadExamples(trace["neuron"]["name"], head, trace["neuron"]["token"]["str"], active, inactive)
+
+
+def default_cache_dir() -> Path:
+    """``$MINITF_CACHE_DIR``, else ``~/.cache/minitf``: LLM responses and explanation results."""
+    return Path(os.environ.get("MINITF_CACHE_DIR") or Path.home() / ".cache" / "minitf")
+
+
+class ResultStore:
+    """Explanations and scores of one model's neurons, one JSON file per neuron, written atomically:
+    ``<cache_dir>/results/<model folder name>-<hash of its path>/<neuron>.json`` → {head: {...}}."""
+
+    def __init__(self, cache_dir: Path, model_folder: Path | str, neuron: str):
+        folder = Path(model_folder).resolve()
+        tag = hashlib.sha256(str(folder).encode()).hexdigest()[:8]
+        self.path = Path(cache_dir) / "results" / f"{folder.name}-{tag}" / f"{neuron}.json"
+
+    def load(self) -> dict[str, dict[str, Any]]:
+        if not self.path.exists():
+            return {}
+        try:
+            return json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as e:
+            raise MinitfError(f"{self.path}: unreadable results file ({e})") from None
+
+    def update(self, head: str, **fields: Any) -> None:
+        data = self.load()
+        data.setdefault(head, {}).update(fields)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
+        os.replace(tmp, self.path)
+
+
+def _traced_heads(model, neuron, split: str, head: str | None, trace_options: dict[str, Any]):
+    """Trace ``neuron`` on a split's top prompts; the heads to explain (``head``, or the differential ones)."""
+    from minitf.names import parse_head
+    from minitf.trace import trace_neuron
+
+    result = trace_neuron(model, neuron, split=split, ablate=0, **trace_options)
+    if head:
+        return result, [str(parse_head(head, model.cfg.n_layer, model.cfg.n_head))]
+    return result, result["differential_heads"]
+
+
+def explain_neuron(model, neuron, llm: CompletionClient | None, store: ResultStore, head: str | None = None,
+                   **trace_options: Any) -> dict[str, Any]:
+    """Explain each differential head of ``neuron`` (or ``head``) from its top train-split prompts.
+
+    With ``llm=None`` (a dry run) nothing is called and each head's exact messages are returned instead.
+    Returns {"token", "n_prompts", "heads": {head: {"n_active", "n_inactive", "explanation" | "messages" |
+    "skip_reason"}}}; explanations are saved in ``store``.
+    """
+    result, heads = _traced_heads(model, neuron, "train", head, trace_options)
+    out: dict[str, Any] = {"token": result["neuron"]["token"]["str"], "n_prompts": len(result["prompts"]), "heads": {}}
+    for name in heads:
+        examples = head_examples(result, name)
+        entry: dict[str, Any] = {"n_active": len(examples.active), "n_inactive": len(examples.inactive)}
+        out["heads"][name] = entry
+        if llm is None:
+            entry["messages"] = explain_messages(examples)
+        elif not examples.active or not examples.inactive:
+            entry["skip_reason"] = "the train prompts need both active and inactive examples"
+        else:
+            entry["explanation"] = explain_head(llm, examples)
+            store.update(name, explanation=entry["explanation"], n_active=entry["n_active"],
+                         n_inactive=entry["n_inactive"], rule=trace_options.get("rule", "sigma2"),
+                         prompt_format=PROMPT_FORMAT_VERSION)
+    return out
+
+
+def score_neuron(model, neuron, llm: CompletionClient, store: ResultStore, head: str | None = None,
+                 **trace_options: Any) -> tuple[list[HeadScore], dict[str, str]]:
+    """Score the stored explanations of ``neuron``'s heads on its top test-split prompts, labelled by the same
+    rule. Returns (scores, {head: skip reason}); scores are saved in ``store``."""
+    explained = {h: r["explanation"] for h, r in store.load().items() if r.get("explanation")}
+    if head:
+        from minitf.names import parse_head
+
+        wanted = str(parse_head(head, model.cfg.n_layer, model.cfg.n_head))
+        explained = {h: e for h, e in explained.items() if h == wanted}
+    if not explained:
+        raise MinitfError(f"{store.path}: no explanation for {neuron}{' ' + head if head else ''}: "
+                          "run 'python cli.py explain' first")
+    result, _ = _traced_heads(model, neuron, "test", None, trace_options)
+    scores, skipped = [], {}
+    for name, explanation in sorted(explained.items()):
+        test = head_examples(result, name)
+        if reason := skip_reason_for(test):
+            skipped[name] = reason
+            continue
+        s = score_explanation(llm, explanation, test)
+        store.update(name, balanced_accuracy=s.balanced_accuracy, roc_auc=s.roc_auc, n_test=s.n_test,
+                     n_malformed=s.n_malformed)
+        scores.append(s)
+    return scores, skipped

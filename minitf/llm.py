@@ -131,7 +131,7 @@ class LLM:
         retry_max_delay: float = 30.0,
     ) -> None:
         if not model:
-            raise MinitfError("--model: must not be empty")
+            raise MinitfError("--llm: the LLM model name must not be empty")
         if max_calls is not None and max_calls < 0:
             raise MinitfError(f"--max-calls: must be 0 or more, got {max_calls}")
         if concurrency < 1:

@@ -1,0 +1,71 @@
+"""Plain-text views of a trace and a neuron card, as lines for the CLI to print."""
+from __future__ import annotations
+
+
+def show(text: str, width: int = 70) -> str:
+    """A one-line quotation of ``text``: newlines as ⏎, the start elided to keep the end (where it fires)."""
+    text = text.replace("\r\n", "⏎").replace("\n", "⏎")
+    return repr(text if len(text) <= width else "…" + text[-(width - 1):])
+
+
+def _tokens(pairs, k=6) -> str:
+    return " · ".join(f"{t['token']!r} {t['value']:+.3f}" for t in pairs[:k])
+
+
+def card_lines(card: dict, folder: str = "") -> list[str]:
+    tok = card["token"]
+    lines = [f"neuron {card['name']}{' of ' + folder if folder else ''}: pushes {tok['str']!r} "
+             f"(congruence {card['congruence']:.3f}, rank {card['rank']} of {card['layer_size']} in layer {card['layer']})",
+             f"  promotes:   {_tokens(card['promoted'])}",
+             f"  suppresses: {_tokens(card['suppressed'])}"]
+    if "kurtosis" in card:
+        kind = card.get("class") or "neither prediction nor suppression"
+        lines.append(f"  vocabulary moments: kurtosis {card['kurtosis']:.1f}, skew {card['skew']:+.2f} ({kind})")
+    return lines
+
+
+def trace_lines(result: dict, max_prompts: int = 20) -> list[str]:
+    """The human view: card, prompts with their top heads and looked-up tokens, head table, identity check."""
+    s = result["settings"]
+    lines = card_lines(result["neuron"], result["model"]["folder"]) + [""]
+    lines.append(f"{len(result['prompts'])} prompts ({s.get('source', 'given')}); rule {s['rule']}; "
+                 f"{s['candidates']} candidate heads (layers < {result['neuron']['layer']}"
+                 f"{' and the same layer' if s['include_same_layer'] else ''})")
+    lines.append(f"note: {s['effects']}")
+    for n, p in enumerate(result["prompts"][:max_prompts], 1):
+        extra = "  [truncated to the context]" if p["truncated"] else ""
+        lines.append("")
+        lines.append(f"#{n:<3} post {p['activation']:+.3f}  pre {p['pre']:+.3f}  {show(p['text'])}{extra}")
+        for h in p["top_heads"]:
+            mark = "*" if h["active"] else " "
+            src = ", ".join(f"{x['token']!r}@{x['position']} {x['effect']:+.2f} (attn {x['attention']:.2f})"
+                            for x in h["sources"])
+            lines.append(f"      {h['head']:<7}{h['effect']:+8.3f}{mark} ← {src}")
+    if len(result["prompts"]) > max_prompts:
+        lines.append(f"… {len(result['prompts']) - max_prompts} more prompts (--json shows all)")
+    lines += ["", "(* = active on that prompt)", "",
+              "heads by mean direct effect on pre (D = differential: active on 25–75 % of prompts)",
+              f"{'head':<8}{'mean':>8}{'std':>8}{'active':>9}  D  {'Δpost act/inact':>17}  {'Δp act/inact':>17}  {'KS D':>5}"]
+    P = len(result["prompts"])
+    for h in result["heads"][:15]:
+        ab = h["ablation"]
+
+        def pair(a, b):
+            return f"{_num(a)}/{_num(b)}"
+        abl = (f"{pair(ab['mean_dpost_active'], ab['mean_dpost_inactive']):>17}  "
+               f"{pair(ab['mean_dp_active'], ab['mean_dp_inactive']):>17}  "
+               f"{(format(ab['ks']['statistic'], '.2f') if ab['ks'] else '–'):>5}") if ab else ""
+        lines.append(f"{h['head']:<8}{h['mean_effect']:+8.3f}{h['std_effect']:8.3f}{h['active_count']:>5}/{P:<3}"
+                     f"  {'D' if h['differential'] else ' '}  {abl}")
+    if len(result["heads"]) > 15:
+        lines.append(f"… {len(result['heads']) - 15} more heads (--json shows all)")
+    diff = result["differential_heads"]
+    lines.append(f"differential heads: {', '.join(diff) if diff else 'none'}")
+    ic = result["identity_check"]
+    lines.append(f"identity check: max |Σ terms + constant − pre| = {ic['max_abs_error']:.2e} "
+                 f"(relative to Σ|terms|: {ic['max_rel_error']:.1e})")
+    return lines
+
+
+def _num(x) -> str:
+    return "–" if x is None else f"{x:+.3f}"

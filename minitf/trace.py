@@ -1,0 +1,247 @@
+"""``trace``: which attention heads switch a neuron on, over a set of prompts — the paper's steps 2, 3 and 5.
+
+1. prompts: given texts, or the neuron's top-activating prompts mined from a corpus (``minitf.prompts``);
+2. one forward pass up to the neuron's layer records what ``minitf.attribution`` needs; every component's
+   exact direct effect on the neuron's pre-activation at each prompt's last token, and the identity check
+   max |Σ terms + constant − pre|;
+3. the paper's rules (``minitf.heads``) mark active heads per prompt and differential heads per neuron;
+   for the top heads, the source tokens they looked up (their term split over source positions);
+4. ablation (``minitf.ablation``): zero each top head, measure Δpost and Δp(token).
+
+The result is a plain dict with a stable schema (``TRACE_SCHEMA``, documented in the README) that the CLI
+prints as text or JSON and that the HTML report renders.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .ablation import ablate_heads, ks_2samp
+from .attribution import NEEDED, direct_effects, head_sources
+from .errors import MinitfError
+from .heads import active_mask, candidate_heads, differential
+from .model import Model
+from .names import Neuron
+
+SCHEMA_VERSION = 1
+EFFECTS_NOTE = ("effects are exact direct effects on the neuron's pre-activation with LayerNorm-2's σ frozen; "
+                "the paper's scores omit σ (they are σ × these); head rankings per prompt are the same")
+
+
+@dataclass
+class Prompt:
+    """One prompt to trace: its tokens (BOS included when used) and where it came from."""
+
+    tokens: list[int]
+    truncated: bool = False  # the text was longer than the context: its last n_ctx tokens are kept
+    mined: dict | None = None  # corpus provenance: doc_id, position, activation, trimmed_activation
+
+
+@dataclass
+class TraceOptions:
+    rule: str = "sigma2"  # active heads: "sigma2" (mean + 2·std) or "top3"
+    include_same_layer: bool = False  # candidates include the neuron's own layer
+    top_heads: int = 5  # heads listed per prompt
+    sources: int = 3  # source tokens shown per listed head
+    ablate: int = 5  # heads ablated: the top ones by mean effect, plus every differential head
+    per_position: bool = False  # also each position's activation and top head effects (for the HTML report)
+
+
+def prompts_from_texts(model: Model, texts: list[str], bos: bool = True) -> list[Prompt]:
+    """Tokenize texts ([BOS] + text); an over-long one keeps its last n_ctx tokens (and says so)."""
+    prompts = []
+    for i, text in enumerate(texts):
+        ids = model.encode(text)
+        if not ids:
+            raise MinitfError(f"prompt {i + 1} is empty")
+        room = model.cfg.n_ctx - bos
+        prompts.append(Prompt(([model.bos] if bos else []) + ids[-room:], truncated=len(ids) > room))
+    return prompts
+
+
+def read_prompt_file(path) -> list[str]:
+    """Prompts from a file: ``.txt`` one per line (blank lines skipped) or ``.jsonl`` with a ``text`` field."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    try:
+        lines = path.read_bytes().decode("utf-8").splitlines()
+    except FileNotFoundError:
+        raise MinitfError(f"{path}: no such file") from None
+    except UnicodeDecodeError as e:
+        raise MinitfError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    except OSError as e:
+        raise MinitfError(f"{path}: cannot read ({e.strerror})") from None
+    texts = []
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        if path.suffix == ".jsonl":
+            try:
+                text = json.loads(line)["text"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise MinitfError(f"{path}: line {lineno} is not a JSON object with a 'text' field") from None
+            texts.append(str(text))
+        else:
+            texts.append(line)
+    if not texts:
+        raise MinitfError(f"{path}: no prompts in the file")
+    return texts
+
+
+def trace(model: Model, neuron: Neuron, prompts: list[Prompt], options: TraceOptions = TraceOptions(),
+          card: dict | None = None, settings: dict | None = None) -> dict:
+    """Trace ``neuron`` over ``prompts``; returns the trace dict (see the README's schema)."""
+    if not prompts:
+        raise MinitfError("no prompts to trace")
+    if card is None:
+        from .neurons import neuron_card
+
+        card = neuron_card(model, neuron)
+    token = card["token"]["id"]
+    tokens = [p.tokens for p in prompts]
+    run = model.run(tokens, keep=NEEDED, stop_at_layer=neuron.layer)
+    fx = direct_effects(model, run, neuron)
+    rows = np.arange(len(prompts))
+    post = run.neuron(neuron)["post"][rows, run.lengths - 1]  # [P]
+
+    candidates = candidate_heads(neuron.layer, model.cfg.n_head, options.include_same_layer)
+    effects = np.stack([fx.head(h) for h in candidates], 1) if candidates else np.zeros((len(prompts), 0))  # [P, N]
+    active = active_mask(effects, options.rule)  # [P, N]
+    is_differential = differential(active)  # [N]
+    mean_effect = effects.mean(0)  # [N]
+    order = np.argsort(-mean_effect, kind="stable")  # heads by mean effect
+    to_ablate = sorted(set(order[:options.ablate].tolist()) | set(np.flatnonzero(is_differential).tolist()))
+    ablations = ablate_heads(model, tokens, neuron, token, [candidates[i] for i in to_ablate])
+
+    errors = np.abs(fx.total() - fx.pre)  # [P]
+    per_prompt = [_prompt_record(model, run, fx, neuron, candidates, effects, active, post, i, prompts[i], options)
+                  for i in range(len(prompts))]
+    heads = []
+    for i in order:
+        record = {"head": str(candidates[i]), "layer": candidates[i].layer, "index": candidates[i].head,
+                  "mean_effect": float(mean_effect[i]), "std_effect": float(effects[:, i].std()),
+                  "active_count": int(active[:, i].sum()), "active_fraction": float(active[:, i].mean()),
+                  "differential": bool(is_differential[i]), "ablation": None}
+        if candidates[i] in ablations:
+            record["ablation"] = _ablation_record(*ablations[candidates[i]], active[:, i])
+        heads.append(record)
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "model": {"folder": str(model.folder), "n_layer": model.cfg.n_layer, "n_head": model.cfg.n_head,
+                  "d_mlp": model.cfg.d_mlp, "n_ctx": model.cfg.n_ctx},
+        "neuron": card,
+        "settings": {"rule": options.rule, "include_same_layer": options.include_same_layer,
+                     "candidates": len(candidates), "effects": EFFECTS_NOTE, **(settings or {})},
+        "prompts": per_prompt,
+        "heads": heads,
+        "differential_heads": [h["head"] for h in heads if h["differential"]],
+        "identity_check": {"max_abs_error": float(errors.max()),
+                           "max_rel_error": float((errors / np.maximum(fx.magnitude(), 1e-30)).max())},
+    }
+
+
+def trace_neuron(model: Model, neuron: Neuron, texts: list[str] | None = None, prompt_file=None, corpus=None,
+                 split: str = "train", n_prompts: int = 20, rule: str = "sigma2", include_same_layer: bool = False,
+                 bos: bool = True, ablate: int = 5, per_position: bool = False, progress: bool = False) -> dict:
+    """The ``trace`` command: prompts from ``texts``, a prompt file, or mined from a corpus; then ``trace``."""
+    from pathlib import Path
+
+    from .corpus import default_corpus
+    from .prompts import mine_prompts
+
+    neuron = Neuron(*neuron)
+    if neuron.layer >= model.cfg.n_layer:
+        raise MinitfError(f"--neuron {neuron}: the model has {model.cfg.n_layer} layers (0–{model.cfg.n_layer - 1})")
+    if neuron.index >= model.cfg.d_mlp:
+        raise MinitfError(f"--neuron {neuron}: layer {neuron.layer} has {model.cfg.d_mlp} neurons (0–{model.cfg.d_mlp - 1})")
+    settings: dict = {"bos": bos, "notes": []}
+    if texts or prompt_file:
+        texts = list(texts or []) or read_prompt_file(prompt_file)
+        prompts = prompts_from_texts(model, texts, bos)
+        settings["source"] = f"from {prompt_file}" if prompt_file else "given with --text"
+        for i, p in enumerate(prompts):
+            if p.truncated:
+                settings["notes"].append(f"prompt {i + 1} is longer than the context: kept its last "
+                                         f"{model.cfg.n_ctx} tokens")
+    else:
+        corpus = Path(corpus) if corpus else default_corpus(model)
+        if corpus is None:
+            raise MinitfError(f"--corpus: the model at {model.folder} has no corpus.txt.gz; give --text, --prompts or --corpus")
+        mined = mine_prompts(model, neuron, corpus, split=None if split == "all" else split, k=n_prompts, bos=bos,
+                             progress=progress)
+        if not mined:
+            raise MinitfError(f"{corpus}: no document activates {neuron} above 0 in the {split} split")
+        prompts = [Prompt(m.tokens, mined={"doc_id": m.doc_id, "position": m.position, "activation": m.activation,
+                                           "trimmed_activation": m.trimmed_activation}) for m in mined]
+        settings |= {"source": f"top {len(prompts)} mined from {corpus}, split {split}", "corpus": str(corpus),
+                     "split": split}
+    options = TraceOptions(rule=rule, include_same_layer=include_same_layer, ablate=ablate, per_position=per_position)
+    return trace(model, neuron, prompts, options, settings=settings)
+
+
+def _prompt_record(model, run, fx, neuron, candidates, effects, active, post, i, prompt, options) -> dict:
+    n = int(run.lengths[i])
+    toks = run.tokens[i, :n]
+    top = np.argsort(-effects[i], kind="stable")[:options.top_heads]
+    listed = []
+    for j in top:
+        head = candidates[j]
+        by_source, bias_share = head_sources(model, _one(run, i), neuron, head)
+        weights = run["pattern", head.layer][i, head.head, n - 1, :n]  # [n] attention from the last token
+        best = np.argsort(-by_source[0, :n], kind="stable")[:options.sources]
+        listed.append({"head": str(head), "effect": float(effects[i, j]), "active": bool(active[i, j]),
+                       "bias_share": float(bias_share[0]),
+                       "sources": [{"position": int(s), "token": model.token_str(toks[s]),
+                                    "effect": float(by_source[0, s]), "attention": float(weights[s])} for s in best]})
+    record = {
+        "text": model.decode(toks[1:] if toks[0] == model.bos else toks),
+        "tokens": [model.token_str(t) for t in toks],
+        "truncated": prompt.truncated, "mined": prompt.mined,
+        "activation": float(post[i]), "pre": float(fx.pre[i]), "sigma": float(fx.sigma[i]),
+        "components": {"embed": float(fx.embed[i]), "pos_embed": float(fx.pos_embed[i]),
+                       "heads": float(fx.heads[i].sum()), "attn_bias": fx.attn_bias[i].tolist(),
+                       "mlp": fx.mlp[i].tolist(), "constant": float(fx.constant)},
+        "identity_error": float(abs(fx.total()[i] - fx.pre[i])),
+        "active_heads": [str(candidates[j]) for j in np.flatnonzero(active[i])],
+        "top_heads": listed,
+    }
+    if options.per_position:
+        record["positions"] = _per_position(model, run, neuron, candidates, i, n, options.top_heads)
+    return record
+
+
+def _per_position(model, run, neuron, candidates, i, n, k) -> list[dict]:
+    """Activation and the top-k candidate heads' effects at every position of prompt i."""
+    one = _one(run, i)
+    out = []
+    for t in range(n):
+        fx = direct_effects(model, one, neuron, np.array([t]))
+        effects = np.array([fx.head(h)[0] for h in candidates])  # [N]
+        best = np.argsort(-effects, kind="stable")[:k]
+        out.append({"activation": float(run.neuron(neuron)["post"][i, t]), "pre": float(fx.pre[0]),
+                    "heads": [{"head": str(candidates[j]), "effect": float(effects[j])} for j in best]})
+    return out
+
+
+def _one(run, i):
+    """A view of prompt i of a run as a batch of one (the cache arrays sliced, not copied)."""
+    from .model import Run
+
+    cache = {key: (value[i:i + 1]) for key, value in run.cache.items()}
+    return Run(run.tokens[i:i + 1], run.lengths[i:i + 1], None, cache, run.neuron_columns)
+
+
+def _ablation_record(d_post: np.ndarray, d_p: np.ndarray, active: np.ndarray) -> dict:
+    def mean(x):
+        return float(x.mean()) if x.size else None
+
+    record = {"mean_dpost": mean(d_post), "mean_dp": mean(d_p),
+              "mean_dpost_active": mean(d_post[active]), "mean_dpost_inactive": mean(d_post[~active]),
+              "mean_dp_active": mean(d_p[active]), "mean_dp_inactive": mean(d_p[~active]), "ks": None}
+    if active.sum() >= 5 and (~active).sum() >= 5:
+        d, p = ks_2samp(d_p[active], d_p[~active])
+        record["ks"] = {"statistic": d, "p_value": p}
+    return record

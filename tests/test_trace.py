@@ -1,0 +1,92 @@
+"""The trace end to end on a small model with a real tokenizer: identity, selection, sources, ablation, schema."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from minitf import Model, Neuron
+from minitf.ablation import ks_2samp
+from minitf.heads import active_mask, candidate_heads, differential
+from minitf.trace import TraceOptions, prompts_from_texts, trace
+
+GOLDEN = Path(__file__).resolve().parent / "golden"
+TEXTS = ["the theatre is in the centre", "he said that she was there", "in the beginning", "a b c d e f",
+         "on the other hand, the", "and then the king said", "to be or not to be", "where is the"]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return Model.load(GOLDEN / "prefixed_f16")  # 3 layers, 4 heads
+
+
+def card(token_id=5):
+    return {"name": "L2N7", "layer": 2, "index": 7, "token": {"id": token_id, "str": "&"}}
+
+
+def test_trace_numbers_agree_with_the_engine(model):
+    neuron = Neuron(2, 7)
+    prompts = prompts_from_texts(model, TEXTS)
+    result = trace(model, neuron, prompts, TraceOptions(ablate=3), card=card())
+    assert result["identity_check"]["max_rel_error"] < 1e-5
+    run = model.run([p.tokens for p in prompts], logits="last", keep={"post"})
+    for i, p in enumerate(result["prompts"]):
+        assert p["activation"] == pytest.approx(float(run["post", 2][i, len(prompts[i].tokens) - 1, 7]), abs=1e-5)
+        assert p["tokens"][0] == "<|endoftext|>" and p["text"] == TEXTS[i]
+        effects = [h["effect"] for h in p["top_heads"]]
+        assert effects == sorted(effects, reverse=True)
+        for h in p["top_heads"]:  # the source list is the head's top sources, each attended to by the last token
+            assert all(0 <= s["attention"] <= 1 for s in h["sources"])
+    # mean effects are the prompts' effects averaged; heads are the 8 candidates of layers 0–1
+    assert len(result["heads"]) == 8 and result["settings"]["candidates"] == 8
+    means = [h["mean_effect"] for h in result["heads"]]
+    assert means == sorted(means, reverse=True)
+    ablated = [h for h in result["heads"] if h["ablation"]]
+    assert len(ablated) >= 3
+
+
+def test_ablation_matches_a_direct_intervention(model):
+    from minitf import Intervention
+    from minitf.info import softmax
+    neuron = Neuron(2, 7)
+    prompts = prompts_from_texts(model, TEXTS)
+    result = trace(model, neuron, prompts, TraceOptions(ablate=1), card=card(token_id=11))
+    top = result["heads"][0]
+    tokens = [p.tokens for p in prompts]
+    base = model.run(tokens, logits="last")
+    zeroed = model.run(tokens, logits="last", interventions=[Intervention(top["head"])])
+    dp = softmax(base.logits)[:, 11] - softmax(zeroed.logits)[:, 11]
+    assert top["ablation"]["mean_dp"] == pytest.approx(float(dp.mean()), abs=1e-6)
+
+
+def test_selection_rules():
+    effects = np.array([[0, 0, 0, 0, 0, 0, 0, 10.0], [1, 2, 3, 4, 5, 6, 7, 8]])
+    sigma2 = active_mask(effects, "sigma2")
+    assert sigma2[0].tolist() == [False] * 7 + [True]  # 10 > mean 1.25 + 2·3.54
+    assert not sigma2[1].any()  # an even spread has no outlier
+    top3 = active_mask(effects, "top3")
+    assert top3[1].tolist() == [False] * 5 + [True] * 3
+    # σ-scaling a prompt's effects does not change either rule
+    assert np.array_equal(active_mask(effects * np.array([[3.0], [0.5]]), "sigma2"), sigma2)
+    active = np.array([[1, 0, 1], [1, 0, 0], [0, 0, 0], [1, 1, 0]], bool)  # fractions .75, .25, .25
+    assert differential(active).tolist() == [True, True, True]
+    assert differential(active[:3]).tolist() == [True, False, True]  # .67, 0, .33
+    assert differential(active[:1]).tolist() == [False, False, False]  # 1, 0, 1
+    assert [str(h) for h in candidate_heads(2, 2)] == ["L0H0", "L0H1", "L1H0", "L1H1"]
+    assert len(candidate_heads(2, 2, include_same_layer=True)) == 6
+
+
+def test_ks_matches_scipy():
+    stats = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng(0)
+    for n1, n2 in [(5, 7), (20, 9), (30, 30)]:
+        a, b = rng.normal(size=n1), rng.normal(0.7, size=n2)
+        d, p = ks_2samp(a, b)
+        ref = stats.ks_2samp(a, b, method="asymp")
+        assert d == pytest.approx(ref.statistic, abs=1e-12)
+        assert p == pytest.approx(ref.pvalue, abs=0.02)
+
+
+def test_long_prompt_keeps_its_last_tokens(model):
+    long = " ".join(["word"] * 100)
+    [p] = prompts_from_texts(model, [long])
+    assert p.truncated and len(p.tokens) == model.cfg.n_ctx and p.tokens[0] == model.bos
