@@ -115,8 +115,10 @@ def _neuron_arg(ctx, param, value):
 @click.option("--ablate", default=5, show_default=True, type=click.IntRange(0, 1000),
               help="Ablate this many top heads by mean effect (and every differential head).")
 @json_option
+@click.option("--html", "html_path", type=click.Path(dir_okay=False),
+              help="Also write a self-contained HTML report (works offline) to this file.")
 def trace(neuron, model_spec, texts, prompt_file, corpus, split, n_prompts, rule, include_same_layer, bos, ablate,
-          as_json):
+          as_json, html_path):
     """Which attention heads switch a neuron on: exact direct effects, looked-up tokens, ablation."""
     from minitf.render import trace_lines
     from minitf.trace import trace_neuron
@@ -126,9 +128,14 @@ def trace(neuron, model_spec, texts, prompt_file, corpus, split, n_prompts, rule
     model = minitf.load(model_spec)
     result = trace_neuron(model, neuron, texts=list(texts), prompt_file=prompt_file, corpus=corpus, split=split,
                        n_prompts=n_prompts, rule=rule, include_same_layer=include_same_layer, bos=bos, ablate=ablate,
-                       progress=not as_json)
+                       per_position=bool(html_path))
     for note in result["settings"].get("notes", []):
         click.echo(f"note: {note}", err=True)
+    if html_path:
+        from minitf.report import report_extras, write_html
+
+        write_html(html_path, result, *report_extras(model, neuron, result))
+        click.echo(f"{html_path}: HTML report written", err=True)
     if as_json:
         return _emit_json(result)
     click.echo("\n".join(trace_lines(result)))
@@ -234,6 +241,136 @@ def score(neuron, model_spec, llm_model, base_url, max_calls, concurrency, cache
                    f"{s.n_malformed} malformed answers)")
     click.echo("\n".join(render_summary(summary)))
     click.echo(f"LLM: {llm.calls_made} calls, {llm.cache_hits} cache hits", err=True)
+
+
+@main.command(params=[p for p in trace.params if p.name not in ("as_json", "html_path")])
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="The HTML file to write.")
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
+              help="Where explain/score saved their results [default: $MINITF_CACHE_DIR or ~/.cache/minitf].")
+def report(out, cache_dir, neuron, model_spec, texts, prompt_file, corpus, split, n_prompts, rule, include_same_layer,
+           bos, ablate):
+    """A self-contained HTML report of a trace (the same options as trace): one file that works offline."""
+    from minitf.report import report_extras, write_html
+    from minitf.trace import trace_neuron
+
+    if texts and prompt_file:
+        raise click.UsageError("give --text or --prompts, not both")
+    model = minitf.load(model_spec)
+    result = trace_neuron(model, neuron, texts=list(texts), prompt_file=prompt_file, corpus=corpus, split=split,
+                          n_prompts=n_prompts, rule=rule, include_same_layer=include_same_layer, bos=bos,
+                          ablate=ablate, per_position=True)
+    for note in result["settings"].get("notes", []):
+        click.echo(f"note: {note}", err=True)
+    write_html(out, result, *report_extras(model, neuron, result, cache_dir))
+    click.echo(f"{out}: HTML report of {neuron}, {len(result['prompts'])} prompts")
+
+
+def _layer_list(ctx, param, values) -> list[int]:
+    """--layer 3 --layer 5, --layer 3,5 or --layer 2-4 → sorted layer numbers."""
+    out: set[int] = set()
+    try:
+        for value in values:
+            for part in str(value).replace(" ", ",").split(","):
+                if "-" in part.strip("-"):
+                    a, b = part.split("-", 1)
+                    out |= set(range(int(a), int(b) + 1))
+                elif part:
+                    out.add(int(part))
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: write layers like 3, 3,5 or 2-4") from None
+    return sorted(out)
+
+
+def _tok(s: str) -> str:
+    return json.dumps(s, ensure_ascii=False)
+
+
+@main.command()
+@model_option
+@click.option("--layer", "--layers", "layers", multiple=True, callback=_layer_list,
+              help="Layers to show (repeatable; 3,5 or 2-4) [default: all].")
+@click.option("--top", "top", default=10, show_default=True, type=click.IntRange(1, 100000),
+              help="Most congruent neurons per layer.")
+@click.option("--tokens", "n_tokens", default=5, show_default=True, type=click.IntRange(1, 100),
+              help="Promoted / suppressed tokens per neuron.")
+@click.option("--no-filter", is_flag=True, help="Rank by all tokens, not only ' word' tokens (space + ≥ 2 chars).")
+@json_option
+def neurons(model_spec, layers, top, n_tokens, no_filter, as_json):
+    """Next-token neurons: each layer's neurons ranked by congruence max_t W_out[n]·W_U′[:, t]."""
+    from minitf.neurons import layer_table
+
+    model = minitf.load(model_spec)
+    L = model.cfg.n_layer
+    for layer in layers:
+        if layer >= L:
+            raise MinitfError(f"--layer {layer}: the model has {L} layers (0–{L - 1})")
+    tables = {layer: layer_table(model, layer, top=top, filter=not no_filter, k=n_tokens) for layer in layers or range(L)}
+    if as_json:
+        return _emit_json({"model": str(model.folder), "filter": not no_filter,
+                           "layers": {str(layer): rows for layer, rows in tables.items()}})
+    rule = "all tokens" if no_filter else "tokens ' xx…' (a space and ≥ 2 characters)"
+    for layer, rows in tables.items():
+        click.echo(f"layer {layer}: top {len(rows)} of {model.cfg.d_mlp} neurons by congruence over {rule}")
+        click.echo(f"  {'neuron':<10} {'congr.':>7} {'rank':>5} {'kurt.':>7} {'skew':>6} {'class':<11} "
+                   f"{'token':<14} promoted | suppressed")
+        for r in rows:
+            promoted = ", ".join(f"{_tok(t)} {v:.2f}" for _, t, v in r["promoted"])
+            suppressed = ", ".join(f"{_tok(t)} {v:.2f}" for _, t, v in r["suppressed"])
+            click.echo(f"  {r['name']:<10} {r['congruence']:7.3f} {r['rank']:5d} {r['kurtosis']:7.1f} {r['skew']:6.2f} "
+                       f"{r['class'] or '-':<11} {_tok(r['token'] or ''):<14} {promoted} | {suppressed}")
+        click.echo("")
+
+
+@main.command()
+@model_option
+@click.option("--corpus", type=click.Path(dir_okay=False), default=None,
+              help="Corpus (.txt, .jsonl, .gz of either) [default: the model's corpus.txt.gz].")
+@click.option("--layer", "--layers", "layers", multiple=True, callback=_layer_list,
+              help="Layers to index (repeatable; 3,5 or 2-4) [default: all].")
+@click.option("--split", type=click.Choice(["train", "test", "all"]), default="all", show_default=True,
+              help="Documents to index (all keeps train and test apart in one index).")
+@click.option("--top-k", "k", default=30, show_default=True, type=click.IntRange(1, 10000),
+              help="Top documents kept per neuron.")
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64), help="Worker processes.")
+@click.option("--bos/--no-bos", default=True, show_default=True, help="Prepend <|endoftext|> to each document.")
+@click.option("--index-dir", type=click.Path(file_okay=False), default=None,
+              help="Where to keep the index [default: <corpus>.index/ next to the corpus].")
+@click.option("--rebuild", is_flag=True, help="Rebuild even if an up-to-date index exists.")
+@click.option("--show", "show", multiple=True, callback=lambda c, p, v: [_neuron_arg(c, p, x) for x in v],
+              help="Print this neuron's top documents (repeatable).")
+@click.option("--no-progress", is_flag=True, help="No progress bar on stderr.")
+@json_option
+def index(model_spec, corpus, layers, split, k, workers, bos, index_dir, rebuild, show, no_progress, as_json):
+    """Index a corpus: each neuron's top-k documents, positive count and activation histogram (resumable)."""
+    from minitf.corpus import default_corpus, documents, tokenize_document
+    from minitf.index import build_index, load_index
+
+    model = minitf.load(model_spec)
+    if corpus is None:
+        corpus = default_corpus(model)
+        if corpus is None:
+            raise MinitfError(f"--corpus: required ({model.folder} has no corpus.txt.gz)")
+    path = build_index(model, corpus, layers=layers or None, k=k, split=split, workers=workers,
+                       progress=not no_progress, bos=bos, index_dir=index_dir, rebuild=rebuild)
+    idx = load_index(model, corpus, index_dir)
+    m = idx.manifest
+    tops = {str(n): idx.top(n) for n in show}
+    if as_json:
+        return _emit_json({"index": str(path), "manifest": m, "top": {name: [list(t) for t in rows]
+                                                                        for name, rows in tops.items()}})
+    docs, tokens = sum(m["documents"].values()), sum(m["tokens"].values())
+    click.echo(f"{path}: {docs} documents ({m['documents']['train']} train, {m['documents']['test']} test), "
+               f"{tokens:,} tokens, layers {m['layers']}, top {m['k']} per neuron; built in {m['seconds']:.1f} s")
+    if not show:
+        return
+    wanted = {d for rows in tops.values() for d, _, _ in rows}
+    texts = {doc.doc_id: doc.text for doc in documents(corpus) if doc.doc_id in wanted}
+    for n in show:
+        click.echo(f"\n{n}: top documents ({idx.positive_count(n):,} of {idx.positions():,} positions positive)")
+        for d, p, a in tops[str(n)]:
+            ids = tokenize_document(model, texts[d], idx.bos)
+            context = model.decode(ids[max(int(idx.bos), p - 12): p]).replace("\n", "⏎")
+            click.echo(f"  {a:8.3f}  doc {d:>6} pos {p:>4}  …{context}[[{model.token_str(ids[p])}]]")
 
 
 if __name__ == "__main__":

@@ -5,17 +5,22 @@ import numpy as np
 
 from .errors import MinitfError
 from .model import Model
+from .weights import read_safetensors_header
 
 
 def model_info(model: Model) -> dict:
     """Config, parameter count, float32 bytes and every tensor's shape."""
     cfg = model.cfg
     n_params = sum(a.size for a in model.w.values())
+    stored = "?"
+    if model.folder is not None:
+        header, _ = read_safetensors_header(model.folder / "model.safetensors")
+        stored = "/".join(sorted({v["dtype"] for v in header.values()}))
     return {
         "folder": str(model.folder),
         "layers": cfg.n_layer, "heads": cfg.n_head, "d_model": cfg.d_model, "d_head": cfg.d_head,
         "d_mlp": cfg.d_mlp, "vocab": cfg.d_vocab, "context": cfg.n_ctx,
-        "parameters": n_params, "dtype": "float32", "bytes": n_params * 4,
+        "parameters": n_params, "stored dtype": stored, "computed in": "float32", "float32 bytes": n_params * 4,
         "unembedding": "lm_head" if "lm_head.weight" in model.w else "tied to wte",
         "tensors": {name: list(a.shape) for name, a in model.w.items()},
     }

@@ -99,7 +99,7 @@ def trace(model: Model, neuron: Neuron, prompts: list[Prompt], options: TraceOpt
     if card is None:
         from .neurons import neuron_card
 
-        card = neuron_card(model, neuron)
+        card = _card_record(neuron_card(model, neuron), model.cfg.d_mlp)
     token = card["token"]["id"]
     tokens = [p.tokens for p in prompts]
     run = model.run(tokens, keep=NEEDED, stop_at_layer=neuron.layer)
@@ -145,7 +145,7 @@ def trace(model: Model, neuron: Neuron, prompts: list[Prompt], options: TraceOpt
 
 def trace_neuron(model: Model, neuron: Neuron, texts: list[str] | None = None, prompt_file=None, corpus=None,
                  split: str = "train", n_prompts: int = 20, rule: str = "sigma2", include_same_layer: bool = False,
-                 bos: bool = True, ablate: int = 5, per_position: bool = False, progress: bool = False) -> dict:
+                 bos: bool = True, ablate: int = 5, per_position: bool = False) -> dict:
     """The ``trace`` command: prompts from ``texts``, a prompt file, or mined from a corpus; then ``trace``."""
     from pathlib import Path
 
@@ -170,8 +170,7 @@ def trace_neuron(model: Model, neuron: Neuron, texts: list[str] | None = None, p
         corpus = Path(corpus) if corpus else default_corpus(model)
         if corpus is None:
             raise MinitfError(f"--corpus: the model at {model.folder} has no corpus.txt.gz; give --text, --prompts or --corpus")
-        mined = mine_prompts(model, neuron, corpus, split=None if split == "all" else split, k=n_prompts, bos=bos,
-                             progress=progress)
+        mined = mine_prompts(model, neuron, corpus, split=None if split == "all" else split, k=n_prompts, bos=bos)
         if not mined:
             raise MinitfError(f"{corpus}: no document activates {neuron} above 0 in the {split} split")
         prompts = [Prompt(m.tokens, mined={"doc_id": m.doc_id, "position": m.position, "activation": m.activation,
@@ -180,6 +179,18 @@ def trace_neuron(model: Model, neuron: Neuron, texts: list[str] | None = None, p
                      "split": split}
     options = TraceOptions(rule=rule, include_same_layer=include_same_layer, ablate=ablate, per_position=per_position)
     return trace(model, neuron, prompts, options, settings=settings)
+
+
+def _card_record(card: dict, layer_size: int) -> dict:
+    """``neurons.neuron_card`` in the trace's schema (token lists as objects)."""
+    def tokens(rows):
+        return [{"id": i, "token": t, "value": v} for i, t, v in rows]
+
+    return {"name": card["name"], "layer": card["layer"], "index": card["index"],
+            "token": {"id": card["token_id"], "str": card["token"]},
+            "congruence": card["congruence"], "rank": card["rank"], "layer_size": layer_size,
+            "promoted": tokens(card["promoted"]), "suppressed": tokens(card["suppressed"]),
+            "kurtosis": card["kurtosis"], "skew": card["skew"], "class": card["class"]}
 
 
 def _prompt_record(model, run, fx, neuron, candidates, effects, active, post, i, prompt, options) -> dict:

@@ -1,0 +1,84 @@
+"""The command line as a user meets it: output, JSON schemas, exit codes and one-line errors."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = str(ROOT / "tests" / "golden" / "prefixed_f16")
+SCHEMA = json.loads((ROOT / "docs" / "trace.schema.json").read_text())
+
+
+def cli(*args, ok=True):
+    out = subprocess.run([sys.executable, str(ROOT / "cli.py"), *args], capture_output=True, text=True, cwd=ROOT)
+    if ok:
+        assert out.returncode == 0, out.stderr
+    return out
+
+
+def assert_one_line_error(out, code, *fragments):
+    assert out.returncode == code, (out.returncode, out.stderr)
+    assert "Traceback" not in out.stderr
+    if code == 1:
+        assert out.stderr.count("\n") == 1, out.stderr
+    for f in fragments:
+        assert f in out.stderr, out.stderr
+
+
+def test_info_and_run_json():
+    info = json.loads(cli("info", "--model", MODEL, "--json").stdout)
+    assert info["layers"] == 3 and info["parameters"] == 17440 and info["stored dtype"] == "F16"
+    run = json.loads(cli("run", "--model", MODEL, "--text", "the theatre", "--top", "3", "--json").stdout)
+    probs = [p["prob"] for p in run["predictions"]]
+    assert len(probs) == 3 and probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1
+
+
+def test_trace_json_validates_against_the_documented_schema():
+    jsonschema = pytest.importorskip("jsonschema")
+    out = cli("trace", "--neuron", "L2N7", "--model", MODEL, "--text", "the theatre is here", "--text",
+              "and the king said", "--json")
+    result = json.loads(out.stdout)
+    jsonschema.validate(result, SCHEMA)
+    assert result["identity_check"]["max_rel_error"] < 1e-5
+    assert [p["text"] for p in result["prompts"]] == ["the theatre is here", "and the king said"]
+
+
+def test_trace_text_view():
+    out = cli("trace", "--neuron", "2:7", "--model", MODEL, "--text", "the theatre is here").stdout
+    assert "neuron L2N7" in out and "identity check: max |Σ terms + constant − pre|" in out
+    assert "heads by mean direct effect" in out
+
+
+@pytest.mark.parametrize("spec", ["L2N7", "2:7", "blocks.2.mlp.hook_pre[7]"])
+def test_neuron_spec_forms(spec):
+    assert json.loads(cli("trace", "--neuron", spec, "--model", MODEL, "--text", "a", "--json").stdout)["neuron"]["name"] == "L2N7"
+
+
+def test_usage_and_data_errors():
+    assert_one_line_error(cli("trace", "--neuron", "L2X7", "--model", MODEL, "--text", "a", ok=False), 2, "is not a neuron")
+    assert_one_line_error(cli("trace", "--neuron", "L6N1", "--model", MODEL, "--text", "a", ok=False), 1,
+                          "the model has 3 layers (0–2)")
+    assert_one_line_error(cli("trace", "--neuron", "L1N64", "--model", MODEL, "--text", "a", ok=False), 1,
+                          "layer 1 has 64 neurons (0–63)")
+    assert_one_line_error(cli("trace", "--neuron", "L1N1", "--model", MODEL, "--text", "", ok=False), 1, "prompt 1 is empty")
+    assert_one_line_error(cli("run", "--model", "/nonexistent/model", "--text", "a", ok=False), 1, "/nonexistent/model")
+
+
+def test_prompt_files(tmp_path):
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"fine line\n\xff\xfe broken\n")
+    assert_one_line_error(cli("trace", "--neuron", "L1N1", "--model", MODEL, "--prompts", str(bad), ok=False), 1,
+                          "bad.txt: not UTF-8 text")
+    good = tmp_path / "p.jsonl"
+    good.write_text('{"text": "the king"}\n{"text": "a theatre"}\n')
+    result = json.loads(cli("trace", "--neuron", "L1N1", "--model", MODEL, "--prompts", str(good), "--json").stdout)
+    assert [p["text"] for p in result["prompts"]] == ["the king", "a theatre"]
+
+
+def test_long_prompt_is_cut_and_said():
+    out = cli("trace", "--neuron", "L1N1", "--model", MODEL, "--text", "word " * 50, "--json")
+    result = json.loads(out.stdout)
+    assert result["prompts"][0]["truncated"] and len(result["prompts"][0]["tokens"]) == 16
+    assert "note: prompt 1 is longer than the context: kept its last 16 tokens" in out.stderr
