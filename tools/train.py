@@ -116,7 +116,7 @@ def make_step_fn(model, opt, args):
     import torch.nn.functional as F
 
     def loss_fn(x, y):
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(args.bf16)):
             logits = model(input_ids=x).logits
         return F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1))
 
@@ -221,6 +221,47 @@ def greedy_samples(model_dir, prompts, n_new=40):
 
 # --------------------------------------------------------------------------- main
 
+def save_checkpoint(path, model, opt, step, elapsed, hist, rng):
+    """Resumable state without pickles: tensors (model, optimizer moments, torch RNG) in path.safetensors,
+    everything else (step, schedule, param groups, NumPy RNG) in path.json; both written then renamed."""
+    import torch
+    from safetensors.torch import save_file
+
+    tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
+    od = opt.state_dict()
+    for idx, state in od["state"].items():
+        for key, v in state.items():
+            tensors[f"opt.{idx}.{key}"] = v.detach().reshape(-1).contiguous() if v.dim() == 0 else v.contiguous()
+    tensors["torch_rng"] = torch.get_rng_state()
+    save_file(tensors, path + ".safetensors.tmp")
+    meta = {"step": step, "elapsed": elapsed, "hist": hist, "rng": rng.bit_generator.state,
+            "param_groups": od["param_groups"],
+            "scalar_state": [f"opt.{i}.{k}" for i, s in od["state"].items() for k, v in s.items() if v.dim() == 0]}
+    with open(path + ".json.tmp", "w") as f:
+        json.dump(meta, f)
+    os.replace(path + ".safetensors.tmp", path + ".safetensors")
+    os.replace(path + ".json.tmp", path + ".json")
+
+
+def load_checkpoint(path):
+    """The inverse of save_checkpoint."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(path + ".safetensors")
+    with open(path + ".json") as f:
+        meta = json.load(f)
+    scalar = set(meta["scalar_state"])
+    state = {}
+    for key, v in tensors.items():
+        if key.startswith("opt."):
+            _, idx, name = key.split(".", 2)
+            state.setdefault(int(idx), {})[name] = v.reshape(()) if key in scalar else v
+    return {"model": {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")},
+            "opt": {"state": state, "param_groups": meta["param_groups"]},
+            "step": meta["step"], "elapsed": meta["elapsed"], "hist": meta["hist"],
+            "rng": meta["rng"], "torch_rng": tensors["torch_rng"]}
+
+
 def save_hf(model, out):
     """Save config.json + model.safetensors (float16) in HF layout."""
     import copy
@@ -288,6 +329,7 @@ def main(argv=None):
     ap.add_argument("--bench", type=float, default=0.0, help="only measure tokens/s, N seconds per mode")
     ap.add_argument("--modes", default="")
     ap.add_argument("--eval-only", action="store_true")
+    ap.add_argument("--eval-windows", type=int, default=0, help="limit held-out eval windows (smoke tests)")
     args = ap.parse_args(argv)
 
     import torch
@@ -316,9 +358,9 @@ def main(argv=None):
         opt = torch.optim.AdamW(param_groups(model, args.wd), lr=args.lr, betas=(0.9, 0.95), eps=1e-8)
         rng = np.random.default_rng(args.seed)
         step_i, elapsed0, hist = 0, 0.0, []
-        ckpt = os.path.join(args.work, "ckpt.pt")
-        if args.resume and os.path.exists(ckpt):
-            st = torch.load(ckpt, weights_only=False)
+        ckpt = os.path.join(args.work, "ckpt")  # ckpt.safetensors (tensors) + ckpt.json (the rest): no pickles
+        if args.resume and os.path.exists(ckpt + ".json"):
+            st = load_checkpoint(ckpt)
             model.load_state_dict(st["model"])
             opt.load_state_dict(st["opt"])
             step_i, elapsed0, hist = st["step"], st["elapsed"], st["hist"]
@@ -350,18 +392,13 @@ def main(argv=None):
                     f"progress {progress:.3f}")
                 run_loss, t_log, n_log = 0.0, time.time(), 0
             if time.time() - last_ckpt > args.ckpt_minutes * 60:
-                torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step_i,
-                            "elapsed": time.time() - t0, "hist": hist, "rng": rng.bit_generator.state,
-                            "torch_rng": torch.get_rng_state()}, ckpt + ".tmp")
-                os.replace(ckpt + ".tmp", ckpt)
+                save_checkpoint(ckpt, model, opt, step_i, time.time() - t0, hist, rng)
                 last_ckpt = time.time()
         train_s = time.time() - t0
         metrics.update({"steps": step_i, "tokens_seen": step_i * tok_step,
                         "train_loop_s": train_s, "tok_per_s": step_i * tok_step / train_s,
                         "epochs": step_i * tok_step / len(train), "hist": hist})
-        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step_i,
-                    "elapsed": train_s, "hist": hist, "rng": rng.bit_generator.state,
-                    "torch_rng": torch.get_rng_state()}, ckpt)
+        save_checkpoint(ckpt, model, opt, step_i, train_s, hist, rng)
         save_hf(model, args.out)
         log(f"saved to {args.out}: {step_i} steps, {step_i * tok_step:,} tokens, {train_s / 60:.1f} min")
     elif os.path.exists(metrics_path):
@@ -373,8 +410,8 @@ def main(argv=None):
     from transformers import GPT2LMHeadModel
 
     model = GPT2LMHeadModel.from_pretrained(args.out, dtype=torch.float32)
-    held_loss, held_n = model_loss(model, held)
-    train_loss, train_n = model_loss(model, train, max_windows=800, seed=0)
+    held_loss, held_n = model_loss(model, held, max_windows=args.eval_windows or None)
+    train_loss, train_n = model_loss(model, train, max_windows=args.eval_windows or 800, seed=0)
     metrics.update({"heldout_loss": held_loss, "heldout_eval_tokens": held_n,
                     "train_loss": train_loss, "train_eval_tokens": train_n})
     log(f"held-out loss {held_loss:.4f} ({held_n:,} tok)  train loss {train_loss:.4f} ({train_n:,} tok)")
