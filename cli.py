@@ -343,15 +343,19 @@ def neurons(model_spec, layers, top, n_tokens, no_filter, as_json):
 def index(model_spec, corpus, layers, split, k, workers, bos, index_dir, rebuild, show, no_progress, as_json):
     """Index a corpus: each neuron's top-k documents, positive count and activation histogram (resumable)."""
     from minitf.corpus import default_corpus, documents, tokenize_document
-    from minitf.index import build_index, load_index
+    from minitf.index import IndexInterrupted, build_index, load_index
 
     model = minitf.load(model_spec)
     if corpus is None:
         corpus = default_corpus(model)
         if corpus is None:
             raise MinitfError(f"--corpus: required ({model.folder} has no corpus.txt.gz)")
-    path = build_index(model, corpus, layers=layers or None, k=k, split=split, workers=workers,
-                       progress=not no_progress, bos=bos, index_dir=index_dir, rebuild=rebuild)
+    try:
+        path = build_index(model, corpus, layers=layers or None, k=k, split=split, workers=workers,
+                           progress=not no_progress, bos=bos, index_dir=index_dir, rebuild=rebuild)
+    except IndexInterrupted as e:
+        click.echo(str(e), err=True)
+        raise
     idx = load_index(model, corpus, index_dir)
     m = idx.manifest
     tops = {str(n): idx.top(n) for n in show}
