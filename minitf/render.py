@@ -45,7 +45,7 @@ def trace_lines(result: dict, max_prompts: int = 20) -> list[str]:
         lines.append(f"… {len(result['prompts']) - max_prompts} more prompts (--json shows all)")
     lines += ["", "(* = active on that prompt)", "",
               "heads by mean direct effect on pre (D = differential: active on 25–75 % of prompts)",
-              f"{'head':<8}{'mean':>8}{'std':>8}{'active':>9}  D  {'Δpost act/inact':>17}  {'Δp act/inact':>17}  {'KS D':>5}"]
+              f"{'head':<8}{'mean':>8}{'std':>8}{'active':>9}  D  {'Δpost act/inact':>17}  {'Δp act/inact':<17}  {'KS D':>5}"]
     P = len(result["prompts"])
     for h in result["heads"][:15]:
         ab = h["ablation"]
@@ -53,7 +53,7 @@ def trace_lines(result: dict, max_prompts: int = 20) -> list[str]:
         def pair(a, b):
             return f"{_num(a)}/{_num(b)}"
         abl = (f"{pair(ab['mean_dpost_active'], ab['mean_dpost_inactive']):>17}  "
-               f"{pair(ab['mean_dp_active'], ab['mean_dp_inactive']):>17}  "
+               f"{_num(ab['mean_dp_active'], '+.1e') + '/' + _num(ab['mean_dp_inactive'], '+.1e'):<17}  "
                f"{(format(ab['ks']['statistic'], '.2f') if ab['ks'] else '–'):>5}") if ab else ""
         lines.append(f"{h['head']:<8}{h['mean_effect']:+8.3f}{h['std_effect']:8.3f}{h['active_count']:>5}/{P:<3}"
                      f"  {'D' if h['differential'] else ' '}  {abl}")
@@ -67,5 +67,5 @@ def trace_lines(result: dict, max_prompts: int = 20) -> list[str]:
     return lines
 
 
-def _num(x) -> str:
-    return "–" if x is None else f"{x:+.3f}"
+def _num(x, fmt: str = "+.3f") -> str:
+    return "–" if x is None else format(x, fmt)
