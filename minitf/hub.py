@@ -286,8 +286,8 @@ def download(
         final, part = dest / filename, dest / (filename + ".part")
         remote = None
         try:
-            dest.mkdir(parents=True, exist_ok=True)
             remote = probe(url)
+            dest.mkdir(parents=True, exist_ok=True)  # only once the hub answered: no empty folder left behind
             if final.exists() and _matches(final, remote):
                 part.unlink(missing_ok=True)
                 print(f"{final}: already complete, {remote.algo or 'size'} ok", file=sys.stderr)

@@ -239,6 +239,7 @@ def test_unreachable_endpoint(tmp_path):
         f"download config.json, vocab.json, merges.txt and model.safetensors from "
         f"http://127.0.0.1:{port}/gpt2 by hand into {tmp_path / 'weights' / 'gpt2'}/"
     )
+    assert not (tmp_path / "weights").exists()  # nothing half-made left behind
 
 
 def test_silent_server_times_out(tmp_path, monkeypatch):
@@ -322,6 +323,7 @@ def test_resolve_not_found_message(tmp_path, cache, monkeypatch):
     monkeypatch.delenv("HF_HOME")
     monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
     with pytest.raises(MinitfError) as e:
         hub.resolve_model_dir("gpt2", Path("weights"))
     assert str(e.value) == (
