@@ -304,7 +304,8 @@ def neurons(model_spec, layers, top, n_tokens, no_filter, as_json):
     for layer in layers:
         if layer >= L:
             raise MinitfError(f"--layer {layer}: the model has {L} layers (0–{L - 1})")
-    tables = {layer: layer_table(model, layer, top=top, filter=not no_filter, k=n_tokens) for layer in layers or range(L)}
+    tables = {layer: layer_table(model, layer, top=top, filter=not no_filter, k=n_tokens)
+              for layer in layers or range(L)}
     if as_json:
         return _emit_json({"model": str(model.folder), "filter": not no_filter,
                            "layers": {str(layer): rows for layer, rows in tables.items()}})

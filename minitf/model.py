@@ -21,7 +21,11 @@ never lets a real position see a padded one, so each prompt's numbers equal thos
 """
 from __future__ import annotations
 
+import ctypes
 import math
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -40,12 +44,20 @@ INTERNALS = LAYER_INTERNALS + ("ln_f_scale",)
 
 def layer_norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:
     """LN(x) = (x − mean x) / σ · γ + β, σ = √(var x + ε) over the last axis. Returns (LN(x), σ)."""
-    centred = x - x.mean(-1, keepdims=True)  # [..., D]
-    sigma = np.sqrt(np.mean(centred * centred, -1, keepdims=True) + eps)  # [..., 1]  (eps: Python float → stays f32)
-    centred /= sigma
-    centred *= gamma
-    centred += beta
-    return centred, sigma[..., 0]
+    out = np.empty(x.shape, np.float32)  # [..., D]
+    sigma = np.empty(x.shape[:-1], np.float32)  # [...]
+    _layer_norm_rows(x.reshape(-1, x.shape[-1]), gamma, beta, eps, out.reshape(-1, x.shape[-1]), sigma.reshape(-1))
+    return out, sigma
+
+
+def _layer_norm_rows(x, gamma, beta, eps, out, sigma) -> None:
+    """``layer_norm`` of rows x [N, D] into out [N, D] and sigma [N] (float32 steps, in place on out)."""
+    np.subtract(x, x.mean(-1, keepdims=True), out=out)  # [N, D] centred
+    sq = out * out  # [N, D]
+    np.sqrt(np.mean(sq, -1) + eps, out=sigma)  # [N]  (eps: Python float → stays f32)
+    out /= sigma[:, None]
+    out *= gamma
+    out += beta
 
 
 def gelu_new(x: np.ndarray) -> np.ndarray:
@@ -60,6 +72,106 @@ def gelu_new(x: np.ndarray) -> np.ndarray:
     out *= x
     out *= 0.5
     return out
+
+
+def _gelu_rows(x: np.ndarray, out: np.ndarray, t: np.ndarray) -> None:
+    """out = gelu_new(x) for rows x [N, M] (out may be x), with t [N, M] as scratch; equal to ``gelu_new``
+    bit for bit (halving is exact, so ½ may be applied before the product with x)."""
+    np.multiply(x, x, out=t)
+    t *= x
+    t *= 0.044715
+    t += x
+    t *= math.sqrt(2.0 / math.pi)
+    np.tanh(t, out=t)
+    t += 1.0
+    t *= 0.5
+    np.multiply(t, x, out=out)
+
+
+# ---- threads ----------------------------------------------------------------------------------------
+# NumPy releases the GIL in its loops, so a few Python threads keep every core busy in the work BLAS does not
+# do (softmax, GELU, LayerNorm) and in attention's many small products. The number of threads is the number
+# of threads NumPy's OpenBLAS uses (so OPENBLAS_NUM_THREADS=1, as in minitf.index's workers, means one);
+# while threads run BLAS calls side by side, OpenBLAS is set to one thread each. Where OpenBLAS cannot be
+# found (another BLAS), everything runs on the calling thread, as it would anyway.
+class _Blas:
+    def __init__(self):
+        self.get = self.set = None
+        try:
+            with open("/proc/self/maps") as f:
+                paths = sorted({line.split()[-1] for line in f if "openblas" in line.rsplit("/", 1)[-1].lower()})
+        except OSError:
+            paths = []
+        for path in paths:
+            try:
+                lib = ctypes.CDLL(path)
+            except OSError:
+                continue
+            for prefix, suffix in (("scipy_openblas_", "64_"), ("scipy_openblas_", ""), ("openblas_", "64_"),
+                                   ("openblas_", "")):
+                get = getattr(lib, f"{prefix}get_num_threads{suffix}", None)
+                put = getattr(lib, f"{prefix}set_num_threads{suffix}", None)
+                if get is not None and put is not None:
+                    get.restype, get.argtypes, put.restype, put.argtypes = ctypes.c_int, [], None, [ctypes.c_int]
+                    self.get, self.set = get, put
+                    return
+
+    def threads(self) -> int:
+        return max(1, int(self.get())) if self.get is not None else 1
+
+
+_BLAS: _Blas | None = None
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()  # one run at a time uses the pool; a concurrent run works on its own thread
+
+
+def _threads() -> int:
+    """How many threads a run may use now (1 when BLAS is single-threaded or not OpenBLAS)."""
+    global _BLAS
+    if _BLAS is None:
+        _BLAS = _Blas()
+    return min(_BLAS.threads(), os.cpu_count() or 1, 8)
+
+
+class _Par:
+    """Runs ``fn(part)`` for ``part`` in range(n) on n threads (the caller's included) and waits for all."""
+
+    def __init__(self, n: int):
+        global _POOL
+        self.n = n
+        if n > 1 and (_POOL is None or _POOL._max_workers < n - 1):
+            _POOL = ThreadPoolExecutor(n - 1, thread_name_prefix="minitf")
+
+    def __call__(self, fn, n: int | None = None, blas_one: bool = False) -> None:
+        n = self.n if n is None else min(n, self.n)
+        if n <= 1:
+            fn(0)
+            return
+        before = _BLAS.threads() if blas_one else None
+        if blas_one:
+            _BLAS.set(1)
+        try:
+            futures = [_POOL.submit(fn, i) for i in range(1, n)]
+            try:
+                fn(0)
+            finally:
+                for f in futures:
+                    f.result()
+        finally:
+            if blas_one:
+                _BLAS.set(before)
+
+
+def _matmul(x: np.ndarray, W: np.ndarray) -> np.ndarray:
+    """x [..., K] @ W [K, N] as one GEMM over all rows (``@`` on a 3-D x runs one GEMM per prompt)."""
+    K = x.shape[-1]
+    return (x.reshape(-1, K) @ W).reshape(x.shape[:-1] + (W.shape[1],))
+
+
+def _split(n: int, parts: int) -> list[tuple[int, int]]:
+    """[start, stop) of ``parts`` near-equal contiguous pieces of range(n) (empty pieces dropped)."""
+    edges = [n * i // parts for i in range(parts + 1)]
+    return [(a, b) for a, b in zip(edges, edges[1:]) if b > a]
 
 
 @dataclass(frozen=True)
@@ -209,86 +321,121 @@ class Model:
         last_layer = cfg.n_layer - 1 if stop_at_layer is None else stop_at_layer
 
         record = _Recorder(keep, run.cache)
-        x = self.w["wte.weight"][tokens] + self.w["wpe.weight"][:T]  # [B, T, D]
-        mask = np.triu(np.full((T, T), -np.inf, np.float32), 1)  # [T, T] 0 on and below the diagonal
-        for layer in range(last_layer + 1):
-            record("resid_pre", layer, x)
-            x = x + self._attention(layer, x, mask, head_patches.get(layer, ()), record)  # [B, T, D]
-            record("resid_mid", layer, x)
-            cols = stop_neurons if layer == stop_at_layer else None
-            mlp_out = self._mlp(layer, x, cols, neuron_patches.get(layer, ()), record,
-                                 need_out=layer != stop_at_layer)
-            if cols is not None:
-                run.neuron_columns[layer] = np.asarray(cols)
-            if mlp_out is None:
-                break
-            x = x + mlp_out  # [B, T, D]
-            record("resid_post", layer, x)
+        locked = _POOL_LOCK.acquire(blocking=False)
+        try:
+            par = _Par(_threads() if locked else 1)
+            x = self.w["wte.weight"][tokens]  # [B, T, D]
+            x += self.w["wpe.weight"][:T]
+            for layer in range(last_layer + 1):
+                record("resid_pre", layer, x)
+                attn_out = self._attention(layer, x, head_patches.get(layer, ()), record, par)  # [B, T, D]
+                x = np.add(x, attn_out, out=None if record.wants("attn_out", layer) else attn_out)  # [B, T, D]
+                record("resid_mid", layer, x)
+                cols = stop_neurons if layer == stop_at_layer else None
+                mlp_out = self._mlp(layer, x, cols, neuron_patches.get(layer, ()), record, par,
+                                    need_out=layer != stop_at_layer)
+                if cols is not None:
+                    run.neuron_columns[layer] = np.asarray(cols)
+                if mlp_out is None:
+                    break
+                x = np.add(x, mlp_out, out=None if record.wants("mlp_out", layer) else mlp_out)  # [B, T, D]
+                record("resid_post", layer, x)
 
-        if logits is not None or "ln_f_scale" in keep:
-            run.logits = self._unembed(x, lengths, logits, record)
+            if logits is not None or "ln_f_scale" in keep:
+                run.logits = self._unembed(x, lengths, logits, record, par)
+        finally:
+            if locked:
+                _POOL_LOCK.release()
         return run
 
-    def _attention(self, layer, x, mask, patches, record) -> np.ndarray:
+    def _layer_norm(self, x, name, par) -> tuple[np.ndarray, np.ndarray]:
+        """LayerNorm ``name`` (ln_1, ln_2, ln_f) of x [..., D] on ``par``'s threads: (LN(x), σ [...])."""
+        gamma, beta = self.w[name + ".weight"], self.w[name + ".bias"]
+        D = x.shape[-1]
+        rows = x.reshape(-1, D)  # [N, D]
+        out = np.empty(rows.shape, np.float32)  # [N, D]
+        sigma = np.empty(rows.shape[0], np.float32)  # [N]
+        pieces = _split(rows.shape[0], par.n if rows.size >= 1 << 16 else 1)
+
+        def work(i):
+            a, b = pieces[i]
+            for c in range(a, b, 256):  # chunks whose temporaries stay in cache
+                d = min(b, c + 256)
+                _layer_norm_rows(rows[c:d], gamma, beta, self.cfg.eps, out[c:d], sigma[c:d])
+
+        par(work, len(pieces))
+        return out.reshape(x.shape), sigma.reshape(x.shape[:-1])
+
+    def _attention(self, layer, x, patches, record, par) -> np.ndarray:
         """Causal multi-head self-attention of one layer; returns attn_out [B, T, D]."""
         cfg, p = self.cfg, f"h.{layer}."
         B, T, D = x.shape
         H, Dh = cfg.n_head, cfg.d_head
-        a, sigma = layer_norm(x, self.w[p + "ln_1.weight"], self.w[p + "ln_1.bias"], cfg.eps)  # [B, T, D], [B, T]
+        a, sigma = self._layer_norm(x, p + "ln_1", par)  # [B, T, D], [B, T]
         record("ln1_scale", layer, sigma)
-        qkv = a @ self.w[p + "attn.c_attn.weight"]  # [B, T, 3D]
+        qkv = _matmul(a, self.w[p + "attn.c_attn.weight"])  # [B, T, 3D]
         qkv += self.w[p + "attn.c_attn.bias"]
         qkv = qkv.reshape(B, T, 3, H, Dh)  # [B, T, 3, H, Dh]
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, T, H, Dh] views
         record("q", layer, q)
         record("k", layer, k)
         record("v", layer, v)
-        scores = q.transpose(0, 2, 1, 3) @ k.transpose(0, 2, 3, 1)  # [B, H, T, T] query × key
-        scores *= 1.0 / math.sqrt(Dh)
-        scores += mask  # a query never sees later keys
-        scores -= scores.max(-1, keepdims=True)
-        pattern = np.exp(scores, out=scores)  # [B, H, T, T]
-        pattern /= pattern.sum(-1, keepdims=True)
+        pattern = np.zeros((B, H, T, T), np.float32) if record.wants("pattern", layer) else None  # [B, H, T, T]
+        z = np.empty((B, T, H, Dh), np.float32)  # [B, T, H, Dh]
+        _attend(q, k, v, z, pattern, 1.0 / math.sqrt(Dh), par)
         record("pattern", layer, pattern)
-        z = (pattern @ v.transpose(0, 2, 1, 3)).transpose(0, 2, 1, 3)  # [B, T, H, Dh]
-        z = np.ascontiguousarray(z)  # [B, T, H, Dh]
         for head, positions, value in patches:
             z[:, slice(None) if positions is None else positions, head] = value
         record("z", layer, z)
         if record.wants("head_out", layer):
             record("head_out", layer, np.einsum("bthd,hdD->bthD", z, self.W_O[layer], optimize=True))  # [B, T, H, D]
-        attn_out = z.reshape(B, T, D) @ self.w[p + "attn.c_proj.weight"]  # [B, T, D]
+        attn_out = _matmul(z.reshape(B, T, D), self.w[p + "attn.c_proj.weight"])  # [B, T, D]
         attn_out += self.w[p + "attn.c_proj.bias"]
         record("attn_out", layer, attn_out)
         return attn_out
 
-    def _mlp(self, layer, x, cols, patches, record, need_out) -> np.ndarray | None:
+    def _mlp(self, layer, x, cols, patches, record, par, need_out) -> np.ndarray | None:
         """The MLP of one layer; returns mlp_out [B, T, D], or None when stopping after the activation."""
         p = f"h.{layer}."
-        a, sigma = layer_norm(x, self.w[p + "ln_2.weight"], self.w[p + "ln_2.bias"], self.cfg.eps)  # [B, T, D], [B, T]
+        a, sigma = self._layer_norm(x, p + "ln_2", par)  # [B, T, D], [B, T]
         record("ln2_scale", layer, sigma)
         W_in, b_in = self.W_in[layer], self.w[p + "mlp.c_fc.bias"]  # [D, M], [M]
         if cols is not None:
             W_in, b_in = W_in[:, cols], b_in[cols]  # [D, K], [K]
-        pre = a @ W_in  # [B, T, M]
-        pre += b_in
+        pre = _matmul(a, W_in)  # [B, T, M]
+        keep_pre = record.wants("pre", layer)
+        post = np.empty_like(pre) if keep_pre else pre  # [B, T, M] GELU in place unless pre is recorded
+        K = pre.shape[-1]
+        rows_pre, rows_post = pre.reshape(-1, K), post.reshape(-1, K)  # [N, K]
+        pieces = _split(rows_pre.shape[0], par.n if pre.size >= 1 << 16 else 1)
+        chunk = max(1, (1 << 16) // K)  # rows whose temporaries stay in cache
+
+        def work(i):
+            a, b = pieces[i]
+            t = np.empty((min(chunk, b - a), K), np.float32)
+            for c in range(a, b, chunk):
+                d = min(b, c + chunk)
+                rows = rows_pre[c:d]
+                rows += b_in
+                _gelu_rows(rows, rows_post[c:d], t[:d - c])
+
+        par(work, len(pieces))
         record("pre", layer, pre)
-        post = gelu_new(pre)  # [B, T, M]
         for neuron, positions, value in patches:
             post[:, slice(None) if positions is None else positions, neuron] = value
         record("post", layer, post)
         if not need_out:
             return None
-        mlp_out = post @ self.W_out[layer]  # [B, T, D]
+        mlp_out = _matmul(post, self.W_out[layer])  # [B, T, D]
         mlp_out += self.w[p + "mlp.c_proj.bias"]
         record("mlp_out", layer, mlp_out)
         return mlp_out
 
-    def _unembed(self, x, lengths, where, record) -> np.ndarray | None:
+    def _unembed(self, x, lengths, where, record, par) -> np.ndarray | None:
         """Final LayerNorm and the unembedding at the requested positions."""
         B = x.shape[0]
         if record.wants("ln_f_scale"):
-            record("ln_f_scale", None, layer_norm(x, self.w["ln_f.weight"], self.w["ln_f.bias"], self.cfg.eps)[1])
+            record("ln_f_scale", None, self._layer_norm(x, "ln_f", par)[1])
         if where is None:
             return None
         if isinstance(where, str) and where == "all":
@@ -297,8 +444,8 @@ class Model:
             sel = x[np.arange(B), lengths - 1]  # [B, D]
         else:
             sel = x[np.arange(B), np.asarray(where)]  # [B, D]
-        y, _ = layer_norm(sel, self.w["ln_f.weight"], self.w["ln_f.bias"], self.cfg.eps)  # [..., D]
-        return y @ self.W_U  # [..., V]
+        y, _ = self._layer_norm(sel, "ln_f", par)  # [..., D]
+        return _matmul(y, self.W_U)  # [..., V]
 
     def _parse_interventions(self, interventions):
         heads, neurons = {}, {}
@@ -310,6 +457,48 @@ class Model:
                 n = parse_neuron(iv.target, self.cfg.n_layer, self.cfg.d_mlp)
                 neurons.setdefault(n.layer, []).append((n.index, iv.positions, iv.value))
         return heads, neurons
+
+
+_ATTENTION_BLOCK_BYTES = 1 << 20  # scores of one block of query rows (all of a group's heads)
+
+
+def _attend(q, k, v, z, pattern, scale: float, par) -> None:
+    """z = softmax(q kᵀ · scale + causal mask) v for every prompt and head, written into z [B, T, H, Dh].
+
+    q, k, v: [B, T, H, Dh] (views into the fused qkv); pattern: [B, H, T, T] zeros to fill, or None.
+    Work goes in blocks of query rows: a block of rows i0…i1 needs keys 0…i1 only (the causal mask is
+    added on the diagonal block), its scores stay in cache through the softmax, and nothing is computed
+    for the keys a query never sees. Heads (or prompts) are shared among ``par``'s threads, each running
+    its small products with one BLAS thread.
+    """
+    B, T, H, Dh = q.shape
+    groups = [(b, h0, h1) for b in range(B) for h0, h1 in _split(H, 1 if B % par.n == 0 else par.n)]
+    shares = [groups[a:b] for a, b in _split(len(groups), par.n)]
+    h_most = max(h1 - h0 for _, h0, h1 in groups)
+    block = min(T, max(16, _ATTENTION_BLOCK_BYTES // (4 * T * h_most) // 16 * 16))  # query rows per block
+    mask = np.triu(np.full((block, block), -np.inf, np.float32), 1)  # [block, block]
+
+    def work(i):
+        h_max = max(h1 - h0 for _, h0, h1 in shares[i])
+        scratch = np.empty((h_max, block, T), np.float32) if pattern is None else None
+        for b, h0, h1 in shares[i]:
+            qb = q[b, :, h0:h1].transpose(1, 0, 2)  # [h, T, Dh]
+            kb = k[b, :, h0:h1].transpose(1, 2, 0)  # [h, Dh, T]
+            vb = v[b, :, h0:h1].transpose(1, 0, 2)  # [h, T, Dh]
+            zb = z[b, :, h0:h1].transpose(1, 0, 2)  # [h, T, Dh] a view of the output
+            for i0 in range(0, T, block):
+                i1 = min(T, i0 + block)
+                n = i1 - i0
+                s = pattern[b, h0:h1, i0:i1, :i1] if pattern is not None else scratch[:h1 - h0, :n, :i1]  # [h, n, i1]
+                np.matmul(qb[:, i0:i1], kb[:, :, :i1], out=s)
+                s *= scale
+                s[:, :, i0:] += mask[:n, :n]  # a query never sees later keys
+                s -= s.max(-1, keepdims=True)
+                np.exp(s, out=s)
+                s /= s.sum(-1, keepdims=True)
+                np.matmul(s, vb[:, :i1], out=zb[:, i0:i1])
+
+    par(work, len(shares), blas_one=True)
 
 
 class _Recorder:

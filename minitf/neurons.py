@@ -1,0 +1,296 @@
+"""Next-token neurons (paper step 1): how strongly each MLP neuron writes one vocabulary token.
+
+Congruence, as the paper's authors computed it on a TransformerLens model with its default weight
+processing (``fold_ln``, ``center_writing_weights``, ``center_unembed``):
+
+    W_U′ = diag(γ_f) W_U                  ln_f's scale folded into the unembedding [D, V]
+    W_U′ ← W_U′ − mean_d W_U′[d, :]       each vocabulary column centred over d_model (fold_ln's centring)
+    W_U′ ← W_U′ − mean_t W_U′[:, t]       each d_model row centred over the vocabulary (center_unembed)
+    s_n[t] = W_out[n] · W_U′[:, t]        neuron n's direct effect on token t's logit, per unit activation
+    congruence_n = max_t s_n[t],  token_n = argmax_t s_n[t]
+
+ln_f's bias b_f folds into a vocabulary bias b_f W_U, which does not depend on n and so is left out.
+TransformerLens also centres W_out over d_model (``center_writing_weights``); because every column of W_U′
+sums to zero over d_model, W_out[n] − mean(W_out[n]) gives the same s_n, so raw W_out is used.
+
+The authors' filter keeps tokens that start with a space and have at least two characters after it
+(" the" yes, "the", " a" and "," no); with it, congruence and token are the max over allowed tokens only.
+The top promoted/suppressed token lists always show the whole vocabulary.
+
+Vocabulary moments (Gurnee et al. 2024, "Universal neurons"): over the vocabulary t,
+
+    c_n[t] = W_out_c[n] · W_U′[:, t] / (|W_out_c[n]| |W_U′[:, t]|)      W_out_c = W_out centred over d_model
+    kurtosis_n = E[(c − μ)⁴] / σ⁴ (not excess),  skew_n = E[(c − μ)³] / σ³
+
+and a neuron is a "prediction" neuron when kurtosis > 10 and skew > 0, a "suppression" neuron when
+kurtosis > 10 and skew < 0.
+"""
+from __future__ import annotations
+
+import os
+import weakref
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+
+from .errors import MinitfError
+from .names import Neuron, parse_neuron
+
+CHUNK = 512  # neurons per [CHUNK, V] block of scores: 100 MiB for GPT-2's 50257 tokens
+KURTOSIS_THRESHOLD = 10.0
+DISK_CACHE_MIN_FLOPS = 5e10  # layers costing more (GPT-2 small: 2.4e11, ~3 s) are also cached on disk
+
+_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model → _NeuronCache
+
+
+def allowed_token(s: str) -> bool:
+    """The authors' filter: a space, then at least two characters (" the" → True; "the", " a", "," → False)."""
+    return s.startswith(" ") and len(s) >= 3
+
+
+def neuron_class(kurtosis: float, skew: float) -> str:
+    """"prediction" (kurtosis > 10, skew > 0), "suppression" (kurtosis > 10, skew < 0) or ""."""
+    if kurtosis > KURTOSIS_THRESHOLD:
+        if skew > 0:
+            return "prediction"
+        if skew < 0:
+            return "suppression"
+    return ""
+
+
+def processed_unembed(model) -> np.ndarray:
+    """W_U′ [D, V]: ln_f's γ folded in, centred over d_model and then over the vocabulary (float32)."""
+    W_U = model.W_U * model.w["ln_f.weight"][:, None]  # [D, V] diag(γ_f) W_U, a new array
+    W_U -= W_U.mean(0, keepdims=True)  # [D, V] each column sums to 0 over d_model
+    W_U -= W_U.mean(1, keepdims=True)  # [D, V] each row sums to 0 over the vocabulary
+    return W_U
+
+
+def vocab_moments(x: np.ndarray, inplace: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of x [N, V]: (kurtosis E[(x−μ)⁴]/σ⁴, skew E[(x−μ)³]/σ³) as float64 [N].
+
+    Sums are NumPy's pairwise float32 sums (relative error ~1e-7 here); ``inplace`` lets x be overwritten.
+    """
+    V = x.shape[1]
+    c = x if inplace else x.copy()  # [N, V]
+    c -= x.mean(1, keepdims=True, dtype=np.float64).astype(x.dtype)  # [N, V] x − μ
+    c2 = c * c  # [N, V]
+    var = c2.sum(1).astype(np.float64) / V  # [N]
+    c *= c2  # [N, V] (x − μ)³
+    m3 = c.sum(1).astype(np.float64) / V  # [N]
+    c2 *= c2  # [N, V] (x − μ)⁴
+    m4 = c2.sum(1).astype(np.float64) / V  # [N]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return m4 / (var * var), m3 / var ** 1.5
+
+
+@dataclass
+class LayerScores:
+    """Per-neuron congruence scores of one layer (arrays [M])."""
+
+    layer: int
+    congruence: np.ndarray  # [M] max over allowed tokens (filtered; -inf if no token is allowed)
+    token: np.ndarray  # [M] its argmax token id
+    congruence_all: np.ndarray  # [M] max over the whole vocabulary
+    token_all: np.ndarray  # [M]
+    kurtosis: np.ndarray  # [M] float64
+    skew: np.ndarray  # [M] float64
+
+    def pick(self, filter: bool) -> tuple[np.ndarray, np.ndarray]:
+        return (self.congruence, self.token) if filter else (self.congruence_all, self.token_all)
+
+    def rank(self, index: int, filter: bool = True) -> int:
+        """1 for the layer's most congruent neuron."""
+        cong, _ = self.pick(filter)
+        return int((cong > cong[index]).sum()) + 1
+
+
+class _NeuronCache:
+    """What neurons.py computes once per model: W_U′, its column norms, the filter mask, layer scores."""
+
+    def __init__(self, model):
+        self.W_U = processed_unembed(model)  # [D, V]
+        self.inv_W_U_norm = 1.0 / np.sqrt((self.W_U * self.W_U).sum(0))  # [V] 1 / |W_U′[:, t]|
+        self._allowed = None
+        self.layers: dict[int, LayerScores] = {}
+        self.model = weakref.ref(model)
+
+    @property
+    def allowed(self) -> np.ndarray:
+        """[V] bool: the filter's verdict per token id (ids the tokenizer lacks, e.g. padding, are not allowed);
+        empty without a tokenizer."""
+        if self._allowed is None:
+            model = self.model()
+            self._allowed = np.zeros(model.cfg.d_vocab if _has_tokenizer(model) else 0, bool)  # [V]
+            for t in range(self._allowed.size):
+                self._allowed[t] = allowed_token(_token_str(model, t))
+        return self._allowed
+
+
+def _has_tokenizer(model) -> bool:
+    try:
+        model.tokenizer
+    except MinitfError:
+        return False
+    return True
+
+
+def _token_str(model, t: int) -> str:
+    """The token's text, or "#id" for an id the tokenizer does not have."""
+    try:
+        return model.token_str(t)
+    except (KeyError, ValueError):
+        return f"#{int(t)}"
+
+
+def _cache(model) -> _NeuronCache:
+    if model not in _CACHE:
+        _CACHE[model] = _NeuronCache(model)
+    return _CACHE[model]
+
+
+def _check_layer(model, layer: int) -> None:
+    if not 0 <= layer < model.cfg.n_layer:
+        raise MinitfError(f"layer {layer} is out of range: the model has {model.cfg.n_layer} layers "
+                          f"(0–{model.cfg.n_layer - 1})")
+
+
+def _allowed_mask(model, filter: bool) -> np.ndarray | None:
+    if not filter:
+        return None
+    allowed = _cache(model).allowed
+    if allowed.size == 0:
+        raise MinitfError("the token filter needs the model's tokenizer (vocab.json, merges.txt); "
+                          "pass filter=False / --no-filter")
+    return allowed
+
+
+def layer_scores(model, layer: int, filter: bool = True) -> LayerScores:
+    """Congruence, argmax token and vocabulary moments of every neuron of ``layer`` (computed once).
+
+    One [CHUNK, D] @ [D, V] product per block of neurons bounds memory to CHUNK·V floats. Layers of big
+    models (GPT-2 small: ~3 s each on 2 cores) are also kept on disk, keyed by the weights' sha256.
+    ``filter=False`` skips the tokenizer; the filtered columns are then filled in on a later filtered call.
+    """
+    _check_layer(model, layer)
+    cache = _cache(model)
+    allowed = _allowed_mask(model, filter)
+    have = cache.layers.get(layer) or _read_disk(model, layer)
+    if have is not None and (not filter or not np.isnan(have.congruence).any()):
+        cache.layers[layer] = have
+        return have
+    W_out = model.W_out[layer]  # [M, D]
+    M = W_out.shape[0]
+    out = {name: np.empty(M, np.float32) for name in ("congruence", "congruence_all")}
+    out |= {name: np.empty(M, np.int64) for name in ("token", "token_all")}
+    out |= {name: np.empty(M, np.float64) for name in ("kurtosis", "skew")}
+    for start in range(0, M, CHUNK):
+        rows = slice(start, min(start + CHUNK, M))
+        w = W_out[rows]  # [C, D]
+        s = w @ cache.W_U  # [C, V] s_n[t]
+        best = s.argmax(1)  # [C]
+        out["token_all"][rows] = best
+        out["congruence_all"][rows] = s[np.arange(len(best)), best]
+        if allowed is not None:
+            masked = np.where(allowed, s, -np.inf)  # [C, V]
+            best = masked.argmax(1)  # [C]
+            out["token"][rows] = best
+            out["congruence"][rows] = masked[np.arange(len(best)), best]
+            del masked
+        # cos = s / (|W_out_c[n]| |W_U′[:, t]|); a positive factor per row leaves kurtosis and skew unchanged,
+        # so only the per-token norm is divided out.
+        s *= cache.inv_W_U_norm  # [C, V] cosines × |W_out_c[n]|
+        out["kurtosis"][rows], out["skew"][rows] = vocab_moments(s, inplace=True)
+    if allowed is None:
+        out["congruence"][:] = np.nan
+        out["token"][:] = -1
+    scores = LayerScores(layer, **out)
+    cache.layers[layer] = scores
+    _write_disk(model, scores)
+    return scores
+
+
+def _disk_path(model, layer: int) -> Path | None:
+    """``$MINITF_CACHE_DIR/neurons/<model sha256>-L{layer}.npz`` (default ~/.cache/minitf) for big layers only."""
+    cfg = model.cfg
+    if 2.0 * cfg.d_mlp * cfg.d_model * cfg.d_vocab < DISK_CACHE_MIN_FLOPS:
+        return None
+    from .index import model_sha256
+
+    root = Path(os.environ.get("MINITF_CACHE_DIR") or Path.home() / ".cache" / "minitf")
+    return root / "neurons" / f"{model_sha256(model)}-L{layer}.npz"
+
+
+def _read_disk(model, layer: int) -> LayerScores | None:
+    path = _disk_path(model, layer)
+    if path is None or not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return LayerScores(layer, **{f.name: data[f.name] for f in fields(LayerScores) if f.name != "layer"})
+    except (OSError, ValueError, KeyError):
+        return None  # a damaged cache file is recomputed
+
+
+def _write_disk(model, scores: LayerScores) -> None:
+    path = _disk_path(model, scores.layer)
+    if path is None:
+        return
+    from .index import _atomic_write
+
+    arrays = {f.name: getattr(scores, f.name) for f in fields(LayerScores) if f.name != "layer"}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write(path, lambda f: np.savez(f, **arrays))
+    except (OSError, MinitfError):
+        pass  # the cache is an optimisation: a read-only home just means recomputing
+
+
+def neuron_scores(model, neuron: Neuron | str) -> np.ndarray:
+    """s_n [V] = W_out[n] · W_U′ for one neuron (vocab-centred direct logit effect per unit activation)."""
+    n = neuron if isinstance(neuron, Neuron) else parse_neuron(neuron, model.cfg.n_layer, model.cfg.d_mlp)
+    _check_layer(model, n.layer)
+    if not 0 <= n.index < model.cfg.d_mlp:
+        raise MinitfError(f"neuron {n.index} is out of range: layer {n.layer} has {model.cfg.d_mlp} neurons")
+    return model.W_out[n.layer][n.index] @ _cache(model).W_U  # [V]
+
+
+def _token_list(model, s: np.ndarray, ids: np.ndarray) -> list:
+    named = _has_tokenizer(model)
+    return [(int(t), _token_str(model, t) if named else f"#{int(t)}", float(s[t])) for t in ids]
+
+
+def neuron_card(model, neuron: Neuron | str, k: int = 10, filter: bool = True) -> dict:
+    """Everything neurons.py knows about one neuron (the trace shows it next to the heads).
+
+    Keys: layer, index, name "L{l}N{n}", promoted / suppressed: [(token id, token, s_n[t])] the k largest
+    and k smallest, congruence, rank (1 = most congruent in its layer), token_id, token, kurtosis, skew,
+    class ("prediction" | "suppression" | ""), filter.
+    """
+    n = neuron if isinstance(neuron, Neuron) else parse_neuron(neuron, model.cfg.n_layer, model.cfg.d_mlp)
+    s = neuron_scores(model, n)  # [V]
+    scores = layer_scores(model, n.layer, filter)
+    cong, tok = scores.pick(filter)
+    k = min(k, s.size)
+    top = np.argpartition(-s, k - 1)[:k] if k < s.size else np.arange(s.size)
+    top = top[np.lexsort((top, -s[top]))]  # [k] largest first, ties by id
+    bottom = np.argpartition(s, k - 1)[:k] if k < s.size else np.arange(s.size)
+    bottom = bottom[np.lexsort((bottom, s[bottom]))]  # [k] smallest first
+    kurt, skew = float(scores.kurtosis[n.index]), float(scores.skew[n.index])
+    token_id = int(tok[n.index])
+    return {
+        "layer": n.layer, "index": n.index, "name": str(n),
+        "promoted": _token_list(model, s, top), "suppressed": _token_list(model, s, bottom),
+        "congruence": float(cong[n.index]), "rank": scores.rank(n.index, filter),
+        "token_id": token_id, "token": _token_list(model, s, [token_id])[0][1] if token_id >= 0 else None,
+        "kurtosis": kurt, "skew": skew, "class": neuron_class(kurt, skew), "filter": filter,
+    }
+
+
+def layer_table(model, layer: int, top: int = 10, filter: bool = True, k: int = 5) -> list[dict]:
+    """The ``top`` most congruent neurons of ``layer`` as ``neuron_card`` dicts (k tokens each), best first."""
+    scores = layer_scores(model, layer, filter)
+    cong, _ = scores.pick(filter)
+    order = np.lexsort((np.arange(cong.size), -cong))[:top]  # [top] by congruence, ties by index
+    return [neuron_card(model, Neuron(layer, int(i)), k=k, filter=filter) for i in order]

@@ -1,0 +1,200 @@
+"""A neuron's top prompts, trimmed to the context that still switches it on (paper §3.3).
+
+For a neuron N = L{l}N{n}, the top-activating documents come from the corpus's index when there is a fresh
+one that covers N (``minitf.index``), else from a scan of the corpus for this one neuron (a forward pass
+that stops at layer l and computes only neuron n). Each document contributes its peak: the position p where
+N's post-GELU activation A is largest. The prompt ends at p; with b = 1 when a BOS token leads, b = 0 if not,
+
+    prompt(s) = [BOS]·b + doc[p + 1 − s : p + 1]        s = 1 … p + 1 − b text tokens before and at p
+    f(s)      = N's activation at the last token of prompt(s)       f(p + 1 − b) = A
+    s*        = min { s : f(s) ≥ 0.8 A }                         the trimmed prompt is prompt(s*)
+
+s* is found by binary search, which assumes that the predicate f(s) ≥ 0.8 A is monotone in s (false for
+short suffixes, true from some length on). It usually is, but attention can make f non-monotone; then the
+search still returns a suffix that meets the threshold, not necessarily the shortest one. Prompts of
+``max_tokens`` (100) tokens or more, BOS included, are dropped — the search first tries the longest allowed
+suffix and drops the document if even that misses the threshold — and so are documents whose peak A ≤ 0.
+The searches of all documents run in lockstep, one batched forward pass per step.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .corpus import check_split, documents, tokenize_document
+from .errors import MinitfError
+from .names import Neuron, parse_neuron
+
+THRESHOLD = 0.8  # the trimmed prompt keeps ≥ 80 % of the activation
+TOKENS_PER_BATCH = 4096  # padded B·T per forward pass
+
+
+@dataclass(frozen=True)
+class MinedPrompt:
+    """A trimmed prompt: ``tokens`` (BOS first when asked) ends at the token where the neuron peaks."""
+
+    tokens: list[int]
+    doc_id: int
+    position: int  # index of the peak token in the document's tokens (BOS included when bos=True)
+    activation: float  # A: the activation at the peak in the whole document
+    trimmed_activation: float  # f(s*) ≥ 0.8 A: the activation at the last token of ``tokens``
+
+
+def neuron_activations(model, neuron: Neuron, prompts: Sequence[Sequence[int]]) -> list[np.ndarray]:
+    """The neuron's post-GELU activation at every position of each prompt ([len(p)] each), batched by tokens."""
+    out: list[np.ndarray] = [np.empty(0, np.float32)] * len(prompts)
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    batch: list[int] = []
+
+    def flush():
+        run = model.run([prompts[i] for i in batch], logits=None, keep={"post"},
+                        stop_at_layer=neuron.layer, stop_neurons=[neuron.index])
+        post = run["post", neuron.layer][:, :, 0]  # [B, T]
+        for row, i in enumerate(batch):
+            out[i] = post[row, : len(prompts[i])]
+
+    for i in order:  # ascending length: the batch's padded size is (len(batch) + 1) · len(prompts[i])
+        if batch and (len(batch) + 1) * len(prompts[i]) > TOKENS_PER_BATCH:
+            flush()
+            batch = []
+        batch.append(i)
+    if batch:
+        flush()
+    return out
+
+
+def scan_top_documents(model, neuron: Neuron, corpus: str | Path, split: str | None = "train", k: int = 20,
+                       bos: bool = True) -> list[tuple[int, int, float, list[int]]]:
+    """[(doc_id, peak position, peak activation, document tokens)] of the k documents where the neuron peaks
+    highest, best first (ties: lower doc_id, then earlier position). BOS is never a peak."""
+    first = 1 if bos else 0
+    best: list[tuple[float, int, int, list[int]]] = []  # (−activation, doc_id, position, tokens)
+    pending: list[tuple[int, list[int]]] = []
+
+    def flush():
+        acts = neuron_activations(model, neuron, [ids for _, ids in pending])
+        for (doc_id, ids), a in zip(pending, acts):
+            p = first + int(np.argmax(a[first:]))
+            best.append((-float(a[p]), doc_id, p, ids))
+        best.sort(key=lambda x: x[:3])
+        del best[k:]
+
+    n_tok = 0
+    for doc in documents(corpus, split):
+        ids = tokenize_document(model, doc.text, bos)
+        if len(ids) > first:
+            pending.append((doc.doc_id, ids))
+            n_tok += len(ids)
+        if n_tok >= 4 * TOKENS_PER_BATCH:
+            flush()
+            pending, n_tok = [], 0
+    if pending:
+        flush()
+    return [(doc_id, p, -neg, ids) for neg, doc_id, p, ids in best]
+
+
+def _documents_by_id(model, corpus: Path, split: str | None, wanted: set[int], bos: bool) -> dict[int, list[int]]:
+    found: dict[int, list[int]] = {}
+    for doc in documents(corpus, split):
+        if doc.doc_id in wanted:
+            found[doc.doc_id] = tokenize_document(model, doc.text, bos)
+            if len(found) == len(wanted):
+                break
+    if missing := wanted - found.keys():
+        raise MinitfError(f"{corpus}: the index names document {min(missing)}, which the corpus does not have; "
+                          f"rebuild the index")
+    return found
+
+
+def shortest_suffixes(evaluate: Callable[[list[tuple[int, int]]], list[float]], lengths: Sequence[int],
+                      thresholds: Sequence[float], cap: int) -> list[tuple[int, float] | None]:
+    """Binary-search, for each item i in lockstep, s*ᵢ = min {s ≤ min(lengthsᵢ, cap) : f(i, s) ≥ thresholdᵢ}.
+
+    ``evaluate([(i, s), …])`` returns f(i, s) for a batch of queries. f(i, lengthsᵢ) is taken to meet the
+    threshold (it is the untrimmed prompt). When lengthsᵢ > cap, f(i, cap) is tried first and the item is
+    dropped (None) if it misses. Assumes the predicate is monotone in s (see the module docstring); the
+    returned (s, f(i, s)) always meets the threshold, with f = None for the untrimmed length (not evaluated).
+    """
+    lo = [1] * len(lengths)
+    hi = [min(n, cap) for n in lengths]
+    value: list[float | None] = [None] * len(lengths)
+    alive = [True] * len(lengths)
+    over = [i for i, n in enumerate(lengths) if n > cap]
+    if over:
+        for i, f in zip(over, evaluate([(i, cap) for i in over])):
+            if f >= thresholds[i]:
+                value[i] = f
+            else:
+                alive[i] = False
+    while True:
+        queries = [(i, (lo[i] + hi[i]) // 2) for i in range(len(lengths)) if alive[i] and lo[i] < hi[i]]
+        if not queries:
+            break
+        for (i, mid), f in zip(queries, evaluate(queries)):
+            if f >= thresholds[i]:
+                hi[i], value[i] = mid, f
+            else:
+                lo[i] = mid + 1
+    return [(hi[i], value[i]) if alive[i] else None for i in range(len(lengths))]
+
+
+def mine_prompts(model, neuron: Neuron | str, corpus: str | Path, split: str | None = "train", k: int = 20,
+                 bos: bool = True, max_tokens: int = 100) -> list[MinedPrompt]:
+    """The neuron's top-k documents of ``split``, each trimmed to its shortest suffix that keeps ≥ 80 % of the
+    peak activation (see the module docstring), best first; documents that do not fit in ``max_tokens`` or
+    peak at ≤ 0 are dropped, so fewer than k prompts may come back."""
+    n = neuron if isinstance(neuron, Neuron) else parse_neuron(neuron, model.cfg.n_layer, model.cfg.d_mlp)
+    if not (0 <= n.layer < model.cfg.n_layer and 0 <= n.index < model.cfg.d_mlp):
+        raise MinitfError(f"{n}: out of range (the model has {model.cfg.n_layer} layers of {model.cfg.d_mlp} neurons)")
+    corpus = Path(corpus)
+    split = check_split(split)
+    if k < 1:
+        raise MinitfError(f"k={k}: must be at least 1")
+    b = 1 if bos else 0
+    if max_tokens < b + 2:
+        raise MinitfError(f"max_tokens={max_tokens}: too small for a prompt")
+
+    top = _top_from_index(model, n, corpus, split, k, bos)
+    if top is None:
+        top = scan_top_documents(model, n, corpus, split, k, bos)
+    else:
+        docs = _documents_by_id(model, corpus, split, {d for d, _, _ in top}, bos)
+        top = [(d, p, a, docs[d]) for d, p, a in top]
+    top = [t for t in top if t[2] > 0]
+
+    def prompt(i: int, s: int) -> list[int]:
+        _, p, _, ids = top[i]
+        return ids[:b] + ids[p + 1 - s: p + 1]
+
+    def evaluate(queries: list[tuple[int, int]]) -> list[float]:
+        acts = neuron_activations(model, n, [prompt(i, s) for i, s in queries])
+        return [float(a[-1]) for a in acts]
+
+    found = shortest_suffixes(evaluate, [p + 1 - b for _, p, _, _ in top], [THRESHOLD * a for _, _, a, _ in top],
+                              cap=max_tokens - 1 - b)
+    out = []
+    for i, res in enumerate(found):
+        if res is None:
+            continue
+        s, f = res
+        doc_id, p, a, _ = top[i]
+        out.append(MinedPrompt(prompt(i, s), doc_id, p, a, a if f is None else f))
+    return out
+
+
+def _top_from_index(model, neuron: Neuron, corpus: Path, split: str | None, k: int, bos: bool):
+    """[(doc_id, position, activation)] from a fresh index that covers the request, else None (then scan)."""
+    from .index import load_index
+
+    try:
+        index = load_index(model, corpus)
+    except MinitfError as e:
+        warnings.warn(f"{e} — scanning the corpus instead", stacklevel=3)
+        return None
+    if index is None or not index.covers(neuron, split) or index.bos != bos or index.k < k:
+        return None
+    return index.top(neuron, split)[:k]
