@@ -22,7 +22,7 @@ document id.  Outputs:
   blank line; inside a document blank lines are collapsed, so a blank line
   always means a document boundary)
 * ``<work>/train_docs.jsonl``, ``<work>/heldout_docs.jsonl`` (id + text)
-* ``weights/tiny/corpus.txt.gz`` -- the held-out documents, same format
+* ``weights/tiny/corpus.txt.gz`` -- the held-out documents cut into passages of ≤ 700 characters, same format
   (gzip with mtime 0, so the file is byte-reproducible).
 
 Usage::
@@ -524,6 +524,33 @@ def write_docs(path_txt, path_jsonl, docs):
             f.write(json.dumps({"id": i, "text": t}, ensure_ascii=False) + "\n")
 
 
+PASSAGE_CHARS = 700  # ≈ 185 tokens of the 8k BPE: a passage plus BOS fits the model's 256-token context
+
+
+def passages(text: str, max_chars: int = PASSAGE_CHARS) -> list[str]:
+    """Cut a document at line ends into passages of at most ``max_chars`` (a longer line stays whole), so that
+    mining top-activating prompts sees all of the text instead of each chapter's first 256 tokens."""
+    out, cur = [], ""
+    for line in text.split("\n"):
+        if cur and len(cur) + 1 + len(line) > max_chars:
+            out.append(cur)
+            cur = line
+        else:
+            cur = f"{cur}\n{line}" if cur else line
+    if cur.strip():
+        out.append(cur)
+    return [p for p in out if p.strip()]
+
+
+def write_corpus_gz(held, out_gz):
+    """The held-out documents, cut into passages, one per blank-line-separated block, gzip'd reproducibly."""
+    blocks = [p for _, t in held for p in passages(t)]
+    payload = ("\n\n".join(blocks) + "\n").encode("utf-8")
+    with open(out_gz, "wb") as raw:
+        with gzip.GzipFile(filename="corpus.txt", mode="wb", fileobj=raw, compresslevel=9, mtime=0) as gz:
+            gz.write(payload)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--work", default="/tmp/tiny_work")
@@ -543,10 +570,7 @@ def main(argv=None):
     write_docs(os.path.join(args.work, "heldout.txt"), os.path.join(args.work, "heldout_docs.jsonl"), held)
 
     out_gz = os.path.join(args.out, "corpus.txt.gz")
-    payload = ("\n\n".join(t for _, t in held) + "\n").encode("utf-8")
-    with open(out_gz, "wb") as raw:
-        with gzip.GzipFile(filename="corpus.txt", mode="wb", fileobj=raw, compresslevel=9, mtime=0) as gz:
-            gz.write(payload)
+    write_corpus_gz(held, out_gz)
 
     def stats(name, ds):
         by = {}
