@@ -20,7 +20,10 @@ def load(model: str | Path = DEFAULT_MODEL) -> Model:
     """Load a model folder (path), a name under ``weights/`` (e.g. ``tiny``, ``gpt2``) or a Hugging Face cache entry."""
     from .hub import resolve_model_dir
 
-    return Model.load(resolve_model_dir(str(model), WEIGHTS_DIR))
+    folder = resolve_model_dir(str(model), WEIGHTS_DIR)
+    if folder.is_absolute() and folder.is_relative_to(Path.cwd()):
+        folder = folder.relative_to(Path.cwd())  # shown in outputs: keep it short
+    return Model.load(folder)
 
 
 __all__ = ["load", "Model", "Run", "Intervention", "INTERNALS", "Head", "Neuron", "parse_head", "parse_neuron",
