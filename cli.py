@@ -100,6 +100,22 @@ def _neuron_arg(ctx, param, value):
         raise click.BadParameter(str(e)) from None
 
 
+def _trace(neuron, model_spec, texts, prompt_file, corpus, split, n_prompts, rule, include_same_layer, bos, ablate,
+           per_position):
+    """Load the model and trace the neuron (for trace and report); notes go to stderr."""
+    from minitf.trace import trace_neuron
+
+    if texts and prompt_file:
+        raise click.UsageError("give --text or --prompts, not both")
+    model = minitf.load(model_spec)
+    result = trace_neuron(model, neuron, texts=list(texts), prompt_file=prompt_file, corpus=corpus, split=split,
+                          n_prompts=n_prompts, rule=rule, include_same_layer=include_same_layer, bos=bos,
+                          ablate=ablate, per_position=per_position)
+    for note in result["settings"].get("notes", []):
+        click.echo(f"note: {note}", err=True)
+    return model, result
+
+
 @main.command()
 @click.option("--neuron", required=True, callback=_neuron_arg, help="L10N2345, 10:2345 or blocks.10.mlp.hook_pre[2345].")
 @model_option
@@ -121,16 +137,9 @@ def trace(neuron, model_spec, texts, prompt_file, corpus, split, n_prompts, rule
           as_json, html_path):
     """Which attention heads switch a neuron on: exact direct effects, looked-up tokens, ablation."""
     from minitf.render import trace_lines
-    from minitf.trace import trace_neuron
 
-    if texts and prompt_file:
-        raise click.UsageError("give --text or --prompts, not both")
-    model = minitf.load(model_spec)
-    result = trace_neuron(model, neuron, texts=list(texts), prompt_file=prompt_file, corpus=corpus, split=split,
-                       n_prompts=n_prompts, rule=rule, include_same_layer=include_same_layer, bos=bos, ablate=ablate,
-                       per_position=bool(html_path))
-    for note in result["settings"].get("notes", []):
-        click.echo(f"note: {note}", err=True)
+    model, result = _trace(neuron, model_spec, texts, prompt_file, corpus, split, n_prompts, rule,
+                           include_same_layer, bos, ablate, per_position=bool(html_path))
     if html_path:
         from minitf.report import report_extras, write_html
 
@@ -251,16 +260,9 @@ def report(out, cache_dir, neuron, model_spec, texts, prompt_file, corpus, split
            bos, ablate):
     """A self-contained HTML report of a trace (the same options as trace): one file that works offline."""
     from minitf.report import report_extras, write_html
-    from minitf.trace import trace_neuron
 
-    if texts and prompt_file:
-        raise click.UsageError("give --text or --prompts, not both")
-    model = minitf.load(model_spec)
-    result = trace_neuron(model, neuron, texts=list(texts), prompt_file=prompt_file, corpus=corpus, split=split,
-                          n_prompts=n_prompts, rule=rule, include_same_layer=include_same_layer, bos=bos,
-                          ablate=ablate, per_position=True)
-    for note in result["settings"].get("notes", []):
-        click.echo(f"note: {note}", err=True)
+    model, result = _trace(neuron, model_spec, texts, prompt_file, corpus, split, n_prompts, rule,
+                           include_same_layer, bos, ablate, per_position=True)
     write_html(out, result, *report_extras(model, neuron, result, cache_dir))
     click.echo(f"{out}: HTML report of {neuron}, {len(result['prompts'])} prompts")
 
