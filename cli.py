@@ -296,22 +296,26 @@ def _tok(s: str) -> str:
 @click.option("--tokens", "n_tokens", default=5, show_default=True, type=click.IntRange(1, 100),
               help="Promoted / suppressed tokens per neuron.")
 @click.option("--no-filter", is_flag=True, help="Rank by all tokens, not only ' word' tokens (space + ≥ 2 chars).")
+@click.option("--min-count", "min_count", default=0, show_default=True, type=click.IntRange(0),
+              help="Only tokens seen ≥ N times in the corpus count (0: off, the paper's behaviour).")
+@click.option("--corpus", type=click.Path(dir_okay=False), default=None,
+              help="Corpus for --min-count [default: the model's corpus.txt.gz].")
 @json_option
-def neurons(model_spec, layers, top, n_tokens, no_filter, as_json):
+def neurons(model_spec, layers, top, n_tokens, no_filter, min_count, corpus, as_json):
     """Next-token neurons: each layer's neurons ranked by congruence max_t W_out[n]·W_U′[:, t]."""
-    from minitf.neurons import layer_table
+    from minitf.neurons import filter_rule, layer_table
 
     model = minitf.load(model_spec)
     L = model.cfg.n_layer
     for layer in layers:
         if layer >= L:
             raise MinitfError(f"--layer {layer}: the model has {L} layers (0–{L - 1})")
-    tables = {layer: layer_table(model, layer, top=top, filter=not no_filter, k=n_tokens)
-              for layer in layers or range(L)}
+    tables = {layer: layer_table(model, layer, top=top, filter=not no_filter, k=n_tokens, min_count=min_count,
+                                 corpus=corpus) for layer in layers or range(L)}
+    rule = filter_rule(model, not no_filter, min_count, corpus)
     if as_json:
-        return _emit_json({"model": str(model.folder), "filter": not no_filter,
+        return _emit_json({"model": str(model.folder), "filter": rule, "min_count": min_count,
                            "layers": {str(layer): rows for layer, rows in tables.items()}})
-    rule = "all tokens" if no_filter else "tokens ' xx…' (a space and ≥ 2 characters)"
     for layer, rows in tables.items():
         click.echo(f"layer {layer}: top {len(rows)} of {model.cfg.d_mlp} neurons by congruence over {rule}")
         click.echo(f"  {'neuron':<10} {'congr.':>7} {'rank':>5} {'kurt.':>7} {'skew':>6} {'class':<11} "

@@ -15,6 +15,17 @@ sums to zero over d_model, W_out[n] − mean(W_out[n]) gives the same s_n, so ra
 
 The authors' filter keeps tokens that start with a space and have at least two characters after it
 (" the" yes, "the", " a" and "," no); with it, congruence and token are the max over allowed tokens only.
+Unlike the authors' check (``s.startswith(" ") and len(s) >= 3``), tokens of only whitespace ("   ", " \n")
+are not allowed either: they pass it literally but are not words.
+
+A second, optional filter keeps tokens by frequency (off by default, the paper's behaviour): with
+``min_count`` = N > 0 only tokens that occur at least N times in a corpus are allowed,
+
+    count[t] = #{occurrences of t in encode(doc) over every document of the corpus}   (no BOS, no truncation)
+    allowed[t] = paper_filter(t) (when ``filter``) and count[t] ≥ N
+
+On a small model, rare tokens are undertrained: their unembeddings barely moved from a shared direction, so
+the same few of them ("�", "BELINE") top the argmax of many neurons; the count filter hides them.
 The top promoted/suppressed token lists always show the whole vocabulary.
 
 Vocabulary moments (Gurnee et al. 2024, "Universal neurons"): over the vocabulary t,
@@ -29,7 +40,7 @@ from __future__ import annotations
 
 import os
 import weakref
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -40,13 +51,17 @@ from .names import Neuron, parse_neuron
 CHUNK = 512  # neurons per [CHUNK, V] block of scores: 100 MiB for GPT-2's 50257 tokens
 KURTOSIS_THRESHOLD = 10.0
 DISK_CACHE_MIN_FLOPS = 5e10  # layers costing more (GPT-2 small: 2.4e11, ~3 s) are also cached on disk
+COUNTS_DISK_MIN_BYTES = 1 << 24  # corpus files bigger than this also keep their token counts on disk
+DISK_VERSION = 2  # bumped when the cached numbers change meaning (2: whitespace-only tokens filtered out)
+PAPER_RULE = "space+2 chars"
 
 _CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model → _NeuronCache
 
 
 def allowed_token(s: str) -> bool:
-    """The authors' filter: a space, then at least two characters (" the" → True; "the", " a", "," → False)."""
-    return s.startswith(" ") and len(s) >= 3
+    """The authors' filter: a space, then at least two characters (" the" → True; "the", " a", "," → False),
+    and, unlike theirs, not whitespace only ("   " → False)."""
+    return s.startswith(" ") and len(s) >= 3 and not s.isspace()
 
 
 def neuron_class(kurtosis: float, skew: float) -> str:
@@ -114,6 +129,8 @@ class _NeuronCache:
         self.inv_W_U_norm = 1.0 / np.sqrt((self.W_U * self.W_U).sum(0))  # [V] 1 / |W_U′[:, t]|
         self._allowed = None
         self.layers: dict[int, LayerScores] = {}
+        self.counts: dict[tuple, np.ndarray] = {}  # (corpus path, size, mtime_ns) → [V] token counts
+        self.counted: dict[tuple, LayerScores] = {}  # (layer, filter, min_count, counts key) → scores
         self.model = weakref.ref(model)
 
     @property
@@ -166,8 +183,122 @@ def _allowed_mask(model, filter: bool) -> np.ndarray | None:
     return allowed
 
 
-def layer_scores(model, layer: int, filter: bool = True) -> LayerScores:
+def _corpus_path(model, corpus: str | Path | None) -> Path:
+    from .corpus import default_corpus
+
+    path = Path(corpus) if corpus is not None else default_corpus(model)
+    if path is None:
+        raise MinitfError("the count filter needs a corpus: the model folder has no corpus.txt.gz; pass --corpus FILE")
+    if not path.is_file():
+        raise MinitfError(f"{path}: no such corpus file")
+    return path
+
+
+def _counts_key(path: Path) -> tuple:
+    st = path.stat()
+    return str(path.resolve()), st.st_size, st.st_mtime_ns
+
+
+def token_counts(model, corpus: str | Path | None = None) -> np.ndarray:
+    """count [V] int64: occurrences of each token id in ``corpus`` (default: the model's corpus.txt.gz).
+
+    Every document is encoded whole with the model's tokenizer (no BOS, no truncation to n_ctx). Counted once
+    per (model, corpus file) in memory; corpora over ``COUNTS_DISK_MIN_BYTES`` are also kept on disk next to
+    the layer cache, keyed by the model's and the corpus's sha256.
+    """
+    from .corpus import file_sha256, read_documents
+
+    path = _corpus_path(model, corpus)
+    if not _has_tokenizer(model):
+        raise MinitfError("the count filter needs the model's tokenizer (vocab.json, merges.txt)")
+    cache, key = _cache(model), _counts_key(path)
+    if key in cache.counts:
+        return cache.counts[key]
+    disk = None
+    if path.stat().st_size > COUNTS_DISK_MIN_BYTES:
+        from .index import model_sha256
+
+        disk = _cache_root() / "neurons" / f"counts-{model_sha256(model)}-{file_sha256(path)[:32]}.npy"
+        try:
+            counts = np.load(disk, allow_pickle=False)
+            if counts.shape == (model.cfg.d_vocab,):
+                cache.counts[key] = counts
+                return counts
+        except (OSError, ValueError):
+            pass  # absent or damaged: count again
+    V = model.cfg.d_vocab
+    counts = np.zeros(V, np.int64)  # [V]
+    pending: list[int] = []
+    for doc in read_documents(path):
+        pending += model.encode(doc.text)
+        if len(pending) >= 1 << 20:
+            counts += np.bincount(np.asarray(pending, np.int64), minlength=V)[:V]
+            pending = []
+    counts += np.bincount(np.asarray(pending, np.int64), minlength=V)[:V]
+    if disk is not None:
+        from .index import _atomic_write
+
+        try:
+            disk.parent.mkdir(parents=True, exist_ok=True)
+            _atomic_write(disk, lambda f: np.save(f, counts))
+        except (OSError, MinitfError):
+            pass
+    cache.counts[key] = counts
+    return counts
+
+
+def filter_rule(model, filter: bool = True, min_count: int = 0, corpus: str | Path | None = None) -> str:
+    """The filter in words: "space+2 chars", "count≥20 in corpus.txt.gz", both joined by ", ", or "all tokens"."""
+    parts = [PAPER_RULE] if filter else []
+    if min_count > 0:
+        parts.append(f"count≥{min_count} in {_corpus_path(model, corpus).name}")
+    return ", ".join(parts) or "all tokens"
+
+
+def _check_min_count(min_count: int) -> None:
+    if min_count < 0:
+        raise MinitfError(f"min_count={min_count}: must be 0 (off) or more")
+
+
+def layer_scores(model, layer: int, filter: bool = True, min_count: int = 0,
+                 corpus: str | Path | None = None) -> LayerScores:
     """Congruence, argmax token and vocabulary moments of every neuron of ``layer`` (computed once).
+
+    With ``min_count`` > 0, ``congruence`` / ``token`` are the max / argmax over tokens that pass the paper's
+    filter (when ``filter``) and occur ≥ ``min_count`` times in ``corpus`` (see ``token_counts``).
+    """
+    _check_min_count(min_count)
+    if min_count == 0:
+        return _paper_scores(model, layer, filter)
+    _check_layer(model, layer)
+    counts = token_counts(model, corpus)  # [V]
+    cache = _cache(model)
+    key = (layer, bool(filter), min_count, _counts_key(_corpus_path(model, corpus)))
+    if key in cache.counted:
+        return cache.counted[key]
+    allowed = counts >= min_count  # [V]
+    if filter:
+        allowed &= _allowed_mask(model, True)
+    if not allowed.any():
+        raise MinitfError(f"no token {'passes the filter and ' if filter else ''}occurs ≥ {min_count} times "
+                          f"in {_corpus_path(model, corpus).name}")
+    base = _paper_scores(model, layer, False)
+    W_out = model.W_out[layer]  # [M, D]
+    M = W_out.shape[0]
+    congruence, token = np.empty(M, np.float32), np.empty(M, np.int64)
+    for start in range(0, M, CHUNK):
+        rows = slice(start, min(start + CHUNK, M))
+        s = W_out[rows] @ cache.W_U  # [C, V] s_n[t]
+        s[:, ~allowed] = -np.inf
+        token[rows] = s.argmax(1)
+        congruence[rows] = s[np.arange(s.shape[0]), token[rows]]
+    scores = replace(base, congruence=congruence, token=token)
+    cache.counted[key] = scores
+    return scores
+
+
+def _paper_scores(model, layer: int, filter: bool) -> LayerScores:
+    """``layer_scores`` without the count filter: the paper's filter (or none) and the moments.
 
     One [CHUNK, D] @ [D, V] product per block of neurons bounds memory to CHUNK·V floats. Layers of big
     models (GPT-2 small: ~3 s each on 2 cores) are also kept on disk, keyed by the weights' sha256.
@@ -212,14 +343,17 @@ def layer_scores(model, layer: int, filter: bool = True) -> LayerScores:
 
 
 def _disk_path(model, layer: int) -> Path | None:
-    """``$MINITF_CACHE_DIR/neurons/<model sha256>-L{layer}.npz`` (default ~/.cache/minitf) for big layers only."""
+    """``$MINITF_CACHE_DIR/neurons/<model sha256>-L{layer}-v2.npz`` (default ~/.cache/minitf), big layers only."""
     cfg = model.cfg
     if 2.0 * cfg.d_mlp * cfg.d_model * cfg.d_vocab < DISK_CACHE_MIN_FLOPS:
         return None
     from .index import model_sha256
 
-    root = Path(os.environ.get("MINITF_CACHE_DIR") or Path.home() / ".cache" / "minitf")
-    return root / "neurons" / f"{model_sha256(model)}-L{layer}.npz"
+    return _cache_root() / "neurons" / f"{model_sha256(model)}-L{layer}-v{DISK_VERSION}.npz"
+
+
+def _cache_root() -> Path:
+    return Path(os.environ.get("MINITF_CACHE_DIR") or Path.home() / ".cache" / "minitf")
 
 
 def _read_disk(model, layer: int) -> LayerScores | None:
@@ -261,17 +395,20 @@ def _token_list(model, s: np.ndarray, ids: np.ndarray) -> list:
     return [(int(t), _token_str(model, t) if named else f"#{int(t)}", float(s[t])) for t in ids]
 
 
-def neuron_card(model, neuron: Neuron | str, k: int = 10, filter: bool = True) -> dict:
+def neuron_card(model, neuron: Neuron | str, k: int = 10, filter: bool = True, min_count: int = 0,
+                corpus: str | Path | None = None) -> dict:
     """Everything neurons.py knows about one neuron (the trace shows it next to the heads).
 
     Keys: layer, index, name "L{l}N{n}", promoted / suppressed: [(token id, token, s_n[t])] the k largest
     and k smallest, congruence, rank (1 = most congruent in its layer), token_id, token, kurtosis, skew,
-    class ("prediction" | "suppression" | ""), filter.
+    class ("prediction" | "suppression" | ""), filter (the rule in words, ``filter_rule``). Congruence, rank
+    and token are over the allowed tokens (``filter``, ``min_count`` in ``corpus``: see ``layer_scores``).
     """
     n = neuron if isinstance(neuron, Neuron) else parse_neuron(neuron, model.cfg.n_layer, model.cfg.d_mlp)
     s = neuron_scores(model, n)  # [V]
-    scores = layer_scores(model, n.layer, filter)
-    cong, tok = scores.pick(filter)
+    scores = layer_scores(model, n.layer, filter, min_count, corpus)
+    filtered = filter or min_count > 0
+    cong, tok = scores.pick(filtered)
     k = min(k, s.size)
     top = np.argpartition(-s, k - 1)[:k] if k < s.size else np.arange(s.size)
     top = top[np.lexsort((top, -s[top]))]  # [k] largest first, ties by id
@@ -282,15 +419,19 @@ def neuron_card(model, neuron: Neuron | str, k: int = 10, filter: bool = True) -
     return {
         "layer": n.layer, "index": n.index, "name": str(n),
         "promoted": _token_list(model, s, top), "suppressed": _token_list(model, s, bottom),
-        "congruence": float(cong[n.index]), "rank": scores.rank(n.index, filter),
+        "congruence": float(cong[n.index]), "rank": scores.rank(n.index, filtered),
         "token_id": token_id, "token": _token_list(model, s, [token_id])[0][1] if token_id >= 0 else None,
-        "kurtosis": kurt, "skew": skew, "class": neuron_class(kurt, skew), "filter": filter,
+        "kurtosis": kurt, "skew": skew, "class": neuron_class(kurt, skew),
+        "filter": filter_rule(model, filter, min_count, corpus),
     }
 
 
-def layer_table(model, layer: int, top: int = 10, filter: bool = True, k: int = 5) -> list[dict]:
-    """The ``top`` most congruent neurons of ``layer`` as ``neuron_card`` dicts (k tokens each), best first."""
-    scores = layer_scores(model, layer, filter)
-    cong, _ = scores.pick(filter)
+def layer_table(model, layer: int, top: int = 10, filter: bool = True, k: int = 5, min_count: int = 0,
+                corpus: str | Path | None = None) -> list[dict]:
+    """The ``top`` most congruent neurons of ``layer`` as ``neuron_card`` dicts (k tokens each), best first;
+    congruence over the allowed tokens (``filter``, ``min_count`` in ``corpus``: see ``layer_scores``)."""
+    scores = layer_scores(model, layer, filter, min_count, corpus)
+    cong, _ = scores.pick(filter or min_count > 0)
     order = np.lexsort((np.arange(cong.size), -cong))[:top]  # [top] by congruence, ties by index
-    return [neuron_card(model, Neuron(layer, int(i)), k=k, filter=filter) for i in order]
+    return [neuron_card(model, Neuron(layer, int(i)), k=k, filter=filter, min_count=min_count, corpus=corpus)
+            for i in order]

@@ -15,6 +15,10 @@ search still returns a suffix that meets the threshold, not necessarily the shor
 ``max_tokens`` (100) tokens or more, BOS included, are dropped — the search first tries the longest allowed
 suffix and drops the document if even that misses the threshold — and so are documents whose peak A ≤ 0.
 The searches of all documents run in lockstep, one batched forward pass per step.
+
+Different documents can trim to the same prompt (e.g. " the LORD thy"): of identical trimmed token lists
+only the first, highest-activation one is kept, and further candidates (all of the index's top list, or
+2k + 10 documents from a scan) are trimmed in rounds until k distinct prompts are found or none are left.
 """
 from __future__ import annotations
 
@@ -30,6 +34,11 @@ from .errors import MinitfError
 from .names import Neuron, parse_neuron
 
 THRESHOLD = 0.8  # the trimmed prompt keeps ≥ 80 % of the activation
+
+
+def scan_candidates(k: int) -> int:
+    """Documents a scan keeps for k prompts: spares for prompts that are dropped or duplicates."""
+    return 2 * k + 10
 TOKENS_PER_BATCH = 4096  # padded B·T per forward pass
 
 
@@ -145,8 +154,9 @@ def shortest_suffixes(evaluate: Callable[[list[tuple[int, int]]], list[float]], 
 def mine_prompts(model, neuron: Neuron | str, corpus: str | Path, split: str | None = "train", k: int = 20,
                  bos: bool = True, max_tokens: int = 100) -> list[MinedPrompt]:
     """The neuron's top-k documents of ``split``, each trimmed to its shortest suffix that keeps ≥ 80 % of the
-    peak activation (see the module docstring), best first; documents that do not fit in ``max_tokens`` or
-    peak at ≤ 0 are dropped, so fewer than k prompts may come back."""
+    peak activation (see the module docstring), best first, without repeating a trimmed prompt; documents that
+    do not fit in ``max_tokens``, peak at ≤ 0 or repeat a better prompt are dropped and the next candidates
+    tried, so fewer than k prompts come back only when the candidates run out."""
     n = neuron if isinstance(neuron, Neuron) else parse_neuron(neuron, model.cfg.n_layer, model.cfg.d_mlp)
     if not (0 <= n.layer < model.cfg.n_layer and 0 <= n.index < model.cfg.d_mlp):
         raise MinitfError(f"{n}: out of range (the model has {model.cfg.n_layer} layers of {model.cfg.d_mlp} neurons)")
@@ -160,7 +170,7 @@ def mine_prompts(model, neuron: Neuron | str, corpus: str | Path, split: str | N
 
     top = _top_from_index(model, n, corpus, split, k, bos)
     if top is None:
-        top = scan_top_documents(model, n, corpus, split, k, bos)
+        top = scan_top_documents(model, n, corpus, split, scan_candidates(k), bos)
     else:
         docs = _documents_by_id(model, corpus, split, {d for d, _, _ in top}, bos)
         top = [(d, p, a, docs[d]) for d, p, a in top]
@@ -170,24 +180,35 @@ def mine_prompts(model, neuron: Neuron | str, corpus: str | Path, split: str | N
         _, p, _, ids = top[i]
         return ids[:b] + ids[p + 1 - s: p + 1]
 
-    def evaluate(queries: list[tuple[int, int]]) -> list[float]:
-        acts = neuron_activations(model, n, [prompt(i, s) for i, s in queries])
-        return [float(a[-1]) for a in acts]
+    out: list[MinedPrompt] = []
+    seen: set[tuple[int, ...]] = set()
+    done = 0  # candidates top[:done] are trimmed
+    while len(out) < k and done < len(top):
+        batch = list(range(done, min(done + k - len(out), len(top))))  # as many as prompts still missing
+        done = batch[-1] + 1
 
-    found = shortest_suffixes(evaluate, [p + 1 - b for _, p, _, _ in top], [THRESHOLD * a for _, _, a, _ in top],
-                              cap=max_tokens - 1 - b)
-    out = []
-    for i, res in enumerate(found):
-        if res is None:
-            continue
-        s, f = res
-        doc_id, p, a, _ = top[i]
-        out.append(MinedPrompt(prompt(i, s), doc_id, p, a, a if f is None else f))
+        def evaluate(queries: list[tuple[int, int]], batch=batch) -> list[float]:
+            acts = neuron_activations(model, n, [prompt(batch[j], s) for j, s in queries])
+            return [float(a[-1]) for a in acts]
+
+        found = shortest_suffixes(evaluate, [top[i][1] + 1 - b for i in batch],
+                                  [THRESHOLD * top[i][2] for i in batch], cap=max_tokens - 1 - b)
+        for i, res in zip(batch, found):
+            if res is None:
+                continue
+            s, f = res
+            doc_id, p, a, _ = top[i]
+            tokens = prompt(i, s)
+            if tuple(tokens) in seen:
+                continue
+            seen.add(tuple(tokens))
+            out.append(MinedPrompt(tokens, doc_id, p, a, a if f is None else f))
     return out
 
 
 def _top_from_index(model, neuron: Neuron, corpus: Path, split: str | None, k: int, bos: bool):
-    """[(doc_id, position, activation)] from a fresh index that covers the request, else None (then scan)."""
+    """[(doc_id, position, activation)] from a fresh index that covers the request, else None (then scan):
+    all of the index's top list (≥ k entries), the ones past k as spares."""
     from .index import load_index
 
     try:
@@ -197,4 +218,4 @@ def _top_from_index(model, neuron: Neuron, corpus: Path, split: str | None, k: i
         return None
     if index is None or not index.covers(neuron, split) or index.bos != bos or index.k < k:
         return None
-    return index.top(neuron, split)[:k]
+    return index.top(neuron, split)

@@ -8,7 +8,8 @@ from hypothesis import strategies as st
 
 from minitf import Model, Neuron
 from minitf.errors import MinitfError
-from minitf.neurons import allowed_token, layer_scores, layer_table, neuron_card, neuron_class, vocab_moments
+from minitf.neurons import (allowed_token, layer_scores, layer_table, neuron_card, neuron_class, token_counts,
+                            vocab_moments)
 from numpy_models import random_model
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
@@ -114,6 +115,8 @@ def test_filter_semantics():
     assert allowed_token(" the") and allowed_token(" of") and allowed_token(" 123")
     assert not allowed_token("the") and not allowed_token(" a") and not allowed_token(",")
     assert not allowed_token(" ") and not allowed_token("") and not allowed_token("\nthe")
+    assert not allowed_token("   ") and not allowed_token(" \n") and not allowed_token(" \t ")  # whitespace only
+    assert allowed_token("  a") and allowed_token(" \u00e9t")
     # on a real (small) vocabulary: filtered congruence is the max over allowed tokens, never above the max
     model = Model.load(GOLDEN / "hub_bf16")
     strings = [model.token_str(t) for t in range(model.cfg.d_vocab)]
@@ -149,7 +152,8 @@ def test_neuron_card_and_layer_table():
         assert card["class"] == neuron_class(card["kurtosis"], card["skew"])
     card = neuron_card(model, "L2N7", k=3, filter=False)
     ranks = (s.max(1) > s[7].max()).sum() + 1
-    assert card["rank"] == ranks and card["token_id"] == int(s[7].argmax()) and not card["filter"]
+    assert card["rank"] == ranks and card["token_id"] == int(s[7].argmax())
+    assert card["filter"] == "all tokens" and table[0]["filter"] == "space+2 chars"
     assert neuron_card(model, Neuron(2, 7))["index"] == 7
     with pytest.raises(MinitfError, match="out of range"):
         neuron_card(model, "L9N0")
@@ -211,7 +215,7 @@ def test_big_layers_are_cached_on_disk(tmp_path, monkeypatch):
     monkeypatch.setattr(neurons_mod, "DISK_CACHE_MIN_FLOPS", 0)
     monkeypatch.setenv("MINITF_CACHE_DIR", str(tmp_path))
     first = layer_scores(Model.load(GOLDEN / "hub_bf16"), 1)
-    files = list((tmp_path / "neurons").glob("*-L1.npz"))
+    files = list((tmp_path / "neurons").glob("*-L1-v2.npz"))
     assert len(files) == 1
     again = layer_scores(Model.load(GOLDEN / "hub_bf16"), 1)  # a new model object: read back from disk
     np.testing.assert_array_equal(again.congruence, first.congruence)
@@ -238,3 +242,86 @@ def test_a_vocabulary_padded_beyond_the_tokenizer():
     n = int(np.argmax(s.max(1)))
     card = neuron_card(model, Neuron(1, n), k=600)
     assert {t: name for t, name, _ in card["promoted"]}[599] == "#599"
+
+
+# ---- the count filter -------------------------------------------------------------------------------
+COUNT_CORPUS = "the cat sat on the mat\n\nthe dog and the cat\n\n a house of the cat, the dog. the end"
+
+
+def test_token_counts_are_the_corpus_tokens_counted(tmp_path):
+    model = Model.load(GOLDEN / "hub_bf16")
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(COUNT_CORPUS + "\n")
+    counts = token_counts(model, corpus)
+    expected = np.zeros(model.cfg.d_vocab, np.int64)
+    for doc in COUNT_CORPUS.split("\n\n"):
+        for t in model.encode(doc):
+            expected[t] += 1
+    np.testing.assert_array_equal(counts, expected)
+    assert counts[model.encode(" the")[0]] == 5 and counts.sum() == sum(len(model.encode(d)) for d in
+                                                                       COUNT_CORPUS.split("\n\n"))
+    assert token_counts(model, corpus) is counts  # counted once
+    corpus.write_text("the cat\n")  # a changed file is counted again
+    assert token_counts(model, corpus).sum() == len(model.encode("the cat"))
+
+
+@pytest.mark.parametrize("filter", [True, False])
+@pytest.mark.parametrize("min_count", [1, 2, 3])
+def test_count_filter_equals_brute_force(tmp_path, filter, min_count):
+    model = Model.load(GOLDEN / "prefixed_f16")
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(COUNT_CORPUS + "\n")
+    counts = np.zeros(model.cfg.d_vocab, np.int64)  # independent count: tokens of each blank-line-separated text
+    for doc in COUNT_CORPUS.split("\n\n"):
+        np.add.at(counts, model.encode(doc), 1)
+    allowed = counts >= min_count
+    if filter:
+        allowed &= np.array([allowed_token(model.token_str(t)) for t in range(model.cfg.d_vocab)])
+    assert 1 <= allowed.sum() < 30
+    for layer in range(model.cfg.n_layer):
+        s = reference_scores(model.w, layer)  # [M, V]
+        masked = np.where(allowed, s, -np.inf)
+        got = layer_scores(model, layer, filter=filter, min_count=min_count, corpus=corpus)
+        np.testing.assert_array_equal(got.token, masked.argmax(1))
+        np.testing.assert_allclose(got.congruence, masked.max(1), rtol=0, atol=1e-5 * np.abs(s).max())
+        np.testing.assert_array_equal(got.token_all, s.argmax(1))  # the unfiltered columns are untouched
+    table = layer_table(model, 1, top=4, filter=filter, min_count=min_count, corpus=corpus, k=2)
+    want = np.where(allowed, reference_scores(model.w, 1), -np.inf).max(1)
+    assert [r["index"] for r in table] == list(np.argsort(-want, kind="stable")[:4])
+    assert [r["rank"] for r in table] == [1, 2, 3, 4]
+    for r in table:
+        assert allowed[r["token_id"]] and r["token"] == model.token_str(r["token_id"])
+        assert r["filter"] == ("space+2 chars, " if filter else "") + f"count≥{min_count} in c.txt"
+    # the paper's filter alone is unchanged by having used the count filter
+    plain = layer_scores(model, 1)
+    assert plain.congruence.dtype == np.float32 and all(allowed_token(model.token_str(t)) for t in plain.token)
+
+
+def test_count_filter_errors(tmp_path):
+    model = Model.load(GOLDEN / "prefixed_f16")
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(COUNT_CORPUS + "\n")
+    with pytest.raises(MinitfError, match="min_count=-1"):
+        layer_scores(model, 0, min_count=-1, corpus=corpus)
+    with pytest.raises(MinitfError, match="no token passes the filter and occurs ≥ 1000 times in c.txt"):
+        layer_scores(model, 0, min_count=1000, corpus=corpus)
+    with pytest.raises(MinitfError, match="no such corpus file"):
+        layer_scores(model, 0, min_count=2, corpus=tmp_path / "absent.txt")
+    with pytest.raises(MinitfError, match="needs a corpus"):  # the golden folder ships no corpus.txt.gz
+        layer_scores(model, 0, min_count=2)
+    with pytest.raises(MinitfError, match="tokenizer"):
+        token_counts(random_model(), corpus)
+
+
+def test_token_counts_on_disk(tmp_path, monkeypatch):
+    import minitf.neurons as neurons_mod
+
+    monkeypatch.setattr(neurons_mod, "COUNTS_DISK_MIN_BYTES", 0)
+    monkeypatch.setenv("MINITF_CACHE_DIR", str(tmp_path / "cache"))
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(COUNT_CORPUS + "\n")
+    first = token_counts(Model.load(GOLDEN / "hub_bf16"), corpus)
+    files = list((tmp_path / "cache" / "neurons").glob("counts-*.npy"))
+    assert len(files) == 1
+    np.save(files[0], first + 5)  # it is the file that answers a new model object
+    np.testing.assert_array_equal(token_counts(Model.load(GOLDEN / "hub_bf16"), corpus), first + 5)

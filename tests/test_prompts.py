@@ -178,3 +178,33 @@ def test_bad_arguments(setup):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert mine_prompts(model, "L0N0", corpus, k=1)  # no index: a plain scan, no warning
+
+
+def test_identical_trimmed_prompts_are_kept_once(setup, tmp_path):
+    """Every document twice: the copies trim to the same prompt, so only the first (lower doc_id) is kept and
+    the next documents fill the k places. Expected: each document mined alone, then the first k distinct."""
+    _, model, _ = setup
+    docs = write_corpus(tmp_path / "once.txt", n_docs=30, seed=5).read_text().strip().split("\n\n")
+    corpus = tmp_path / "twice.txt"
+    corpus.write_text("\n\n".join(docs + docs) + "\n")
+    neuron, k = Neuron(1, 3), 6
+    got = mine_prompts(model, neuron, corpus, split=None, k=k)
+    peaks = sorted((-activations_alone(model, neuron, tokenize_document(model, text))[1:].max(), i)
+                   for i, text in enumerate(docs))
+    expected, seen = [], set()
+    for neg, i in peaks:
+        if -neg <= 0 or len(expected) == k:
+            break
+        (tmp_path / "one.txt").write_text(docs[i] + "\n")
+        alone = mine_prompts(model, neuron, tmp_path / "one.txt", split=None, k=1)
+        if alone and tuple(alone[0].tokens) not in seen:
+            seen.add(tuple(alone[0].tokens))
+            expected.append((i, alone[0].tokens))
+    assert len(expected) == k and len(peaks) > k
+    assert [(p.doc_id, p.tokens) for p in got] == expected  # the originals (ids < 30), never their copies
+    assert len({tuple(p.tokens) for p in got}) == k
+    for p in got:
+        check_prompt(model, neuron, corpus, p, True, 100)
+    build_index(model, corpus, layers=[1], k=30, workers=1, progress=False)  # the index's spares do the same
+    indexed = mine_prompts(model, neuron, corpus, split=None, k=k)
+    assert [(p.doc_id, p.tokens) for p in indexed] == expected
