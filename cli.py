@@ -237,10 +237,13 @@ def score(neuron, model_spec, llm_model, base_url, max_calls, concurrency, cache
                                    rule=rule, include_same_layer=include_same_layer)
     summary = summarize_scores(scores)
     if as_json:
+        def summary_json(metric):
+            sm = summarize_scores(scores, metric)
+            return {"count": sm.count, "mean": sm.mean, "std": sm.std, "n_skipped": sm.n_skipped + len(skipped),
+                    "histogram": [{"low": lo, "high": hi, "count": c} for lo, hi, c in sm.bins]}
         return _emit_json({"neuron": str(neuron), "scores": [s.to_dict(items=True) for s in scores],
-                           "skipped": skipped,
-                           "summary": {"count": summary.count, "mean": summary.mean, "std": summary.std,
-                                       "histogram": [{"low": lo, "high": hi, "count": c} for lo, hi, c in summary.bins]}})
+                           "skipped": skipped, "summary": summary_json("balanced_accuracy"),
+                           "summary_roc_auc": summary_json("roc_auc")})
     for head, reason in skipped.items():
         click.echo(f"{head}: skipped: {reason}")
     for s in scores:

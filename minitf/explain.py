@@ -654,10 +654,10 @@ def explain_neuron(model, neuron, llm: CompletionClient | None, store: ResultSto
         examples = head_examples(result, name)
         entry: dict[str, Any] = {"n_active": len(examples.active), "n_inactive": len(examples.inactive)}
         out["heads"][name] = entry
-        if llm is None:
-            entry["messages"] = explain_messages(examples)
-        elif not examples.active or not examples.inactive:
+        if not examples.active or not examples.inactive:
             entry["skip_reason"] = "the train prompts need both active and inactive examples"
+        elif llm is None:
+            entry["messages"] = explain_messages(examples)
         else:
             entry["explanation"] = explain_head(llm, examples)
             store.update(name, explanation=entry["explanation"], n_active=entry["n_active"],
@@ -670,7 +670,14 @@ def score_neuron(model, neuron, llm: CompletionClient, store: ResultStore, head:
                  **trace_options: Any) -> tuple[list[HeadScore], dict[str, str]]:
     """Score the stored explanations of ``neuron``'s heads on its top test-split prompts, labelled by the same
     rule. Returns (scores, {head: skip reason}); scores are saved in ``store``."""
-    explained = {h: r["explanation"] for h, r in store.load().items() if r.get("explanation")}
+    stored = store.load()
+    explained = {h: r["explanation"] for h, r in stored.items() if r.get("explanation")}
+    for h in explained:
+        made = {k: stored[h].get(k) for k in ("rule", "prompt_format")}
+        now = {"rule": trace_options.get("rule", "sigma2"), "prompt_format": PROMPT_FORMAT_VERSION}
+        if made != now:
+            raise MinitfError(f"{store.path}: the explanation of {h} was made with {made}, this score uses {now}: "
+                              "rerun 'python cli.py explain' with the same --rule")
     if head:
         from minitf.names import parse_head
 

@@ -338,3 +338,16 @@ def test_summarize_scores_and_render() -> None:
     assert summarize_scores(scores, "roc_auc").count == 0
     with pytest.raises(MinitfError, match="metric"):
         summarize_scores(scores, "accuracy")
+
+
+def test_score_refuses_an_explanation_made_under_another_rule(tmp_path):
+    from pathlib import Path
+
+    from minitf import Model, Neuron
+    from minitf.explain import PROMPT_FORMAT_VERSION, ResultStore, score_neuron
+
+    model = Model.load(Path(__file__).resolve().parent / "golden" / "prefixed_f16")
+    store = ResultStore(tmp_path, model.folder, "L2N7")
+    store.update("L1H1", explanation="when the text is old", rule="top3", prompt_format=PROMPT_FORMAT_VERSION)
+    with pytest.raises(MinitfError, match="made with .*'top3'.* this score uses .*'sigma2'"):
+        score_neuron(model, Neuron(2, 7), llm=None, store=store, rule="sigma2")
