@@ -38,7 +38,6 @@ import argparse
 import glob
 import gzip
 import hashlib
-import io
 import json
 import os
 import re
@@ -157,7 +156,6 @@ class RUnserializer:
         t = flags & 0xFF
         levels = flags >> 12
         has_attr = bool(flags & (1 << 9))
-        has_tag = bool(flags & (1 << 10))
 
         if t == NILVALUE_SXP:
             return None
