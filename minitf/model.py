@@ -162,6 +162,9 @@ class _Par:
                 _BLAS.set(before)
 
 
+_PARALLEL_MIN = 1 << 16  # elements below which elementwise work stays on one thread
+
+
 def _matmul(x: np.ndarray, W: np.ndarray) -> np.ndarray:
     """x [..., K] @ W [K, N] as one GEMM over all rows (``@`` on a 3-D x runs one GEMM per prompt)."""
     K = x.shape[-1]
@@ -355,15 +358,15 @@ class Model:
         rows = x.reshape(-1, D)  # [N, D]
         out = np.empty(rows.shape, np.float32)  # [N, D]
         sigma = np.empty(rows.shape[0], np.float32)  # [N]
-        pieces = _split(rows.shape[0], par.n if rows.size >= 1 << 16 else 1)
+        pieces = _split(rows.shape[0], par.n if rows.size >= _PARALLEL_MIN else 1)
 
-        def work(i):
+        def ln_share(i):
             a, b = pieces[i]
             for c in range(a, b, 256):  # chunks whose temporaries stay in cache
                 d = min(b, c + 256)
                 _layer_norm_rows(rows[c:d], gamma, beta, self.cfg.eps, out[c:d], sigma[c:d])
 
-        par(work, len(pieces))
+        par(ln_share, len(pieces))
         return out.reshape(x.shape), sigma.reshape(x.shape[:-1])
 
     def _attention(self, layer, x, patches, record, par) -> np.ndarray:
@@ -407,10 +410,10 @@ class Model:
         post = np.empty_like(pre) if keep_pre else pre  # [B, T, M] GELU in place unless pre is recorded
         K = pre.shape[-1]
         rows_pre, rows_post = pre.reshape(-1, K), post.reshape(-1, K)  # [N, K]
-        pieces = _split(rows_pre.shape[0], par.n if pre.size >= 1 << 16 else 1)
+        pieces = _split(rows_pre.shape[0], par.n if pre.size >= _PARALLEL_MIN else 1)
         chunk = max(1, (1 << 16) // K)  # rows whose temporaries stay in cache
 
-        def work(i):
+        def gelu_share(i):
             a, b = pieces[i]
             t = np.empty((min(chunk, b - a), K), np.float32)
             for c in range(a, b, chunk):
@@ -419,7 +422,7 @@ class Model:
                 rows += b_in
                 _gelu_rows(rows, rows_post[c:d], t[:d - c])
 
-        par(work, len(pieces))
+        par(gelu_share, len(pieces))
         record("pre", layer, pre)
         for neuron, positions, value in patches:
             post[:, slice(None) if positions is None else positions, neuron] = value
@@ -459,7 +462,7 @@ class Model:
         return heads, neurons
 
 
-_ATTENTION_BLOCK_BYTES = 1 << 20  # scores of one block of query rows (all of a group's heads)
+_ATTENTION_BLOCK_BYTES = 1 << 21  # scores of one block of query rows (all of a group's heads)
 
 
 def _attend(q, k, v, z, pattern, scale: float, par) -> None:
@@ -468,37 +471,44 @@ def _attend(q, k, v, z, pattern, scale: float, par) -> None:
     q, k, v: [B, T, H, Dh] (views into the fused qkv); pattern: [B, H, T, T] zeros to fill, or None.
     Work goes in blocks of query rows: a block of rows i0…i1 needs keys 0…i1 only (the causal mask is
     added on the diagonal block), its scores stay in cache through the softmax, and nothing is computed
-    for the keys a query never sees. Heads (or prompts) are shared among ``par``'s threads, each running
-    its small products with one BLAS thread.
+    for the keys a query never sees; short prompts go several at a time. Prompts (or, for fewer prompts
+    than threads, heads) are shared among ``par``'s threads, each running its small products with one
+    BLAS thread.
     """
     B, T, H, Dh = q.shape
-    groups = [(b, h0, h1) for b in range(B) for h0, h1 in _split(H, 1 if B % par.n == 0 else par.n)]
-    shares = [groups[a:b] for a, b in _split(len(groups), par.n)]
-    h_most = max(h1 - h0 for _, h0, h1 in groups)
+    n = par.n
+    if B % n == 0 or B >= 4 * n:
+        shares = [((b0, b1), (0, H)) for b0, b1 in _split(B, n)]  # thread → (prompts, heads)
+    else:
+        shares = [((0, B), hs) for hs in _split(H, n)]
+    h_most = max(h1 - h0 for _, (h0, h1) in shares)
     block = min(T, max(16, _ATTENTION_BLOCK_BYTES // (4 * T * h_most) // 16 * 16))  # query rows per block
+    per = max(1, _ATTENTION_BLOCK_BYTES // (4 * T * T * h_most)) if block == T else 1  # prompts per block
     mask = np.triu(np.full((block, block), -np.inf, np.float32), 1)  # [block, block]
 
-    def work(i):
-        h_max = max(h1 - h0 for _, h0, h1 in shares[i])
-        scratch = np.empty((h_max, block, T), np.float32) if pattern is None else None
-        for b, h0, h1 in shares[i]:
-            qb = q[b, :, h0:h1].transpose(1, 0, 2)  # [h, T, Dh]
-            kb = k[b, :, h0:h1].transpose(1, 2, 0)  # [h, Dh, T]
-            vb = v[b, :, h0:h1].transpose(1, 0, 2)  # [h, T, Dh]
-            zb = z[b, :, h0:h1].transpose(1, 0, 2)  # [h, T, Dh] a view of the output
+    def attend_share(i):
+        (b_lo, b_hi), (h0, h1) = shares[i]
+        scratch = np.empty((min(per, b_hi - b_lo), h1 - h0, block, T), np.float32) if pattern is None else None
+        for b0 in range(b_lo, b_hi, per):
+            b1 = min(b_hi, b0 + per)
+            qb = q[b0:b1, :, h0:h1].transpose(0, 2, 1, 3)  # [nb, h, T, Dh]
+            kb = k[b0:b1, :, h0:h1].transpose(0, 2, 3, 1)  # [nb, h, Dh, T]
+            vb = v[b0:b1, :, h0:h1].transpose(0, 2, 1, 3)  # [nb, h, T, Dh]
+            zb = z[b0:b1, :, h0:h1].transpose(0, 2, 1, 3)  # [nb, h, T, Dh] a view of the output
             for i0 in range(0, T, block):
                 i1 = min(T, i0 + block)
-                n = i1 - i0
-                s = pattern[b, h0:h1, i0:i1, :i1] if pattern is not None else scratch[:h1 - h0, :n, :i1]  # [h, n, i1]
-                np.matmul(qb[:, i0:i1], kb[:, :, :i1], out=s)
+                r = i1 - i0
+                s = (pattern[b0:b1, h0:h1, i0:i1, :i1] if pattern is not None
+                     else scratch[:b1 - b0, :, :r, :i1])  # [nb, h, r, i1]
+                np.matmul(qb[:, :, i0:i1], kb[..., :i1], out=s)
                 s *= scale
-                s[:, :, i0:] += mask[:n, :n]  # a query never sees later keys
+                s[..., i0:] += mask[:r, :r]  # a query never sees later keys
                 s -= s.max(-1, keepdims=True)
                 np.exp(s, out=s)
                 s /= s.sum(-1, keepdims=True)
-                np.matmul(s, vb[:, :i1], out=zb[:, i0:i1])
+                np.matmul(s, vb[:, :, :i1], out=zb[:, :, i0:i1])
 
-    par(work, len(shares), blas_one=True)
+    par(attend_share, len(shares), blas_one=True)
 
 
 class _Recorder:
