@@ -21,11 +21,7 @@ never lets a real position see a padded one, so each prompt's numbers equal thos
 """
 from __future__ import annotations
 
-import ctypes
 import math
-import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -34,6 +30,7 @@ import numpy as np
 
 from .errors import MinitfError
 from .names import Head, Neuron, parse_head, parse_neuron
+from .parallel import POOL_LOCK, Par, split, threads
 from .weights import Config, load_weights
 
 # Internals a run can record, per layer ([B, T, ...] unless noted).
@@ -88,80 +85,6 @@ def _gelu_rows(x: np.ndarray, out: np.ndarray, t: np.ndarray) -> None:
     np.multiply(t, x, out=out)
 
 
-# ---- threads ----------------------------------------------------------------------------------------
-# NumPy releases the GIL in its loops, so a few Python threads keep every core busy in the work BLAS does not
-# do (softmax, GELU, LayerNorm) and in attention's many small products. The number of threads is the number
-# of threads NumPy's OpenBLAS uses (so OPENBLAS_NUM_THREADS=1, as in minitf.index's workers, means one);
-# while threads run BLAS calls side by side, OpenBLAS is set to one thread each. Where OpenBLAS cannot be
-# found (another BLAS), everything runs on the calling thread, as it would anyway.
-class _Blas:
-    def __init__(self):
-        self.get = self.set = None
-        try:
-            with open("/proc/self/maps") as f:
-                paths = sorted({line.split()[-1] for line in f if "openblas" in line.rsplit("/", 1)[-1].lower()})
-        except OSError:
-            paths = []
-        for path in paths:
-            try:
-                lib = ctypes.CDLL(path)
-            except OSError:
-                continue
-            for prefix, suffix in (("scipy_openblas_", "64_"), ("scipy_openblas_", ""), ("openblas_", "64_"),
-                                   ("openblas_", "")):
-                get = getattr(lib, f"{prefix}get_num_threads{suffix}", None)
-                put = getattr(lib, f"{prefix}set_num_threads{suffix}", None)
-                if get is not None and put is not None:
-                    get.restype, get.argtypes, put.restype, put.argtypes = ctypes.c_int, [], None, [ctypes.c_int]
-                    self.get, self.set = get, put
-                    return
-
-    def threads(self) -> int:
-        return max(1, int(self.get())) if self.get is not None else 1
-
-
-_BLAS: _Blas | None = None
-_POOL: ThreadPoolExecutor | None = None
-_POOL_LOCK = threading.Lock()  # one run at a time uses the pool; a concurrent run works on its own thread
-
-
-def _threads() -> int:
-    """How many threads a run may use now (1 when BLAS is single-threaded or not OpenBLAS)."""
-    global _BLAS
-    if _BLAS is None:
-        _BLAS = _Blas()
-    return min(_BLAS.threads(), os.cpu_count() or 1, 8)
-
-
-class _Par:
-    """Runs ``fn(part)`` for ``part`` in range(n) on n threads (the caller's included) and waits for all."""
-
-    def __init__(self, n: int):
-        global _POOL
-        self.n = n
-        if n > 1 and (_POOL is None or _POOL._max_workers < n - 1):
-            _POOL = ThreadPoolExecutor(n - 1, thread_name_prefix="minitf")
-
-    def __call__(self, fn, n: int | None = None, blas_one: bool = False) -> None:
-        n = self.n if n is None else min(n, self.n)
-        if n <= 1:
-            fn(0)
-            return
-        before = _BLAS.threads() if blas_one else None
-        if blas_one:
-            _BLAS.set(1)
-        try:
-            futures = [_POOL.submit(fn, i) for i in range(1, n)]
-            try:
-                fn(0)
-            finally:
-                for f in futures:
-                    f.result()
-        finally:
-            if blas_one:
-                _BLAS.set(before)
-
-
 _PARALLEL_MIN = 1 << 16  # elements below which elementwise work stays on one thread
 
 
@@ -169,12 +92,6 @@ def _matmul(x: np.ndarray, W: np.ndarray) -> np.ndarray:
     """x [..., K] @ W [K, N] as one GEMM over all rows (``@`` on a 3-D x runs one GEMM per prompt)."""
     K = x.shape[-1]
     return (x.reshape(-1, K) @ W).reshape(x.shape[:-1] + (W.shape[1],))
-
-
-def _split(n: int, parts: int) -> list[tuple[int, int]]:
-    """[start, stop) of ``parts`` near-equal contiguous pieces of range(n) (empty pieces dropped)."""
-    edges = [n * i // parts for i in range(parts + 1)]
-    return [(a, b) for a, b in zip(edges, edges[1:]) if b > a]
 
 
 @dataclass(frozen=True)
@@ -324,9 +241,9 @@ class Model:
         last_layer = cfg.n_layer - 1 if stop_at_layer is None else stop_at_layer
 
         record = _Recorder(keep, run.cache)
-        locked = _POOL_LOCK.acquire(blocking=False)
+        locked = POOL_LOCK.acquire(blocking=False)
         try:
-            par = _Par(_threads() if locked else 1)
+            par = Par(threads() if locked else 1)
             x = self.w["wte.weight"][tokens]  # [B, T, D]
             x += self.w["wpe.weight"][:T]
             for layer in range(last_layer + 1):
@@ -348,7 +265,7 @@ class Model:
                 run.logits = self._unembed(x, lengths, logits, record, par)
         finally:
             if locked:
-                _POOL_LOCK.release()
+                POOL_LOCK.release()
         return run
 
     def _layer_norm(self, x, name, par) -> tuple[np.ndarray, np.ndarray]:
@@ -358,7 +275,7 @@ class Model:
         rows = x.reshape(-1, D)  # [N, D]
         out = np.empty(rows.shape, np.float32)  # [N, D]
         sigma = np.empty(rows.shape[0], np.float32)  # [N]
-        pieces = _split(rows.shape[0], par.n if rows.size >= _PARALLEL_MIN else 1)
+        pieces = split(rows.shape[0], par.n if rows.size >= _PARALLEL_MIN else 1)
 
         def ln_share(i):
             a, b = pieces[i]
@@ -410,7 +327,7 @@ class Model:
         post = np.empty_like(pre) if keep_pre else pre  # [B, T, M] GELU in place unless pre is recorded
         K = pre.shape[-1]
         rows_pre, rows_post = pre.reshape(-1, K), post.reshape(-1, K)  # [N, K]
-        pieces = _split(rows_pre.shape[0], par.n if pre.size >= _PARALLEL_MIN else 1)
+        pieces = split(rows_pre.shape[0], par.n if pre.size >= _PARALLEL_MIN else 1)
         chunk = max(1, (1 << 16) // K)  # rows whose temporaries stay in cache
 
         def gelu_share(i):
@@ -478,9 +395,9 @@ def _attend(q, k, v, z, pattern, scale: float, par) -> None:
     B, T, H, Dh = q.shape
     n = par.n
     if B % n == 0 or B >= 4 * n:
-        shares = [((b0, b1), (0, H)) for b0, b1 in _split(B, n)]  # thread → (prompts, heads)
+        shares = [((b0, b1), (0, H)) for b0, b1 in split(B, n)]  # thread → (prompts, heads)
     else:
-        shares = [((0, B), hs) for hs in _split(H, n)]
+        shares = [((0, B), hs) for hs in split(H, n)]
     h_most = max(h1 - h0 for _, (h0, h1) in shares)
     block = min(T, max(16, _ATTENTION_BLOCK_BYTES // (4 * T * h_most) // 16 * 16))  # query rows per block
     per = max(1, _ATTENTION_BLOCK_BYTES // (4 * T * T * h_most)) if block == T else 1  # prompts per block
