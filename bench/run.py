@@ -473,7 +473,7 @@ def analysis(r: dict) -> list[str]:
             "see, so half of q·kᵀ, softmax and pattern·v is skipped at 1×1024), shared between two threads with "
             "one BLAS thread each. torch's SDPA is one fused kernel; NumPy needs five passes over each block of "
             "scores (scale and mask, max, exp, sum, divide), which is where minitf loses most at 1×1024.",
-            "* **Elementwise work** (`_gelu_rows`, `_layer_norm_rows`, `reduce`): separate NumPy passes, done in "
+            "* **Elementwise work** (`_gelu_into`, `_layer_norm_rows`, `reduce`): separate NumPy passes, done in "
             "cache-sized row chunks on two threads. Two threads help less than they should: after each GEMM, "
             "OpenBLAS's worker thread keeps spinning (sched_yield) for a while and shares the cores with them "
             "(measured apart: GELU over [2048, 3072] right after a GEMM takes 8.3 ms on 2 threads, 8.8 ms on 1, and "

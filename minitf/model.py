@@ -58,23 +58,16 @@ def _layer_norm_rows(x, gamma, beta, eps, out, sigma) -> None:
 
 
 def gelu_new(x: np.ndarray) -> np.ndarray:
-    """GPT-2's tanh GELU: ½x(1 + tanh(√(2/π)(x + 0.044715x³))), computed with in-place float32 steps."""
-    out = x * x  # [...]  x²
-    out *= x
-    out *= 0.044715
-    out += x
-    out *= math.sqrt(2.0 / math.pi)
-    np.tanh(out, out=out)
-    out += 1.0
-    out *= x
-    out *= 0.5
+    """GPT-2's tanh GELU: ½x(1 + tanh(√(2/π)(x + 0.044715x³))), in float32."""
+    out = np.empty_like(x)  # [...]
+    _gelu_into(x, out, np.empty_like(x))
     return out
 
 
-def _gelu_rows(x: np.ndarray, out: np.ndarray, t: np.ndarray) -> None:
-    """out = gelu_new(x) for rows x [N, M] (out may be x), with t [N, M] as scratch; equal to ``gelu_new``
-    bit for bit (halving is exact, so ½ may be applied before the product with x)."""
-    np.multiply(x, x, out=t)
+def _gelu_into(x: np.ndarray, out: np.ndarray, t: np.ndarray) -> None:
+    """out = gelu_new(x) in in-place float32 steps (out may be x), with t (x's shape) as scratch
+    (halving is exact, so ½ may be applied before the product with x)."""
+    np.multiply(x, x, out=t)  # x²
     t *= x
     t *= 0.044715
     t += x
@@ -337,7 +330,7 @@ class Model:
                 d = min(b, c + chunk)
                 rows = rows_pre[c:d]
                 rows += b_in
-                _gelu_rows(rows, rows_post[c:d], t[:d - c])
+                _gelu_into(rows, rows_post[c:d], t[:d - c])
 
         par(gelu_share, len(pieces))
         record("pre", layer, pre)
