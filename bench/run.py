@@ -28,7 +28,6 @@ import io
 import os
 import pstats
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,7 +38,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402  (puts the repository and tests/ on sys.path)
-from common import ROOT, Timing, measure, measure_pair, settle  # noqa: E402
+from common import ROOT, measure, measure_pair, settle  # noqa: E402
 
 from minitf import attribution  # noqa: E402
 from minitf.model import Model  # noqa: E402
