@@ -20,8 +20,11 @@ source positions s the head looked up:
 
     term_h,t = Σ_s pattern_h[t, s] · (v_h[s] − b_V[h]) · u_h / σ_t  +  b_V[h] · u_h / σ_t   (rows of pattern sum to 1)
 
-The paper (via TransformerLens's ``apply_ln_to_stack``) omits σ_t; its scores are σ_t × these. Ranking the
-heads within a prompt is unchanged by that factor; minitf reports the true effects on pre.
+The paper describes its scores without σ_t (they would be σ_t × these; ranking the heads within a prompt is
+unchanged by that factor). TransformerLens's ``apply_ln_to_stack``, which its authors used, does divide by
+σ_t, but its default ``fold_value_biases`` moves each head's constant value part (b_V[h] + β₁ W_V[h]) · W_O[h]
+into the layer's bias, so its head scores are these terms minus (b_V[h] + β₁ W_V[h]) · u_h / σ_t (checked
+to 3e-6 in bench/RESULTS.md). minitf keeps that part in the head's term and reports the b_V share apart.
 """
 from __future__ import annotations
 

@@ -25,8 +25,8 @@ from .model import Model
 from .names import Neuron
 
 SCHEMA_VERSION = 1
-EFFECTS_NOTE = ("effects are exact direct effects on the neuron's pre-activation with LayerNorm-2's σ frozen; "
-                "the paper's scores omit σ (they are σ × these); head rankings per prompt are the same")
+EFFECTS_NOTE = ("effects are exact direct effects on the neuron's pre-activation with LayerNorm-2's σ frozen, "
+                "each head's value-bias part included (TransformerLens's folded scores leave it out)")
 
 
 @dataclass
