@@ -43,6 +43,7 @@ from typing import Any, Protocol, Sequence
 import numpy as np
 
 from minitf.errors import MinitfError
+from minitf.hub import default_cache_dir  # noqa: F401  (the CLI and the report take it from here)
 
 PROMPT_FORMAT_VERSION = "1"
 """Version of the prompt wording and request parameters; part of every LLM cache key."""
@@ -596,11 +597,6 @@ def head_examples(trace: dict[str, Any], head: str) -> HeadExamples:
     active = [p["text"] for p in trace["prompts"] if head in p["active_heads"]]
     inactive = [p["text"] for p in trace["prompts"] if head not in p["active_heads"]]
     return HeadExamples(trace["neuron"]["name"], head, trace["neuron"]["token"]["str"], active, inactive)
-
-
-def default_cache_dir() -> Path:
-    """``$MINITF_CACHE_DIR``, else ``~/.cache/minitf``: LLM responses and explanation results."""
-    return Path(os.environ.get("MINITF_CACHE_DIR") or Path.home() / ".cache" / "minitf")
 
 
 class ResultStore:

@@ -29,6 +29,7 @@ from email.message import Message
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from minitf.corpus import file_sha256
 from minitf.errors import MinitfError
 
 FILES = ("config.json", "vocab.json", "merges.txt", "model.safetensors")
@@ -123,9 +124,8 @@ def file_digest(path: Path, algo: str) -> str:
     """Hash a local file in chunks: ``sha256`` of the content, or ``git-sha1`` (the git blob id,
     ``sha1(b"blob <size>\\0" + content)``)."""
     if algo == "sha256":
-        h = hashlib.sha256()
-    else:
-        h = hashlib.sha1(b"blob %d\0" % path.stat().st_size)
+        return file_sha256(path)
+    h = hashlib.sha1(b"blob %d\0" % path.stat().st_size)
     with open(path, "rb") as f:
         while chunk := f.read(CHUNK):
             h.update(chunk)
@@ -330,6 +330,12 @@ def download(
 
 
 # ---------------------------------------------------------------- --model lookup
+
+
+def default_cache_dir() -> Path:
+    """minitf's own cache: ``$MINITF_CACHE_DIR``, else ``~/.cache/minitf`` (LLM responses, explanation
+    results, neuron tables of big models)."""
+    return Path(os.environ.get("MINITF_CACHE_DIR") or Path.home() / ".cache" / "minitf")
 
 
 def hf_cache_dir() -> Path:

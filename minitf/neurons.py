@@ -38,7 +38,6 @@ kurtosis > 10 and skew < 0.
 """
 from __future__ import annotations
 
-import os
 import weakref
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -46,6 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import MinitfError
+from .hub import default_cache_dir
 from .names import Neuron, parse_neuron
 
 CHUNK = 512  # neurons per [CHUNK, V] block of scores: 100 MiB for GPT-2's 50257 tokens
@@ -218,7 +218,7 @@ def token_counts(model, corpus: str | Path | None = None) -> np.ndarray:
     if path.stat().st_size > COUNTS_DISK_MIN_BYTES:
         from .index import model_sha256
 
-        disk = _cache_root() / "neurons" / f"counts-{model_sha256(model)}-{file_sha256(path)[:32]}.npy"
+        disk = default_cache_dir() / "neurons" / f"counts-{model_sha256(model)}-{file_sha256(path)[:32]}.npy"
         try:
             counts = np.load(disk, allow_pickle=False)
             if counts.shape == (model.cfg.d_vocab,):
@@ -349,11 +349,9 @@ def _disk_path(model, layer: int) -> Path | None:
         return None
     from .index import model_sha256
 
-    return _cache_root() / "neurons" / f"{model_sha256(model)}-L{layer}-v{DISK_VERSION}.npz"
+    return default_cache_dir() / "neurons" / f"{model_sha256(model)}-L{layer}-v{DISK_VERSION}.npz"
 
 
-def _cache_root() -> Path:
-    return Path(os.environ.get("MINITF_CACHE_DIR") or Path.home() / ".cache" / "minitf")
 
 
 def _read_disk(model, layer: int) -> LayerScores | None:
