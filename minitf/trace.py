@@ -21,7 +21,7 @@ from .ablation import ablate_heads, ks_2samp
 from .attribution import NEEDED, direct_effects, head_sources
 from .errors import MinitfError
 from .heads import active_mask, candidate_heads, differential
-from .model import Model
+from .model import Model, Run
 from .names import Neuron
 
 SCHEMA_VERSION = 1
@@ -197,10 +197,11 @@ def _prompt_record(model, run, fx, neuron, candidates, effects, active, post, i,
     n = int(run.lengths[i])
     toks = run.tokens[i, :n]
     top = np.argsort(-effects[i], kind="stable")[:options.top_heads]
+    one = _one(run, i)
     listed = []
     for j in top:
         head = candidates[j]
-        by_source, bias_share = head_sources(model, _one(run, i), neuron, head)
+        by_source, bias_share = head_sources(model, one, neuron, head)
         weights = run["pattern", head.layer][i, head.head, n - 1, :n]  # [n] attention from the last token
         best = np.argsort(-by_source[0, :n], kind="stable")[:options.sources]
         listed.append({"head": str(head), "effect": float(effects[i, j]), "active": bool(active[i, j]),
@@ -220,13 +221,12 @@ def _prompt_record(model, run, fx, neuron, candidates, effects, active, post, i,
         "top_heads": listed,
     }
     if options.per_position:
-        record["positions"] = _per_position(model, run, neuron, candidates, i, n, options.top_heads)
+        record["positions"] = _per_position(model, one, run, neuron, candidates, i, n, options.top_heads)
     return record
 
 
-def _per_position(model, run, neuron, candidates, i, n, k) -> list[dict]:
-    """Activation and the top-k candidate heads' effects at every position of prompt i."""
-    one = _one(run, i)
+def _per_position(model, one, run, neuron, candidates, i, n, k) -> list[dict]:
+    """Activation and the top-k candidate heads' effects at every position of prompt i (``one``: its view)."""
     out = []
     for t in range(n):
         fx = direct_effects(model, one, neuron, np.array([t]))
@@ -239,8 +239,6 @@ def _per_position(model, run, neuron, candidates, i, n, k) -> list[dict]:
 
 def _one(run, i):
     """A view of prompt i of a run as a batch of one (the cache arrays sliced, not copied)."""
-    from .model import Run
-
     cache = {key: (value[i:i + 1]) for key, value in run.cache.items()}
     return Run(run.tokens[i:i + 1], run.lengths[i:i + 1], None, cache, run.neuron_columns)
 
