@@ -22,6 +22,7 @@ import signal
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from minitf.errors import MinitfError
@@ -460,13 +461,61 @@ def test_hovering_and_clicking_a_token_shows_the_heads_there(browser, report_pag
     assert browser.record()["exceptions"] == []
 
 
+def _decode_png(data: bytes) -> np.ndarray:
+    """A screenshot PNG (8-bit RGB or RGBA, not interlaced) → pixels [H, W, C]: zlib + the five row filters."""
+    import struct
+    import zlib
+    pos, idat, (width, height, depth, colour) = 8, b"", (0, 0, 0, 0)
+    while pos < len(data):
+        n, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        body = data[pos + 8:pos + 8 + n]
+        if kind == b"IHDR":
+            width, height, depth, colour = struct.unpack(">IIBB", body[:10])
+        elif kind == b"IDAT":
+            idat += body
+        pos += 12 + n
+    assert depth == 8 and colour in (2, 6)
+    c = 3 if colour == 2 else 4
+    raw = np.frombuffer(zlib.decompress(idat), np.uint8).reshape(height, 1 + width * c)
+    out = np.zeros((height, width * c), np.int32)
+    for y in range(height):
+        f, row = raw[y, 0], raw[y, 1:].astype(np.int32)
+        up = out[y - 1] if y else np.zeros_like(row)
+        if f in (0, 2):
+            out[y] = (row + (up if f == 2 else 0)) % 256
+        else:  # Sub, Average, Paeth depend on the pixel to the left: go along the row
+            cur = out[y]
+            for x in range(len(row)):
+                a = cur[x - c] if x >= c else 0
+                b, d = up[x], (up[x - c] if x >= c else 0)
+                if f == 1:
+                    pred = a
+                elif f == 3:
+                    pred = (a + b) // 2
+                else:
+                    pa, pb, pc = abs(b - d), abs(a - d), abs(a + b - 2 * d)
+                    pred = a if pa <= pb and pa <= pc else (b if pb <= pc else d)
+                cur[x] = (row[x] + pred) % 256
+    return out.reshape(height, width, c).astype(np.uint8)
+
+
 def test_screenshot(browser, report_page, tmp_path):
     shot = tmp_path / "report.png"
     browser.screenshot(shot)
     data = shot.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
-    assert (width, height) == (1200, 1600)
+    pixels = _decode_png(data)  # [H, W, channels]
+    assert pixels.shape[:2] == (1600, 1200)
+    # the heading is really painted where the DOM puts it: its box holds ink (dark text on the light page),
+    # and a box of the same size in the empty right margin does not
+    left, top, w, h = browser.eval("""(() => { const r = document.querySelector('h1').getBoundingClientRect();
+        return [r.left, r.top, r.width, r.height].map(Math.round); })()""")
+    heading = pixels[top:top + h, left:left + w, :3].astype(int)
+    background = pixels[5, -5, :3].astype(int)
+    ink = np.abs(heading - background).sum(-1) > 120
+    assert ink.mean() > 0.02, "the heading's box is blank in the screenshot"
+    margin = pixels[top:top + h, -40:-5, :3].astype(int)
+    assert (np.abs(margin - background).sum(-1) > 120).mean() < 0.001
     if os.environ.get("MINITF_REPORT_SHOTS"):  # keep the screenshots to look at them
         keep = Path(os.environ["MINITF_REPORT_SHOTS"])
         keep.mkdir(parents=True, exist_ok=True)
