@@ -33,7 +33,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import random
 import string
 from dataclasses import dataclass, field, replace
@@ -43,6 +42,7 @@ from typing import Any, Protocol, Sequence
 import numpy as np
 
 from minitf.errors import MinitfError
+from minitf.files import atomic_write
 from minitf.hub import default_cache_dir  # noqa: F401  (the CLI and the report take it from here)
 
 PROMPT_FORMAT_VERSION = "1"
@@ -620,9 +620,7 @@ class ResultStore:
         data = self.load()
         data.setdefault(head, {}).update(fields)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
-        os.replace(tmp, self.path)
+        atomic_write(self.path, json.dumps(data, indent=2, ensure_ascii=False))
 
 
 def _traced_heads(model, neuron, split: str, head: str | None, trace_options: dict[str, Any]):

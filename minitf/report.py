@@ -25,11 +25,10 @@ import hashlib
 import html
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 
 from .errors import MinitfError
+from .files import atomic_write
 
 __all__ = ["render_html", "write_html", "report_extras", "index_histogram"]
 
@@ -705,25 +704,14 @@ def render_html(trace: dict, explanations: dict | None = None, histogram: dict |
 
 
 def write_html(path, trace: dict, explanations: dict | None = None, histogram: dict | None = None) -> Path:
-    """Render the report and write it to ``path`` atomically (a temp file beside it, then ``os.replace``)."""
+    """Render the report and write it to ``path`` atomically (``minitf.files.atomic_write``)."""
     path = Path(path)
     page = render_html(trace, explanations, histogram)
     if path.is_dir():
         raise MinitfError(f"{path}: is a folder; give a file name such as report.html")
     if not path.parent.is_dir():
         raise MinitfError(f"{path}: the folder {path.parent} does not exist")
-    tmp = None
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(page)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except OSError as e:
-        if tmp and os.path.exists(tmp):
-            os.unlink(tmp)
-        raise MinitfError(f"{path}: cannot write ({e.strerror or e})") from None
-    return path
+    return atomic_write(path, page)
 
 
 def report_extras(model, neuron, trace: dict, cache_dir=None) -> tuple[dict | None, dict | None]:

@@ -1,0 +1,51 @@
+"""minitf's files: one atomic write.
+
+Every file minitf writes (reports, results, indexes, LLM cache entries) goes through :func:`atomic_write`,
+so a reader sees the old file or the new one, never half of one, even with several writers at once:
+
+    temp = mkstemp(dir=path's folder)      unique name, same file system as path
+    write(temp); flush; fsync(temp)        the bytes are on disk before they get the name
+    os.replace(temp, path)                 atomic on POSIX and Windows
+
+A failure (disk full, permissions, an exception in ``write``) removes the temp file and leaves ``path``
+as it was.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import BinaryIO, Callable
+
+from .errors import MinitfError
+
+
+def atomic_write(path: str | Path, data: bytes | str | Callable[[BinaryIO], object], mode: int = 0o644) -> Path:
+    """Write ``data`` (bytes, str as UTF-8, or a function ``write(binary file)``) to ``path`` atomically.
+
+    The temp file is ``.<name>.<random>.tmp`` beside ``path``; it gets permissions ``mode`` (mkstemp makes
+    it 0600) and is renamed onto ``path`` only after an fsync. Raises MinitfError naming ``path`` on an
+    OSError; any other exception from ``write`` propagates, with the temp file removed either way.
+    """
+    path = Path(path)
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "wb") as f:
+            if callable(data):
+                data(f)
+            else:
+                f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+        tmp = None
+    except OSError as e:
+        raise MinitfError(f"{path}: cannot write ({e.strerror or e})") from None
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+    return path
