@@ -21,7 +21,6 @@ import http.client
 import os
 import re
 import sys
-import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from urllib.parse import urlsplit
 
 from minitf.corpus import file_sha256
 from minitf.errors import MinitfError
+from minitf.progress import Progress, megabytes
 
 FILES = ("config.json", "vocab.json", "merges.txt", "model.safetensors")
 DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -141,62 +141,10 @@ def _matches(path: Path, remote: Remote) -> bool:
     return remote.size is not None
 
 
-# ---------------------------------------------------------------- progress
-
-
-def _mb(n: float) -> str:
-    return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB"
-
-
-class _Progress:
-    """A ``\\r``-updated line on stderr: bytes done/total, MB/s, ETA (only when live)."""
-
-    def __init__(self, label: str, total: int | None, done: int, live: bool) -> None:
-        self.label, self.total, self.done, self.live = label, total, done, live
-        self.start_done, self.t0, self.last, self.width = done, time.monotonic(), 0.0, 0
-
-    def update(self, n: int) -> None:
-        self.done += n
-        now = time.monotonic()
-        if self.live and (now - self.last >= 0.1 or self.done == self.total):
-            self.last = now
-            rate = (self.done - self.start_done) / max(now - self.t0, 1e-6)
-            line = f"{self.label}: {_mb(self.done)}"
-            if self.total:
-                line += f" / {_mb(self.total)} ({100 * self.done / self.total:.0f}%)"
-            line += f"  {rate / 1e6:.1f} MB/s"
-            if self.total and rate > 0:
-                eta = int((self.total - self.done) / rate)
-                line += f"  ETA {eta // 60}:{eta % 60:02d}"
-            self._show(line)
-
-    def _show(self, line: str) -> None:
-        sys.stderr.write("\r" + line.ljust(self.width))
-        sys.stderr.flush()
-        self.width = len(line)
-
-    def end_line(self) -> None:
-        """Leave the bar as it is and move to a new line (before an error message)."""
-        if self.live and self.width:
-            sys.stderr.write("\n")
-
-    def finish(self, note: str) -> None:
-        """Replace the bar by (or print) one summary line for this file."""
-        secs = time.monotonic() - self.t0
-        got = self.done - self.start_done
-        rate = got / 1e6 / max(secs, 1e-6)
-        line = f"{self.label}: {_mb(self.done)}, {_mb(got)} fetched in {secs:.1f} s ({rate:.1f} MB/s), {note}"
-        if self.live:
-            self._show(line)
-            sys.stderr.write("\n")
-        else:
-            print(line, file=sys.stderr)
-
-
 # ---------------------------------------------------------------- download
 
 
-def _fetch(remote: Remote, part: Path, label: str, live: bool) -> _Progress | None:
+def _fetch(remote: Remote, part: Path, label: str, live: bool) -> Progress | None:
     """Stream ``remote`` into ``part``, resuming from its current size with ``Range: bytes=N-``.
 
     206 -> append; 200 (server ignored Range) -> start over; 416 -> drop the part, start over.
@@ -229,7 +177,7 @@ def _fetch(remote: Remote, part: Path, label: str, live: bool) -> _Progress | No
                 have = 0
             length = _int(resp.headers.get("Content-Length"))
             total = have + length if length is not None else remote.size
-            bar = _Progress(label, total, have, live)
+            bar = Progress(label, total, have, amount=megabytes, live=live)
             try:
                 with open(part, mode) as f:
                     while chunk := resp.read(CHUNK):
@@ -280,7 +228,6 @@ def download(
     by_hand = (
         f"download {', '.join(FILES[:-1])} and {FILES[-1]} from {endpoint}/{repo} by hand into {dest}/"
     )
-    live = progress and sys.stderr.isatty()
     for filename in FILES:
         url = f"{endpoint}/{repo}/resolve/main/{filename}"
         final, part = dest / filename, dest / (filename + ".part")
@@ -292,7 +239,7 @@ def download(
                 part.unlink(missing_ok=True)
                 print(f"{final}: already complete, {remote.algo or 'size'} ok", file=sys.stderr)
                 continue
-            bar = _fetch(remote, part, str(final), live)
+            bar = _fetch(remote, part, str(final), progress)
         except urllib.error.HTTPError as e:
             hint = " (no such public repo or file?)" if e.code in (401, 403, 404) else ""
             raise MinitfError(f"{url}: HTTP {e.code} {e.reason}{hint}: {by_hand}") from None
@@ -321,11 +268,14 @@ def download(
                     f"partial download deleted, run the download again"
                 )
         os.replace(part, final)
-        bar = bar or _Progress(str(final), size, size, False)
         if remote.algo:
-            bar.finish(f"{remote.algo} ok")
+            note = f"{remote.algo} ok"
         else:
-            bar.finish("size ok (no hash given)" if remote.size is not None else "not verified (no hash or size given)")
+            note = "size ok (no hash given)" if remote.size is not None else "not verified (no hash or size given)"
+        bar = bar or Progress(str(final), size, size, live=False)
+        secs, got = bar.elapsed, bar.done - bar.start_done
+        bar.finish(f"{megabytes(bar.done)}, {megabytes(got)} fetched in {secs:.1f} s "
+                   f"({got / 1e6 / max(secs, 1e-6):.1f} MB/s), {note}")
     return dest
 
 
