@@ -11,6 +11,7 @@ import click
 
 import minitf
 from minitf.errors import MinitfError
+from minitf.names import check_layer, check_neuron, parse_layers
 
 
 class _Group(click.Group):
@@ -108,6 +109,7 @@ def _trace(neuron, model_spec, texts, prompt_file, corpus, split, n_prompts, rul
     if texts and prompt_file:
         raise click.UsageError("give --text or --prompts, not both")
     model = minitf.load(model_spec)
+    check_neuron(neuron, model.cfg.n_layer, model.cfg.d_mlp, where=f"--neuron {neuron}")
     result = trace_neuron(model, neuron, texts=list(texts), prompt_file=prompt_file, corpus=corpus, split=split,
                           n_prompts=n_prompts, rule=rule, include_same_layer=include_same_layer, bos=bos,
                           ablate=ablate, per_position=per_position)
@@ -183,6 +185,7 @@ def _llm_setup(model_spec, neuron, cache_dir, llm_model, base_url, max_calls, co
     from minitf.llm import LLM
 
     model = minitf.load(model_spec)
+    check_neuron(neuron, model.cfg.n_layer, model.cfg.d_mlp, where=f"--neuron {neuron}")
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     llm = None if dry_run else LLM(llm_model, base_url, cache_dir=cache / "llm", max_calls=max_calls,
                                    concurrency=concurrency)
@@ -272,18 +275,10 @@ def report(out, cache_dir, neuron, model_spec, texts, prompt_file, corpus, split
 
 def _layer_list(ctx, param, values) -> list[int]:
     """--layer 3 --layer 5, --layer 3,5 or --layer 2-4 → sorted layer numbers."""
-    out: set[int] = set()
     try:
-        for value in values:
-            for part in str(value).replace(" ", ",").split(","):
-                if "-" in part.strip("-"):
-                    a, b = part.split("-", 1)
-                    out |= set(range(int(a), int(b) + 1))
-                elif part:
-                    out.add(int(part))
-    except ValueError:
-        raise click.BadParameter(f"{value!r}: write layers like 3, 3,5 or 2-4") from None
-    return sorted(out)
+        return parse_layers(values)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
 
 
 def _tok(s: str) -> str:
@@ -311,8 +306,7 @@ def neurons(model_spec, layers, top, n_tokens, no_filter, min_count, corpus, as_
     model = minitf.load(model_spec)
     L = model.cfg.n_layer
     for layer in layers:
-        if layer >= L:
-            raise MinitfError(f"--layer {layer}: the model has {L} layers (0–{L - 1})")
+        check_layer(layer, L, where="--layer")
     tables = {layer: layer_table(model, layer, top=top, filter=not no_filter, k=n_tokens, min_count=min_count,
                                  corpus=corpus) for layer in layers or range(L)}
     rule = filter_rule(model, not no_filter, min_count, corpus)

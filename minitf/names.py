@@ -1,13 +1,14 @@
 """Names of heads and neurons: ``L{l}H{h}`` and ``L{l}N{n}``, as TransformerLens writes them.
 
 Neuron specs also accept ``10:2345`` and TransformerLens hook names ``blocks.10.mlp.hook_pre[2345]``
-(or ``hook_post``). Malformed specs raise ``ValueError`` (a usage error); out-of-range ones raise
-``MinitfError`` naming the model's sizes, e.g. "the model has 6 layers (0–5)".
+(or ``hook_post``); layer lists are ``3``, ``3,5`` or ``2-4``. Malformed specs raise ``ValueError`` (a usage
+error); out-of-range ones raise ``MinitfError`` naming the model's sizes, e.g. "the model has 6 layers (0–5)".
+The range checks (``check_layer``, ``check_neuron``, ``check_head``) are the only ones in minitf.
 """
 from __future__ import annotations
 
 import re
-from typing import NamedTuple
+from typing import Iterable, NamedTuple
 
 from .errors import MinitfError
 
@@ -47,26 +48,69 @@ def _match(spec: str, forms, what: str, example: str) -> tuple[int, int]:
     raise ValueError(f"{spec!r} is not a {what} (write it like {example})")
 
 
-def _check_layer(layer: int, n_layer: int) -> None:
-    if layer >= n_layer:
-        raise MinitfError(f"layer {layer} is out of range: the model has {n_layer} layers (0–{n_layer - 1})")
+def _out_of_range(where: str, problem: str) -> MinitfError:
+    return MinitfError(f"{where}: {problem}" if where else problem)
+
+
+def check_layer(layer: int, n_layer: int, where: str = "") -> int:
+    """``0 ≤ layer < n_layer``, else MinitfError "[where: ]layer 7 is out of range: the model has 6 layers (0–5)"."""
+    if not 0 <= layer < n_layer:
+        raise _out_of_range(where, f"layer {layer} is out of range: the model has {n_layer} layers (0–{n_layer - 1})")
+    return layer
+
+
+def check_neuron(neuron: Neuron, n_layer: int | None, d_mlp: int | None, where: str = "") -> Neuron:
+    """The neuron's layer and index in range, for the sizes given (else MinitfError naming the model's sizes)."""
+    if n_layer is not None:
+        check_layer(neuron.layer, n_layer, where)
+    if d_mlp is not None and not 0 <= neuron.index < d_mlp:
+        raise _out_of_range(where, f"neuron {neuron.index} is out of range: layer {neuron.layer} has {d_mlp} neurons "
+                                   f"(0–{d_mlp - 1})")
+    return neuron
+
+
+def check_head(head: Head, n_layer: int | None, n_head: int | None, where: str = "") -> Head:
+    """The head's layer and index in range, for the sizes given (else MinitfError naming the model's sizes)."""
+    if n_layer is not None:
+        check_layer(head.layer, n_layer, where)
+    if n_head is not None and not 0 <= head.head < n_head:
+        raise _out_of_range(where, f"head {head.head} is out of range: the model has {n_head} heads per layer "
+                                   f"(0–{n_head - 1})")
+    return head
 
 
 def parse_neuron(spec: str, n_layer: int | None = None, d_mlp: int | None = None) -> Neuron:
     """'L10N2345' | '10:2345' | 'blocks.10.mlp.hook_pre[2345]' → Neuron(10, 2345), range-checked if sizes given."""
-    layer, index = _match(spec, _NEURON_FORMS, "neuron", "L10N2345, 10:2345 or blocks.10.mlp.hook_pre[2345]")
-    if n_layer is not None:
-        _check_layer(layer, n_layer)
-    if d_mlp is not None and index >= d_mlp:
-        raise MinitfError(f"neuron {index} is out of range: layer {layer} has {d_mlp} neurons (0–{d_mlp - 1})")
-    return Neuron(layer, index)
+    neuron = Neuron(*_match(spec, _NEURON_FORMS, "neuron", "L10N2345, 10:2345 or blocks.10.mlp.hook_pre[2345]"))
+    return check_neuron(neuron, n_layer, d_mlp)
 
 
 def parse_head(spec: str, n_layer: int | None = None, n_head: int | None = None) -> Head:
     """'L1H10' | '1.10' → Head(1, 10), range-checked if sizes given."""
-    layer, head = _match(spec, _HEAD_FORMS, "head", "L1H10")
+    return check_head(Head(*_match(spec, _HEAD_FORMS, "head", "L1H10")), n_layer, n_head)
+
+
+_LAYER_PART = re.compile(r"^(\d+)(?:-(\d+))?$")
+
+
+def parse_layers(specs: str | Iterable[str], n_layer: int | None = None, where: str = "") -> list[int]:
+    """'3' | '3,5' | '2-4' (or several of them, or space-separated) → sorted distinct layer numbers.
+
+    A malformed part or a reversed range ('4-2') raises ValueError (a usage error); with ``n_layer``
+    each layer is range-checked (``check_layer``).
+    """
+    layers: set[int] = set()
+    for spec in [specs] if isinstance(specs, str) else specs:
+        for part in str(spec).replace(" ", ",").split(","):
+            if not part:
+                continue
+            m = _LAYER_PART.match(part)
+            first, last = (int(m.group(1)), int(m.group(2) or m.group(1))) if m else (1, 0)
+            if first > last:
+                problem = "a reversed range" if m else "not a layer"
+                raise ValueError(f"{spec!r}: {problem} (write layers like 3, 3,5 or 2-4)")
+            layers |= set(range(first, last + 1))
     if n_layer is not None:
-        _check_layer(layer, n_layer)
-    if n_head is not None and head >= n_head:
-        raise MinitfError(f"head {head} is out of range: the model has {n_head} heads per layer (0–{n_head - 1})")
-    return Head(layer, head)
+        for layer in sorted(layers):
+            check_layer(layer, n_layer, where)
+    return sorted(layers)

@@ -31,7 +31,7 @@ import numpy as np
 
 from .corpus import check_split, documents, tokenize_document
 from .errors import MinitfError
-from .names import Neuron, parse_neuron
+from .names import Neuron, check_neuron, parse_neuron
 
 THRESHOLD = 0.8  # the trimmed prompt keeps ≥ 80 % of the activation
 
@@ -157,9 +157,8 @@ def mine_prompts(model, neuron: Neuron | str, corpus: str | Path, split: str | N
     peak activation (see the module docstring), best first, without repeating a trimmed prompt; documents that
     do not fit in ``max_tokens``, peak at ≤ 0 or repeat a better prompt are dropped and the next candidates
     tried, so fewer than k prompts come back only when the candidates run out."""
-    n = neuron if isinstance(neuron, Neuron) else parse_neuron(neuron, model.cfg.n_layer, model.cfg.d_mlp)
-    if not (0 <= n.layer < model.cfg.n_layer and 0 <= n.index < model.cfg.d_mlp):
-        raise MinitfError(f"{n}: out of range (the model has {model.cfg.n_layer} layers of {model.cfg.d_mlp} neurons)")
+    n = neuron if isinstance(neuron, Neuron) else parse_neuron(neuron)
+    check_neuron(n, model.cfg.n_layer, model.cfg.d_mlp, where=str(n))
     corpus = Path(corpus)
     split = check_split(split)
     if k < 1:

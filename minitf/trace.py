@@ -22,7 +22,7 @@ from .attribution import NEEDED, direct_effects, head_sources
 from .errors import MinitfError
 from .heads import active_mask, candidate_heads, differential
 from .model import Model, Run
-from .names import Neuron
+from .names import Neuron, check_neuron
 
 SCHEMA_VERSION = 1
 EFFECTS_NOTE = ("effects are exact direct effects on the neuron's pre-activation with LayerNorm-2's σ frozen, "
@@ -152,11 +152,7 @@ def trace_neuron(model: Model, neuron: Neuron, texts: list[str] | None = None, p
     from .corpus import default_corpus
     from .prompts import mine_prompts
 
-    neuron = Neuron(*neuron)
-    if neuron.layer >= model.cfg.n_layer:
-        raise MinitfError(f"--neuron {neuron}: the model has {model.cfg.n_layer} layers (0–{model.cfg.n_layer - 1})")
-    if neuron.index >= model.cfg.d_mlp:
-        raise MinitfError(f"--neuron {neuron}: layer {neuron.layer} has {model.cfg.d_mlp} neurons (0–{model.cfg.d_mlp - 1})")
+    neuron = check_neuron(Neuron(*neuron), model.cfg.n_layer, model.cfg.d_mlp)
     settings: dict = {"bos": bos, "notes": []}
     if texts or prompt_file:
         texts = list(texts or []) or read_prompt_file(prompt_file)
