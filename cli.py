@@ -104,12 +104,15 @@ def _neuron_arg(ctx, param, value):
 def _trace(neuron, model_spec, texts, prompt_file, corpus, split, n_prompts, rule, include_same_layer, bos, ablate,
            per_position):
     """Load the model and trace the neuron (for trace and report); notes go to stderr."""
+    from minitf.corpus import default_corpus
     from minitf.trace import trace_neuron
 
     if texts and prompt_file:
         raise click.UsageError("give --text or --prompts, not both")
     model = minitf.load(model_spec)
     check_neuron(neuron, model.cfg.n_layer, model.cfg.d_mlp, where=f"--neuron {neuron}")
+    if not texts and not prompt_file:
+        corpus = default_corpus(model, corpus, needed_for="give --text, --prompts or --corpus")
     result = trace_neuron(model, neuron, texts=list(texts), prompt_file=prompt_file, corpus=corpus, split=split,
                           n_prompts=n_prompts, rule=rule, include_same_layer=include_same_layer, bos=bos,
                           ablate=ablate, per_position=per_position)
@@ -350,10 +353,7 @@ def index(model_spec, corpus, layers, split, k, workers, bos, index_dir, rebuild
     from minitf.index import IndexInterrupted, build_index, load_index
 
     model = minitf.load(model_spec)
-    if corpus is None:
-        corpus = default_corpus(model)
-        if corpus is None:
-            raise MinitfError(f"--corpus: required ({model.folder} has no corpus.txt.gz)")
+    corpus = default_corpus(model, corpus, needed_for="give --corpus FILE")
     try:
         path = build_index(model, corpus, layers=layers or None, k=k, split=split, workers=workers,
                            progress=not no_progress, bos=bos, index_dir=index_dir, rebuild=rebuild)

@@ -130,12 +130,20 @@ def documents(path: str | Path, split: str | None = None) -> Iterator[Document]:
             yield doc
 
 
-def default_corpus(model) -> Path | None:
-    """The corpus shipped with a model folder (``corpus.txt.gz``), or None."""
-    if model.folder is None:
-        return None
-    path = Path(model.folder) / "corpus.txt.gz"
-    return path if path.is_file() else None
+def default_corpus(model, corpus: str | Path | None = None, needed_for: str | None = None) -> Path | None:
+    """The corpus to use: ``corpus`` when given, else the one shipped with the model folder (``corpus.txt.gz``).
+
+    When there is neither: None, or with ``needed_for`` (what to do, e.g. "give --corpus FILE") a MinitfError
+    "<folder> has no corpus.txt.gz and no corpus was given: <needed_for>".
+    """
+    if corpus is not None:
+        return Path(corpus)
+    path = None if model.folder is None else Path(model.folder) / "corpus.txt.gz"
+    if path is not None and path.is_file():
+        return path
+    if needed_for is not None:
+        raise MinitfError(f"{model.folder or 'the model'} has no corpus.txt.gz and no corpus was given: {needed_for}")
+    return None
 
 
 def file_sha256(path: str | Path) -> str:

@@ -733,7 +733,7 @@ def index_histogram(model, neuron, trace: dict) -> dict | None:
     from .index import load_index
 
     s = trace.get("settings", {})
-    corpus = s.get("corpus") or default_corpus(model)
+    corpus = default_corpus(model, s.get("corpus") or None)
     if corpus is None:
         return None
     split = s.get("split") if s.get("split") in ("train", "test") else None

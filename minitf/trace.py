@@ -147,8 +147,6 @@ def trace_neuron(model: Model, neuron: Neuron, texts: list[str] | None = None, p
                  split: str = "train", n_prompts: int = 20, rule: str = "sigma2", include_same_layer: bool = False,
                  bos: bool = True, ablate: int = 5, per_position: bool = False) -> dict:
     """The ``trace`` command: prompts from ``texts``, a prompt file, or mined from a corpus; then ``trace``."""
-    from pathlib import Path
-
     from .corpus import default_corpus
     from .prompts import mine_prompts
 
@@ -163,9 +161,7 @@ def trace_neuron(model: Model, neuron: Neuron, texts: list[str] | None = None, p
                 settings["notes"].append(f"prompt {i + 1} is longer than the context: kept its last "
                                          f"{model.cfg.n_ctx} tokens")
     else:
-        corpus = Path(corpus) if corpus else default_corpus(model)
-        if corpus is None:
-            raise MinitfError(f"--corpus: the model at {model.folder} has no corpus.txt.gz; give --text, --prompts or --corpus")
+        corpus = default_corpus(model, corpus or None, needed_for="give texts, a prompt file or a corpus")
         mined = mine_prompts(model, neuron, corpus, split=None if split == "all" else split, k=n_prompts, bos=bos)
         if not mined:
             raise MinitfError(f"{corpus}: no document activates {neuron} above 0 in the {split} split")

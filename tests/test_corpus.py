@@ -2,6 +2,7 @@
 import gzip
 import hashlib
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -89,6 +90,14 @@ def test_default_corpus(tmp_path):
     assert default_corpus(SimpleNamespace(folder=tmp_path)) is None
     (tmp_path / "corpus.txt.gz").write_bytes(gzip.compress(b"x\n"))
     assert default_corpus(SimpleNamespace(folder=tmp_path)) == tmp_path / "corpus.txt.gz"
+
+
+def test_given_corpus_wins_and_a_missing_one_is_one_error(tmp_path):
+    assert default_corpus(SimpleNamespace(folder=tmp_path), "other.jsonl") == Path("other.jsonl")
+    with pytest.raises(MinitfError, match=r"^.*empty has no corpus.txt.gz and no corpus was given: give --corpus FILE$"):
+        default_corpus(SimpleNamespace(folder=tmp_path / "empty"), needed_for="give --corpus FILE")
+    (tmp_path / "corpus.txt.gz").write_bytes(gzip.compress(b"x\n"))
+    assert default_corpus(SimpleNamespace(folder=tmp_path), needed_for="unused") == tmp_path / "corpus.txt.gz"
 
 
 def test_file_sha256(tmp_path):
