@@ -184,7 +184,8 @@ def _llm_options(f):
 def _llm_setup(model_spec, neuron, cache_dir, llm_model, base_url, max_calls, concurrency, dry_run=False):
     from pathlib import Path
 
-    from minitf.explain import ResultStore, default_cache_dir
+    from minitf.explain import ResultStore
+    from minitf.files import default_cache_dir
     from minitf.llm import LLM
 
     model = minitf.load(model_spec)

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Iterator, NamedTuple
 
 from .errors import MinitfError
+from .files import file_sha256  # noqa: F401  (index.py, neurons.py import it from here until the merge)
 
 SPLITS = ("train", "test")
 TEST_PERCENT = 20
@@ -144,18 +145,6 @@ def default_corpus(model, corpus: str | Path | None = None, needed_for: str | No
     if needed_for is not None:
         raise MinitfError(f"{model.folder or 'the model'} has no corpus.txt.gz and no corpus was given: {needed_for}")
     return None
-
-
-def file_sha256(path: str | Path) -> str:
-    """sha256 of a file's bytes, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    try:
-        with open(path, "rb") as f:
-            while block := f.read(1 << 20):
-                h.update(block)
-    except OSError as e:
-        raise MinitfError(f"{path}: cannot read ({e.strerror})") from None
-    return h.hexdigest()
 
 
 def _encode_prefix(model, text: str, n_tokens: int) -> list[int]:

@@ -43,7 +43,6 @@ import numpy as np
 
 from minitf.errors import MinitfError
 from minitf.files import atomic_write
-from minitf.hub import default_cache_dir  # noqa: F401  (the CLI and the report take it from here)
 
 PROMPT_FORMAT_VERSION = "1"
 """Version of the prompt wording and request parameters; part of every LLM cache key."""

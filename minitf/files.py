@@ -1,4 +1,4 @@
-"""minitf's files: one atomic write.
+"""minitf's files: one atomic write, one file hash, and where minitf keeps its cache.
 
 Every file minitf writes (reports, results, indexes, LLM cache entries) goes through :func:`atomic_write`,
 so a reader sees the old file or the new one, never half of one, even with several writers at once:
@@ -12,12 +12,15 @@ as it was.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable
 
 from .errors import MinitfError
+
+BLOCK = 1 << 20  # bytes read at a time when hashing
 
 
 def atomic_write(path: str | Path, data: bytes | str | Callable[[BinaryIO], object], mode: int = 0o644) -> Path:
@@ -49,3 +52,21 @@ def atomic_write(path: str | Path, data: bytes | str | Callable[[BinaryIO], obje
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
     return path
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            while block := f.read(BLOCK):
+                h.update(block)
+    except OSError as e:
+        raise MinitfError(f"{path}: cannot read ({e.strerror})") from None
+    return h.hexdigest()
+
+
+def default_cache_dir() -> Path:
+    """minitf's own cache: ``$MINITF_CACHE_DIR``, else ``~/.cache/minitf`` (LLM responses, explanation
+    results, neuron tables of big models)."""
+    return Path(os.environ.get("MINITF_CACHE_DIR") or Path.home() / ".cache" / "minitf")

@@ -28,8 +28,9 @@ from email.message import Message
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from minitf.corpus import file_sha256
 from minitf.errors import MinitfError
+from minitf.files import file_sha256
+from minitf.files import default_cache_dir  # noqa: F401  (neurons.py imports it from here until the merge)
 from minitf.progress import Progress, megabytes
 
 FILES = ("config.json", "vocab.json", "merges.txt", "model.safetensors")
@@ -280,12 +281,6 @@ def download(
 
 
 # ---------------------------------------------------------------- --model lookup
-
-
-def default_cache_dir() -> Path:
-    """minitf's own cache: ``$MINITF_CACHE_DIR``, else ``~/.cache/minitf`` (LLM responses, explanation
-    results, neuron tables of big models)."""
-    return Path(os.environ.get("MINITF_CACHE_DIR") or Path.home() / ".cache" / "minitf")
 
 
 def hf_cache_dir() -> Path:

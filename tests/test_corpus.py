@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minitf.corpus import (Document, default_corpus, documents, file_sha256, read_documents, split_of,
+from minitf.corpus import (Document, default_corpus, documents, read_documents, split_of,
                            tokenize_document)
 from minitf.errors import MinitfError
 from minitf.tokenizer import load_tokenizer
@@ -98,12 +98,6 @@ def test_given_corpus_wins_and_a_missing_one_is_one_error(tmp_path):
         default_corpus(SimpleNamespace(folder=tmp_path / "empty"), needed_for="give --corpus FILE")
     (tmp_path / "corpus.txt.gz").write_bytes(gzip.compress(b"x\n"))
     assert default_corpus(SimpleNamespace(folder=tmp_path), needed_for="unused") == tmp_path / "corpus.txt.gz"
-
-
-def test_file_sha256(tmp_path):
-    p = tmp_path / "f.txt"
-    p.write_bytes(b"abc" * 1_000_000)
-    assert file_sha256(p) == hashlib.sha256(b"abc" * 1_000_000).hexdigest()
 
 
 def _model(n_ctx):

@@ -1,4 +1,5 @@
 """minitf.files: the one atomic write."""
+import hashlib
 import os
 import stat
 import threading
@@ -6,7 +7,7 @@ import threading
 import pytest
 
 from minitf.errors import MinitfError
-from minitf.files import atomic_write
+from minitf.files import atomic_write, file_sha256
 
 
 def test_writes_bytes_str_and_writer(tmp_path):
@@ -79,3 +80,9 @@ def test_failure_keeps_the_old_file_and_no_temp(tmp_path):
 def test_missing_folder_is_one_clear_error(tmp_path):
     with pytest.raises(MinitfError, match=r"nope[/\\]x\.txt: cannot write"):
         atomic_write(tmp_path / "nope" / "x.txt", "x")
+
+
+def test_file_sha256(tmp_path):
+    p = tmp_path / "f.txt"
+    p.write_bytes(b"abc" * 1_000_000)
+    assert file_sha256(p) == hashlib.sha256(b"abc" * 1_000_000).hexdigest()
