@@ -108,24 +108,14 @@ def _json_for_script(obj) -> str:
 
 
 def _card_token(card: dict) -> tuple[object, str]:
-    """(id, text) of the neuron's token, whether the card has {"token": {"id", "str"}} or "token" + "token_id"."""
-    tok = card.get("token")
-    if isinstance(tok, dict):
-        return tok.get("id", "?"), tok.get("str") if tok.get("str") is not None else "?"
-    return card.get("token_id", "?"), tok if isinstance(tok, str) else "?"
+    """(id, text) of the neuron's token, from the trace's card ``{"token": {"id", "str"}}``."""
+    tok = card["token"]
+    return tok.get("id", "?"), tok["str"] if tok.get("str") is not None else "?"
 
 
 def _card_pairs(items) -> list[tuple[str, float]]:
-    """Promoted / suppressed tokens as (text, value), from {"token", "value"} dicts or (id, text, value) rows."""
-    out = []
-    for x in items or []:
-        if isinstance(x, dict):
-            out.append((str(x.get("token", x.get("str", "?"))), float(x["value"])))
-        elif len(x) >= 3:
-            out.append((str(x[1]), float(x[2])))
-        else:
-            out.append((str(x[0]), float(x[1])))
-    return out
+    """Promoted / suppressed tokens of the trace's card (``{"id", "token", "value"}``) as (text, value)."""
+    return [(str(x["token"]), float(x["value"])) for x in items or []]
 
 
 def _require(trace: dict, *keys: str) -> None:

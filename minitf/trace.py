@@ -99,7 +99,7 @@ def trace(model: Model, neuron: Neuron, prompts: list[Prompt], options: TraceOpt
     if card is None:
         from .neurons import neuron_card
 
-        card = _card_record(neuron_card(model, neuron), model.cfg.d_mlp)
+        card = card_record(neuron_card(model, neuron), model.cfg.d_mlp)
     token = card["token"]["id"]
     tokens = [p.tokens for p in prompts]
     run = model.run(tokens, keep=NEEDED, stop_at_layer=neuron.layer)
@@ -173,8 +173,8 @@ def trace_neuron(model: Model, neuron: Neuron, texts: list[str] | None = None, p
     return trace(model, neuron, prompts, options, settings=settings)
 
 
-def _card_record(card: dict, layer_size: int) -> dict:
-    """``neurons.neuron_card`` in the trace's schema (token lists as objects)."""
+def card_record(card: dict, layer_size: int) -> dict:
+    """``neurons.neuron_card`` in the trace's schema (token lists as objects), the one the report renders."""
     def tokens(rows):
         return [{"id": i, "token": t, "value": v} for i, t, v in rows]
 

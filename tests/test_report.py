@@ -167,9 +167,12 @@ def test_sections_follow_the_data():
 
 def test_cards_as_neurons_py_writes_them_render_too():
     trace = make_trace(n_prompts=1)
-    trace["neuron"] = {"layer": 3, "index": 100, "name": "L3N100", "token_id": 262, "token": " the",
-                       "promoted": [(262, " the", 0.41), (7, NASTY, 0.2)], "suppressed": [(9, " and", -0.3)],
-                       "congruence": 0.41, "rank": 1, "kurtosis": 12.5, "skew": 1.2, "class": "prediction"}
+    from minitf.trace import card_record
+
+    trace["neuron"] = card_record({"layer": 3, "index": 100, "name": "L3N100", "token_id": 262, "token": " the",
+                                   "promoted": [(262, " the", 0.41), (7, NASTY, 0.2)], "suppressed": [(9, " and", -0.3)],
+                                   "congruence": 0.41, "rank": 1, "kurtosis": 12.5, "skew": 1.2, "class": "prediction"},
+                                  trace["model"]["d_mlp"])
     page = render_html(trace)
     assert 'class="tok big"> the</span>' in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "prediction" in page and NASTY not in page
