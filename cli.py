@@ -105,7 +105,7 @@ def _trace(neuron, model_spec, texts, prompt_file, corpus, split, n_prompts, rul
            per_position):
     """Load the model and trace the neuron (for trace and report); notes go to stderr."""
     from minitf.corpus import default_corpus
-    from minitf.trace import trace_neuron
+    from minitf.trace import PromptSource, TraceOptions, trace_neuron
 
     if texts and prompt_file:
         raise click.UsageError("give --text or --prompts, not both")
@@ -113,9 +113,9 @@ def _trace(neuron, model_spec, texts, prompt_file, corpus, split, n_prompts, rul
     check_neuron(neuron, model.cfg.n_layer, model.cfg.d_mlp, where=f"--neuron {neuron}")
     if not texts and not prompt_file:
         corpus = default_corpus(model, corpus, needed_for="give --text, --prompts or --corpus")
-    result = trace_neuron(model, neuron, texts=list(texts), prompt_file=prompt_file, corpus=corpus, split=split,
-                          n_prompts=n_prompts, rule=rule, include_same_layer=include_same_layer, bos=bos,
-                          ablate=ablate, per_position=per_position)
+    source = PromptSource(list(texts), prompt_file, corpus, split, n_prompts, bos)
+    options = TraceOptions(rule=rule, include_same_layer=include_same_layer, ablate=ablate, per_position=per_position)
+    result = trace_neuron(model, neuron, source=source, options=options)
     for note in result["settings"].get("notes", []):
         click.echo(f"note: {note}", err=True)
     return model, result
@@ -182,18 +182,12 @@ def _llm_options(f):
 
 
 def _llm_setup(model_spec, neuron, cache_dir, llm_model, base_url, max_calls, concurrency, dry_run=False):
-    from pathlib import Path
-
-    from minitf.explain import ResultStore
-    from minitf.files import default_cache_dir
-    from minitf.llm import LLM
+    from minitf.explain import ResultStore, llm_client
 
     model = minitf.load(model_spec)
     check_neuron(neuron, model.cfg.n_layer, model.cfg.d_mlp, where=f"--neuron {neuron}")
-    cache = Path(cache_dir) if cache_dir else default_cache_dir()
-    llm = None if dry_run else LLM(llm_model, base_url, cache_dir=cache / "llm", max_calls=max_calls,
-                                   concurrency=concurrency)
-    return model, llm, ResultStore(cache, model.folder, str(neuron))
+    llm = None if dry_run else llm_client(llm_model, base_url, cache_dir, max_calls, concurrency)
+    return model, llm, ResultStore(cache_dir, model.folder, str(neuron))
 
 
 @main.command()
@@ -244,13 +238,9 @@ def score(neuron, model_spec, llm_model, base_url, max_calls, concurrency, cache
                                    rule=rule, include_same_layer=include_same_layer)
     summary = summarize_scores(scores)
     if as_json:
-        def summary_json(metric):
-            sm = summarize_scores(scores, metric)
-            return {"count": sm.count, "mean": sm.mean, "std": sm.std, "n_skipped": sm.n_skipped + len(skipped),
-                    "histogram": [{"low": lo, "high": hi, "count": c} for lo, hi, c in sm.bins]}
         return _emit_json({"neuron": str(neuron), "scores": [s.to_dict(items=True) for s in scores],
-                           "skipped": skipped, "summary": summary_json("balanced_accuracy"),
-                           "summary_roc_auc": summary_json("roc_auc")})
+                           "skipped": skipped, "summary": summary.to_dict(),
+                           "summary_roc_auc": summarize_scores(scores, "roc_auc").to_dict()})
     for head, reason in skipped.items():
         click.echo(f"{head}: skipped: {reason}")
     for s in scores:
@@ -350,7 +340,7 @@ def neurons(model_spec, layers, top, n_tokens, no_filter, min_count, corpus, as_
 @json_option
 def index(model_spec, corpus, layers, split, k, workers, bos, index_dir, rebuild, show, no_progress, as_json):
     """Index a corpus: each neuron's top-k documents, positive count and activation histogram (resumable)."""
-    from minitf.corpus import default_corpus, documents, tokenize_document
+    from minitf.corpus import default_corpus, tokenized_documents
     from minitf.index import IndexInterrupted, build_index, load_index
 
     model = minitf.load(model_spec)
@@ -372,12 +362,11 @@ def index(model_spec, corpus, layers, split, k, workers, bos, index_dir, rebuild
                f"{tokens:,} tokens, layers {m['layers']}, top {m['k']} per neuron; built in {m['seconds']:.1f} s")
     if not show:
         return
-    wanted = {d for rows in tops.values() for d, _, _ in rows}
-    texts = {doc.doc_id: doc.text for doc in documents(corpus) if doc.doc_id in wanted}
+    docs = tokenized_documents(model, corpus, {d for rows in tops.values() for d, _, _ in rows}, idx.bos)
     for n in show:
         click.echo(f"\n{n}: top documents ({idx.positive_count(n):,} of {idx.positions():,} positions positive)")
         for d, p, a in tops[str(n)]:
-            ids = tokenize_document(model, texts[d], idx.bos)
+            ids = docs[d]
             context = model.decode(ids[max(int(idx.bos), p - 12): p]).replace("\n", "⏎")
             click.echo(f"  {a:8.3f}  doc {d:>6} pos {p:>4}  …{context}[[{model.token_str(ids[p])}]]")
 

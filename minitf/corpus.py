@@ -147,6 +147,22 @@ def default_corpus(model, corpus: str | Path | None = None, needed_for: str | No
     return None
 
 
+def tokenized_documents(model, path: str | Path, doc_ids: set[int], bos: bool = True,
+                        split: str | None = None) -> dict[int, list[int]]:
+    """{doc_id: ``tokenize_document``} for the documents of ``path`` (in ``split``) that an index named, read
+    until all are found. A doc_id the file lacks means the index was built on another corpus: MinitfError."""
+    found: dict[int, list[int]] = {}
+    for doc in documents(path, split):
+        if doc.doc_id in doc_ids:
+            found[doc.doc_id] = tokenize_document(model, doc.text, bos)
+            if len(found) == len(doc_ids):
+                break
+    if missing := doc_ids - found.keys():
+        raise MinitfError(f"{path}: the index names document {min(missing)}, which the corpus does not have; "
+                          f"rebuild the index")
+    return found
+
+
 def _encode_prefix(model, text: str, n_tokens: int) -> list[int]:
     """The first ``n_tokens`` tokens of ``text`` (or all of them), without encoding a long text whole.
 

@@ -104,12 +104,24 @@ def head_examples(trace: dict[str, Any], head: str) -> HeadExamples:
     return HeadExamples(trace["neuron"]["name"], head, trace["neuron"]["token"]["str"], active, inactive)
 
 
+def llm_client(model_name: str, base_url: str | None = None, cache_dir=None, max_calls: int | None = None,
+               concurrency: int = 4):
+    """The LLM of the explain and score commands, its responses cached under ``<minitf cache>/llm``."""
+    from minitf.files import cache_path
+    from minitf.llm import LLM
+
+    return LLM(model_name, base_url, cache_dir=cache_path("llm", cache_dir), max_calls=max_calls,
+               concurrency=concurrency)
+
+
 def _traced_heads(model, neuron, split: str, head: str | None, trace_options: dict[str, Any]):
     """Trace ``neuron`` on a split's top prompts; the heads to explain (``head``, or the differential ones)."""
     from minitf.names import parse_head
-    from minitf.trace import trace_neuron
+    from minitf.trace import PromptSource, TraceOptions, trace_neuron
 
-    result = trace_neuron(model, neuron, split=split, ablate=0, **trace_options)
+    options = dict(trace_options)  # corpus and n_prompts choose the prompts, the rest are TraceOptions
+    source = PromptSource(corpus=options.pop("corpus", None), split=split, n_prompts=options.pop("n_prompts", 20))
+    result = trace_neuron(model, neuron, source, TraceOptions(ablate=0, **options))
     if head:
         return result, [str(parse_head(head, model.cfg.n_layer, model.cfg.n_head))]
     return result, result["differential_heads"]

@@ -194,6 +194,11 @@ class Summary:
     bins: list[tuple[float, float, int]]
     n_skipped: int = 0
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: count, mean, std, n_skipped (as :func:`render_summary` counts them) and the histogram."""
+        return {"count": self.count, "mean": self.mean, "std": self.std, "n_skipped": self.n_skipped,
+                "histogram": [{"low": lo, "high": hi, "count": c} for lo, hi, c in self.bins]}
+
 
 def summarize(values: Sequence[float], n_bins: int = 10, n_skipped: int = 0) -> Summary:
     """Mean, sample std (``sqrt(Σ(x − mean)² / (N − 1))``) and a histogram of values in [0, 1]."""

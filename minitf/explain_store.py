@@ -8,16 +8,17 @@ from pathlib import Path
 from typing import Any
 
 from minitf.errors import MinitfError
-from minitf.files import atomic_write
+from minitf.files import atomic_write, cache_path
 
 class ResultStore:
     """Explanations and scores of one model's neurons, one JSON file per neuron, written atomically:
-    ``<cache_dir>/results/<model folder name>-<hash of its path>/<neuron>.json`` → {head: {...}}."""
+    ``<cache_dir>/results/<model folder name>-<hash of its path>/<neuron>.json`` → {head: {...}}
+    (``cache_dir`` None: minitf's cache, ``minitf.files.default_cache_dir``)."""
 
-    def __init__(self, cache_dir: Path, model_folder: Path | str, neuron: str):
+    def __init__(self, cache_dir: Path | str | None, model_folder: Path | str, neuron: str):
         folder = Path(model_folder).resolve()
         tag = hashlib.sha256(str(folder).encode()).hexdigest()[:8]
-        self.path = Path(cache_dir) / "results" / f"{folder.name}-{tag}" / f"{neuron}.json"
+        self.path = cache_path("results", cache_dir) / f"{folder.name}-{tag}" / f"{neuron}.json"
 
     def load(self) -> dict[str, dict[str, Any]]:
         if not self.path.exists():

@@ -70,3 +70,9 @@ def default_cache_dir() -> Path:
     """minitf's own cache: ``$MINITF_CACHE_DIR``, else ``~/.cache/minitf`` (LLM responses, explanation
     results, neuron tables of big models)."""
     return Path(os.environ.get("MINITF_CACHE_DIR") or Path.home() / ".cache" / "minitf")
+
+
+def cache_path(part: str, cache_dir: str | Path | None = None) -> Path:
+    """``<cache_dir or default_cache_dir()>/<part>``, minitf's cache layout: ``llm/`` (LLM responses),
+    ``results/`` (explanations and scores), ``neurons/`` (neuron tables of big models)."""
+    return (Path(cache_dir) if cache_dir else default_cache_dir()) / part

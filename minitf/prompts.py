@@ -29,7 +29,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .corpus import check_split, documents, tokenize_document
+from .corpus import check_split, documents, tokenize_document, tokenized_documents
 from .errors import MinitfError
 from .names import Neuron, check_neuron, parse_neuron
 
@@ -106,19 +106,6 @@ def scan_top_documents(model, neuron: Neuron, corpus: str | Path, split: str | N
     return [(doc_id, p, -neg, ids) for neg, doc_id, p, ids in best]
 
 
-def _documents_by_id(model, corpus: Path, split: str | None, wanted: set[int], bos: bool) -> dict[int, list[int]]:
-    found: dict[int, list[int]] = {}
-    for doc in documents(corpus, split):
-        if doc.doc_id in wanted:
-            found[doc.doc_id] = tokenize_document(model, doc.text, bos)
-            if len(found) == len(wanted):
-                break
-    if missing := wanted - found.keys():
-        raise MinitfError(f"{corpus}: the index names document {min(missing)}, which the corpus does not have; "
-                          f"rebuild the index")
-    return found
-
-
 def shortest_suffixes(evaluate: Callable[[list[tuple[int, int]]], list[float]], lengths: Sequence[int],
                       thresholds: Sequence[float], cap: int) -> list[tuple[int, float] | None]:
     """Binary-search, for each item i in lockstep, s*ᵢ = min {s ≤ min(lengthsᵢ, cap) : f(i, s) ≥ thresholdᵢ}.
@@ -171,7 +158,7 @@ def mine_prompts(model, neuron: Neuron | str, corpus: str | Path, split: str | N
     if top is None:
         top = scan_top_documents(model, n, corpus, split, scan_candidates(k), bos)
     else:
-        docs = _documents_by_id(model, corpus, split, {d for d, _, _ in top}, bos)
+        docs = tokenized_documents(model, corpus, {d for d, _, _ in top}, bos, split)
         top = [(d, p, a, docs[d]) for d, p, a in top]
     top = [t for t in top if t[2] > 0]
 

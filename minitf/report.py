@@ -91,12 +91,11 @@ def report_extras(model, neuron, trace: dict, cache_dir=None) -> tuple[dict | No
     """What the CLI adds to a report when it exists: the explain/score results stored for this model and
     neuron (``minitf.explain.ResultStore``) and the neuron's activation histogram from the index of the
     trace's corpus (or the model's own corpus). A missing or stale index gives {"note": why} instead."""
-    from .explain import ResultStore
-    from .files import default_cache_dir
+    from .explain_store import ResultStore
 
     explanations = None
     if model.folder is not None:  # results are stored per model folder
-        store = ResultStore(Path(cache_dir) if cache_dir else default_cache_dir(), model.folder, str(neuron))
+        store = ResultStore(cache_dir, model.folder, str(neuron))
         explanations = store.load() or None
     return explanations, index_histogram(model, neuron, trace)
 

@@ -13,7 +13,7 @@ prints as text or JSON and that the HTML report renders.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -143,13 +143,27 @@ def trace(model: Model, neuron: Neuron, prompts: list[Prompt], options: TraceOpt
     }
 
 
-def trace_neuron(model: Model, neuron: Neuron, texts: list[str] | None = None, prompt_file=None, corpus=None,
-                 split: str = "train", n_prompts: int = 20, rule: str = "sigma2", include_same_layer: bool = False,
-                 bos: bool = True, ablate: int = 5, per_position: bool = False) -> dict:
-    """The ``trace`` command: prompts from ``texts``, a prompt file, or mined from a corpus; then ``trace``."""
+@dataclass
+class PromptSource:
+    """Where ``trace_neuron`` takes its prompts: ``texts``, else the prompts of ``prompt_file``, else the neuron's
+    top ``n_prompts`` mined from ``corpus`` (None: the model's own) in ``split`` ("train", "test" or "all")."""
+
+    texts: list[str] = field(default_factory=list)
+    prompt_file: str | None = None
+    corpus: str | None = None
+    split: str = "train"
+    n_prompts: int = 20
+    bos: bool = True  # prepend <|endoftext|> to each prompt
+
+
+def trace_neuron(model: Model, neuron: Neuron, source: PromptSource | None = None,
+                 options: TraceOptions | None = None) -> dict:
+    """The ``trace`` command: the prompts of ``source`` (given, from a file, or mined from a corpus); then ``trace``."""
     from .corpus import default_corpus
     from .prompts import mine_prompts
 
+    source, options = source or PromptSource(), options or TraceOptions()
+    texts, prompt_file, corpus, split, bos = source.texts, source.prompt_file, source.corpus, source.split, source.bos
     neuron = check_neuron(Neuron(*neuron), model.cfg.n_layer, model.cfg.d_mlp)
     settings: dict = {"bos": bos, "notes": []}
     if texts or prompt_file:
@@ -162,14 +176,13 @@ def trace_neuron(model: Model, neuron: Neuron, texts: list[str] | None = None, p
                                          f"{model.cfg.n_ctx} tokens")
     else:
         corpus = default_corpus(model, corpus or None, needed_for="give texts, a prompt file or a corpus")
-        mined = mine_prompts(model, neuron, corpus, split=None if split == "all" else split, k=n_prompts, bos=bos)
+        mined = mine_prompts(model, neuron, corpus, None if split == "all" else split, k=source.n_prompts, bos=bos)
         if not mined:
             raise MinitfError(f"{corpus}: no document activates {neuron} above 0 in the {split} split")
         prompts = [Prompt(m.tokens, mined={"doc_id": m.doc_id, "position": m.position, "activation": m.activation,
                                            "trimmed_activation": m.trimmed_activation}) for m in mined]
         settings |= {"source": f"top {len(prompts)} mined from {corpus}, split {split}", "corpus": str(corpus),
                      "split": split}
-    options = TraceOptions(rule=rule, include_same_layer=include_same_layer, ablate=ablate, per_position=per_position)
     return trace(model, neuron, prompts, options, settings=settings)
 
 

@@ -92,6 +92,18 @@ def test_default_corpus(tmp_path):
     assert default_corpus(SimpleNamespace(folder=tmp_path)) == tmp_path / "corpus.txt.gz"
 
 
+def test_tokenized_documents(tmp_path):
+    from minitf.corpus import tokenize_document, tokenized_documents
+
+    model = SimpleNamespace(cfg=SimpleNamespace(n_ctx=8), bos=0, encode=lambda text: [ord(c) for c in text])
+    p = tmp_path / "c.txt"
+    p.write_text("ab\n\ncd\n\nefghijklmnop\n")
+    assert tokenized_documents(model, p, {0, 2}) == {0: [0, 97, 98], 2: tokenize_document(model, "efghijklmnop")}
+    assert tokenized_documents(model, p, {1}, bos=False) == {1: [99, 100]}
+    with pytest.raises(MinitfError, match=r"c\.txt: the index names document 3, which the corpus does not have"):
+        tokenized_documents(model, p, {1, 3})
+
+
 def test_given_corpus_wins_and_a_missing_one_is_one_error(tmp_path):
     assert default_corpus(SimpleNamespace(folder=tmp_path), "other.jsonl") == Path("other.jsonl")
     with pytest.raises(MinitfError, match=r"^.*empty has no corpus.txt.gz and no corpus was given: give --corpus FILE$"):

@@ -338,6 +338,10 @@ def test_summarize_scores_and_render() -> None:
     assert summarize_scores(scores, "roc_auc").count == 0
     with pytest.raises(MinitfError, match="metric"):
         summarize_scores(scores, "accuracy")
+    # score --json's summary counts what the text summary counts
+    d = s.to_dict()
+    assert (d["count"], d["mean"], d["std"], d["n_skipped"]) == (2, 0.75, s.std, 1)
+    assert [(b["low"], b["high"], b["count"]) for b in d["histogram"]] == s.bins
 
 
 def test_score_refuses_an_explanation_made_under_another_rule(tmp_path):

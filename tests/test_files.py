@@ -82,6 +82,18 @@ def test_missing_folder_is_one_clear_error(tmp_path):
         atomic_write(tmp_path / "nope" / "x.txt", "x")
 
 
+def test_cache_layout(tmp_path, monkeypatch):
+    from minitf.files import cache_path, default_cache_dir
+
+    monkeypatch.setenv("MINITF_CACHE_DIR", str(tmp_path / "c"))
+    assert default_cache_dir() == tmp_path / "c"
+    assert cache_path("llm") == tmp_path / "c" / "llm"
+    assert cache_path("results", tmp_path / "other") == tmp_path / "other" / "results"
+    monkeypatch.delenv("MINITF_CACHE_DIR")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache_path("llm") == tmp_path / "home" / ".cache" / "minitf" / "llm"
+
+
 def test_file_sha256(tmp_path):
     p = tmp_path / "f.txt"
     p.write_bytes(b"abc" * 1_000_000)

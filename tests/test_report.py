@@ -576,8 +576,8 @@ def fake_trace_neuron(monkeypatch):
 
     calls = []
 
-    def fake(model, neuron, **kw):
-        calls.append(kw)
+    def fake(model, neuron, source, options):
+        calls.append({**vars(source), **vars(options)})
         return make_trace()
     monkeypatch.setattr(minitf.trace, "trace_neuron", fake)
     return calls
