@@ -59,23 +59,25 @@ def check_layer(layer: int, n_layer: int, where: str = "") -> int:
     return layer
 
 
+def _check_index(layer: int, index: int, n_layer: int | None, size: int | None, where: str, kind: str,
+                 sizes: str) -> None:
+    """The layer, then ``0 ≤ index < size``; ``sizes`` says what has them, e.g. "layer 1 has {n} neurons"."""
+    if n_layer is not None:
+        check_layer(layer, n_layer, where)
+    if size is not None and not 0 <= index < size:
+        raise _out_of_range(where, f"{kind} {index} is out of range: {sizes.format(n=size)} (0–{size - 1})")
+
+
 def check_neuron(neuron: Neuron, n_layer: int | None, d_mlp: int | None, where: str = "") -> Neuron:
     """The neuron's layer and index in range, for the sizes given (else MinitfError naming the model's sizes)."""
-    if n_layer is not None:
-        check_layer(neuron.layer, n_layer, where)
-    if d_mlp is not None and not 0 <= neuron.index < d_mlp:
-        raise _out_of_range(where, f"neuron {neuron.index} is out of range: layer {neuron.layer} has {d_mlp} neurons "
-                                   f"(0–{d_mlp - 1})")
+    _check_index(neuron.layer, neuron.index, n_layer, d_mlp, where, "neuron",
+                 f"layer {neuron.layer} has {{n}} neurons")
     return neuron
 
 
 def check_head(head: Head, n_layer: int | None, n_head: int | None, where: str = "") -> Head:
     """The head's layer and index in range, for the sizes given (else MinitfError naming the model's sizes)."""
-    if n_layer is not None:
-        check_layer(head.layer, n_layer, where)
-    if n_head is not None and not 0 <= head.head < n_head:
-        raise _out_of_range(where, f"head {head.head} is out of range: the model has {n_head} heads per layer "
-                                   f"(0–{n_head - 1})")
+    _check_index(head.layer, head.head, n_layer, n_head, where, "head", "the model has {n} heads per layer")
     return head
 
 
