@@ -14,6 +14,7 @@ prints as text or JSON and that the HTML report renders.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -63,7 +64,6 @@ def prompts_from_texts(model: Model, texts: list[str], bos: bool = True) -> list
 def read_prompt_file(path) -> list[str]:
     """Prompts from a file: ``.txt`` one per line (blank lines skipped) or ``.jsonl`` with a ``text`` field."""
     import json
-    from pathlib import Path
 
     path = Path(path)
     try:
@@ -149,8 +149,8 @@ class PromptSource:
     top ``n_prompts`` mined from ``corpus`` (None: the model's own) in ``split`` ("train", "test" or "all")."""
 
     texts: list[str] = field(default_factory=list)
-    prompt_file: str | None = None
-    corpus: str | None = None
+    prompt_file: str | Path | None = None
+    corpus: str | Path | None = None
     split: str = "train"
     n_prompts: int = 20
     bos: bool = True  # prepend <|endoftext|> to each prompt
