@@ -88,9 +88,12 @@ class Progress:
         """The plain-line form: ``index: 300 / 1,000 documents (30%)  51,200 tokens  9,000 tokens/s  ETA 0:07``."""
         return f"{self.label}: {self.info(percent=True)}"
 
-    def update(self, n: int = 0, **counters: int) -> None:
-        """Advance by ``n`` units and add to the named counters; redraw when due."""
+    def update(self, n: int = 0, resumed: bool = False, **counters: int) -> None:
+        """Advance by ``n`` units and add to the named counters; redraw when due. ``resumed``: the ``n`` units
+        were done by an earlier run (e.g. a worker reporting its checkpoint), so they stay out of the rate."""
         self.done += n
+        if resumed:
+            self.start_done += n
         for name, value in counters.items():
             self.counters[name] += value
         if self.enabled:

@@ -36,6 +36,16 @@ def test_counters_rate_and_plain_lines():
     assert lines[1].startswith("index: 5 / 10 documents (50%)  1,024 tokens  ") and "tokens/s  ETA " in lines[1]
 
 
+def test_resumed_work_is_not_in_the_rate():
+    f = io.StringIO()
+    bar = Progress("index", 100, unit="documents", every=0.0, file=f)
+    bar.update(90, resumed=True)
+    assert bar.done == 90 and bar.start_done == 90
+    assert "ETA" not in f.getvalue().splitlines()[-1]  # no rate yet: no ETA
+    bar.update(5)
+    assert bar.done - bar.start_done == 5 and "95 / 100 documents (95%)" in f.getvalue()
+
+
 def test_not_a_terminal_without_every_prints_only_the_summary():
     f = io.StringIO()
     bar = Progress("vocab.json", 100, amount=megabytes, file=f)
