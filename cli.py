@@ -163,6 +163,10 @@ def _llm_options(f):
         click.option("--base-url", default=None, help="OpenAI-compatible server [default: $OPENAI_BASE_URL or OpenAI]."),
         click.option("--max-calls", type=click.IntRange(0), default=None, help="At most this many LLM requests."),
         click.option("--concurrency", type=click.IntRange(1, 64), default=4, show_default=True),
+        click.option("--timeout", type=click.FloatRange(0, min_open=True), default=60.0, show_default=True,  # llm.DEFAULT_*
+                     help="Seconds to wait for each LLM request."),
+        click.option("--max-retries", type=click.IntRange(0, 100), default=2, show_default=True,
+                     help="Retries after a connection error, timeout, 429 or 5xx (the openai client's backoff)."),
         click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
                      help="LLM cache and results [default: $MINITF_CACHE_DIR or ~/.cache/minitf]."),
         click.option("--head", "head_spec", default=None, callback=_head_arg, help="Only this head (e.g. L1H10)."),
@@ -176,7 +180,8 @@ def _llm_options(f):
     return f
 
 
-def _llm_setup(model_spec, neuron, cache_dir, llm_model, base_url, max_calls, concurrency, dry_run=False):
+def _llm_setup(model_spec, neuron, cache_dir, llm_model, base_url, max_calls, concurrency, timeout, max_retries,
+               dry_run=False):
     from pathlib import Path
 
     from minitf.explain import ResultStore, default_cache_dir
@@ -185,7 +190,7 @@ def _llm_setup(model_spec, neuron, cache_dir, llm_model, base_url, max_calls, co
     model = minitf.load(model_spec)
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     llm = None if dry_run else LLM(llm_model, base_url, cache_dir=cache / "llm", max_calls=max_calls,
-                                   concurrency=concurrency)
+                                   concurrency=concurrency, timeout=timeout, max_retries=max_retries)
     return model, llm, ResultStore(cache, model.folder, str(neuron))
 
 
@@ -195,12 +200,13 @@ def _llm_setup(model_spec, neuron, cache_dir, llm_model, base_url, max_calls, co
 @_llm_options
 @click.option("--dry-run", is_flag=True, help="Print the exact prompts; call nothing.")
 @json_option
-def explain(neuron, model_spec, llm_model, base_url, max_calls, concurrency, cache_dir, head_spec, n_prompts, rule,
-            include_same_layer, corpus, dry_run, as_json):
+def explain(neuron, model_spec, llm_model, base_url, max_calls, concurrency, timeout, max_retries, cache_dir, head_spec,
+            n_prompts, rule, include_same_layer, corpus, dry_run, as_json):
     """Ask an LLM when each differential head of a neuron is active (prompts from the train split)."""
     from minitf.explain import explain_neuron
 
-    model, llm, store = _llm_setup(model_spec, neuron, cache_dir, llm_model, base_url, max_calls, concurrency, dry_run)
+    model, llm, store = _llm_setup(model_spec, neuron, cache_dir, llm_model, base_url, max_calls, concurrency, timeout,
+                                   max_retries, dry_run)
     out = explain_neuron(model, neuron, llm, store, head_spec, corpus=corpus, n_prompts=n_prompts, rule=rule,
                          include_same_layer=include_same_layer)
     if as_json:
@@ -227,12 +233,13 @@ def explain(neuron, model_spec, llm_model, base_url, max_calls, concurrency, cac
 @model_option
 @_llm_options
 @json_option
-def score(neuron, model_spec, llm_model, base_url, max_calls, concurrency, cache_dir, head_spec, n_prompts, rule,
-          include_same_layer, corpus, as_json):
+def score(neuron, model_spec, llm_model, base_url, max_calls, concurrency, timeout, max_retries, cache_dir, head_spec,
+          n_prompts, rule, include_same_layer, corpus, as_json):
     """Score the explanations: the LLM predicts, from each explanation alone, where the head is active (test split)."""
     from minitf.explain import render_summary, score_neuron, summarize_scores
 
-    model, llm, store = _llm_setup(model_spec, neuron, cache_dir, llm_model, base_url, max_calls, concurrency)
+    model, llm, store = _llm_setup(model_spec, neuron, cache_dir, llm_model, base_url, max_calls, concurrency, timeout,
+                                   max_retries)
     scores, skipped = score_neuron(model, neuron, llm, store, head_spec, corpus=corpus, n_prompts=n_prompts,
                                    rule=rule, include_same_layer=include_same_layer)
     summary = summarize_scores(scores)
