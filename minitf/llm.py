@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
-from minitf.errors import MinitfError
+from minitf.errors import MinitfError, warn
 from minitf.explain import PROMPT_FORMAT_VERSION
 
 log = logging.getLogger(__name__)
@@ -358,7 +358,7 @@ class LLM:
                 "model": response.get("model"),
             }
         except (OSError, ValueError, KeyError, TypeError) as e:
-            log.warning("%s: unreadable cache entry (%s); asking the server again", path, e)
+            warn(f"{path}: unreadable LLM cache entry ({e}); asking the server again")
             return None
 
     def _cache_write(self, key: str, messages: list[dict[str, Any]], params: dict[str, Any], response: dict[str, Any]) -> None:

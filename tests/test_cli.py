@@ -82,3 +82,15 @@ def test_long_prompt_is_cut_and_said():
     result = json.loads(out.stdout)
     assert result["prompts"][0]["truncated"] and len(result["prompts"][0]["tokens"]) == 16
     assert "note: prompt 1 is longer than the context: kept its last 16 tokens" in out.stderr
+
+
+def test_warnings_are_one_line_of_our_own(capsys):
+    """Every warning goes through minitf.errors.warn: one ``warning: …`` line, never Python's warnings format."""
+    from minitf.errors import warn
+
+    warn("first part\nsecond   part")
+    assert capsys.readouterr() == ("", "warning: first part second part\n")
+    for path in [ROOT / "cli.py", *(ROOT / "minitf").glob("*.py")]:
+        source = path.read_text()
+        for call in ("warnings.warn(", "log.warning(", "logging.warning(", "UserWarning"):
+            assert call not in source or path.name == "errors.py", (path.name, call)

@@ -445,13 +445,15 @@ def test_base_url_from_environment(server: FakeServer, monkeypatch: pytest.Monke
     assert len(server.requests) == 1
 
 
-def test_corrupt_cache_entry_is_refetched(server: FakeServer, tmp_path: Path) -> None:
+def test_corrupt_cache_entry_is_refetched(server: FakeServer, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     llm = make_llm(server, tmp_path)
     llm.complete(msgs("x"))
     (path,) = (tmp_path / "cache").glob("*.json")
     path.write_text("{ truncated")
     again = make_llm(server, tmp_path)
     assert again.complete(msgs("x"))["cached"] is False
+    err = capsys.readouterr().err
+    assert err.startswith(f"warning: {path}: unreadable LLM cache entry") and err.count("\n") == 1
     assert json.loads(path.read_text())["response"]["text"] == "Yes"
 
 
