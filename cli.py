@@ -70,6 +70,8 @@ def run(model_spec, text, top_k, bos, as_json):
     from minitf.info import next_token_predictions
 
     data = next_token_predictions(minitf.load(model_spec), text, top_k, bos)
+    if data["truncated"]:
+        click.echo(f"note: --text is longer than the context: kept its last {data['n_tokens']} tokens", err=True)
     if as_json:
         return _emit_json(data)
     click.echo(f"prompt: {data['n_tokens']} tokens; next token:")
