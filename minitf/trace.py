@@ -177,7 +177,10 @@ def trace_neuron(model: Model, neuron: Neuron, texts: list[str] | None = None, p
         settings |= {"source": f"top {len(prompts)} mined from {corpus}, split {split}", "corpus": str(corpus),
                      "split": split}
     options = TraceOptions(rule=rule, include_same_layer=include_same_layer, ablate=ablate, per_position=per_position)
-    return trace(model, neuron, prompts, options, settings=settings)
+    result = trace(model, neuron, prompts, options, settings=settings)
+    if not (texts or prompt_file):  # mined prompts are listed by the activation they show, highest first
+        result["prompts"].sort(key=lambda p: -p["activation"])
+    return result
 
 
 def _card_record(card: dict, layer_size: int) -> dict:
