@@ -11,6 +11,7 @@ import click
 
 import minitf
 from minitf.errors import MinitfError
+from minitf.render import count
 
 
 class _Group(click.Group):
@@ -74,7 +75,7 @@ def run(model_spec, text, top_k, bos, as_json):
         click.echo(f"note: --text is longer than the context: kept its last {data['n_tokens']} tokens", err=True)
     if as_json:
         return _emit_json(data)
-    click.echo(f"prompt: {data['n_tokens']} tokens; next token:")
+    click.echo(f"prompt: {count(data['n_tokens'], 'token')}; next token:")
     for row in data["predictions"]:
         click.echo(f"  {row['prob']:7.2%}  {row['id']:>6}  {row['token']!r}")
 
@@ -214,10 +215,10 @@ def explain(neuron, model_spec, llm_model, base_url, max_calls, concurrency, tim
     if as_json:
         return _emit_json({"neuron": str(neuron), **out})
     if not out["heads"]:
-        click.echo(f"{neuron}: no differential head on its top {out['n_prompts']} train prompts (rule {rule}); "
+        click.echo(f"{neuron}: no differential head on its top {count(out['n_prompts'], 'train prompt')} (rule {rule}); "
                    "name one with --head")
     for head, entry in out["heads"].items():
-        counts = f"{entry['n_active']} active / {entry['n_inactive']} inactive train prompts"
+        counts = f"{entry['n_active']} active / {count(entry['n_inactive'], 'inactive train prompt')}"
         if "messages" in entry:
             click.echo(f"===== {neuron} {head}: {counts}")
             for m in entry["messages"]:
@@ -227,7 +228,8 @@ def explain(neuron, model_spec, llm_model, base_url, max_calls, concurrency, tim
         else:
             click.echo(f"{head} ({counts}):\n  {entry['explanation']}")
     if llm is not None:
-        click.echo(f"LLM: {llm.calls_made} calls, {llm.cache_hits} cache hits; saved in {store.path}", err=True)
+        click.echo(f"LLM: {count(llm.calls_made, 'call')}, {count(llm.cache_hits, 'cache hit')}; saved in {store.path}",
+                   err=True)
 
 
 @main.command()
@@ -259,9 +261,9 @@ def score(neuron, model_spec, llm_model, base_url, max_calls, concurrency, timeo
         auc = "–" if s.roc_auc is None else f"{s.roc_auc:.3f}"
         bacc = "–" if s.balanced_accuracy is None else f"{s.balanced_accuracy:.3f}"
         click.echo(f"{s.head}: balanced accuracy {bacc}, ROC-AUC {auc} (TP {s.tp} FP {s.fp} TN {s.tn} FN {s.fn}; "
-                   f"{s.n_malformed} malformed answers)")
+                   f"{count(s.n_malformed, 'malformed answer')})")
     click.echo("\n".join(render_summary(summary)))
-    click.echo(f"LLM: {llm.calls_made} calls, {llm.cache_hits} cache hits", err=True)
+    click.echo(f"LLM: {count(llm.calls_made, 'call')}, {count(llm.cache_hits, 'cache hit')}", err=True)
 
 
 @main.command(params=[p for p in trace.params if p.name not in ("as_json", "html_path")])
@@ -276,7 +278,7 @@ def report(out, cache_dir, neuron, model_spec, texts, prompt_file, corpus, split
     model, result = _trace(neuron, model_spec, texts, prompt_file, corpus, split, n_prompts, rule,
                            include_same_layer, bos, ablate, per_position=True)
     write_html(out, result, *report_extras(model, neuron, result, cache_dir))
-    click.echo(f"{out}: HTML report of {neuron}, {len(result['prompts'])} prompts")
+    click.echo(f"{out}: HTML report of {neuron}, {count(len(result['prompts']), 'prompt')}")
 
 
 def _layer_list(ctx, param, values) -> list[int]:
@@ -382,7 +384,7 @@ def index(model_spec, corpus, layers, split, k, workers, bos, index_dir, rebuild
         return _emit_json({"index": str(path), "manifest": m, "top": {name: [list(t) for t in rows]
                                                                         for name, rows in tops.items()}})
     docs, tokens = sum(m["documents"].values()), sum(m["tokens"].values())
-    click.echo(f"{path}: {docs} documents ({m['documents']['train']} train, {m['documents']['test']} test), "
+    click.echo(f"{path}: {count(docs, 'document')} ({m['documents']['train']} train, {m['documents']['test']} test), "
                f"{tokens:,} tokens, layers {m['layers']}, top {m['k']} per neuron; built in {m['seconds']:.1f} s")
     if not show:
         return

@@ -53,6 +53,7 @@ from typing import Any, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
 from minitf.errors import MinitfError, warn
+from minitf.render import count
 from minitf.explain import PROMPT_FORMAT_VERSION
 
 log = logging.getLogger(__name__)
@@ -241,8 +242,8 @@ class LLM:
         with self._lock:
             if self.max_calls is not None and self.calls_made >= self.max_calls:
                 raise MinitfError(
-                    f"--max-calls {self.max_calls} reached: {self.calls_made} calls made, "
-                    f"{self.cache_hits} cache hits; answers so far are cached, rerun with a higher "
+                    f"--max-calls {self.max_calls} reached: {count(self.calls_made, 'call')} made, "
+                    f"{count(self.cache_hits, 'cache hit')}; answers so far are cached, rerun with a higher "
                     "--max-calls to continue"
                 )
             self.calls_made += 1
@@ -308,8 +309,8 @@ class LLM:
 
     @property
     def _gave_up(self) -> str:
-        return (f"after {self.max_retries + 1} attempts (--max-retries {self.max_retries} retries, "
-                f"--timeout {self.timeout:g} s each)")
+        return (f"after {count(self.max_retries + 1, 'attempt')} (--max-retries {self.max_retries}, "
+                f"--timeout {self.timeout:g} s per attempt)")
 
     def _attempt(self, client: Any, messages: list[dict[str, Any]], params: dict[str, Any]) -> dict[str, Any]:
         """One request through the openai client, its retries included; counts attempts and retries.

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import MinitfError
+from .render import count
 
 _DTYPES = {"F32": 4, "F16": 2, "BF16": 2}
 _IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
@@ -185,11 +186,11 @@ def _check_coverage(path: Path, header: dict, n_data: int) -> None:
                               f"{'has the same bytes as' if same else 'overlaps'} {prev}; "
                               "safetensors tensors may not share bytes")
         if begin > pos:
-            raise MinitfError(f"{path}: {begin - pos} unused data bytes before {key} (data bytes {begin}–{end}); "
+            raise MinitfError(f"{path}: {count(begin - pos, 'unused data byte')} before {key} (data bytes {begin}–{end}); "
                               "safetensors tensors must cover the data without gaps")
         pos, prev = end, key
     if pos != n_data:
-        raise MinitfError(f"{path}: {n_data - pos} bytes after the last tensor; "
+        raise MinitfError(f"{path}: {count(n_data - pos, 'byte')} after the last tensor; "
                           "safetensors tensors must cover the data exactly")
 
 

@@ -130,3 +130,13 @@ def test_download_takes_only_the_gpt2_sizes(tmp_path):
     assert out.stderr == ("error: gpt5: not a GPT-2 model; download takes gpt2, gpt2-medium, gpt2-large or gpt2-xl "
                           "(optionally as openai-community/<name>)\n")
     assert out.returncode == 1 and not (tmp_path / "w").exists()
+
+
+def test_counts_are_singular_for_one():
+    from minitf.render import count
+
+    assert (count(0, "prompt"), count(1, "prompt"), count(2, "cache hit")) == ("0 prompts", "1 prompt", "2 cache hits")
+    out = cli("trace", "--neuron", "L1N1", "--model", MODEL, "--text", "the king").stdout
+    assert out.splitlines()[5].startswith("1 prompt (given with --text); rule sigma2; 4 candidate heads (layers < 1)")
+    run = cli("run", "--model", MODEL, "--text", "", "--bos", "--top", "1").stdout
+    assert run.startswith("prompt: 1 token; next token:")

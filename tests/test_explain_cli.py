@@ -27,6 +27,7 @@ import pytest
 
 from minitf.explain import HeadExamples, explain_messages, format_example
 from minitf.llm import MISSING_KEY_MESSAGE
+from minitf.render import count
 from test_llm import SECRET, FakeServer, dead_url
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -263,7 +264,7 @@ def test_explain_then_score_end_to_end(server: FakeServer, traces, tmp_path: Pat
     assert offline.stderr == f"LLM: 0 calls, {n_test} cache hits\n"
     for s in score_json["scores"]:
         assert f"{s['head']}: balanced accuracy {s['balanced_accuracy']:.3f}, ROC-AUC {s['roc_auc']:.3f}" in offline.stdout
-        assert f"{s['n_malformed']} malformed answers" in offline.stdout
+        assert f"{count(s['n_malformed'], 'malformed answer')})" in offline.stdout
     assert f"balanced accuracy: mean {summary['mean']:.3f} ± {summary['std']:.3f} (std, N-1), n=2" in offline.stdout
     assert len(server.requests) == n_requests
     # ... but another server (here OpenAI: no --base-url) never gets this server's answers
@@ -276,8 +277,8 @@ def test_explain_then_score_end_to_end(server: FakeServer, traces, tmp_path: Pat
     start = time.monotonic()
     refused = cli("score", *dead, "--max-retries", "1", "--timeout", "2", key=None)
     assert time.monotonic() - start < 60
-    assert_one_line_error(refused, "connection error", "gave up after 2 attempts (--max-retries 1 retries, "
-                                                       "--timeout 2 s each) in ")
+    assert_one_line_error(refused, "connection error", "gave up after 2 attempts (--max-retries 1, "
+                                                       "--timeout 2 s per attempt) in ")
     help_text = cli("score", "--help", key=None).stdout
     assert all(option in help_text for option in re.findall(r"--[a-z][a-z-]+", refused.stderr))
 

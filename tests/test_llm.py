@@ -299,8 +299,8 @@ def test_connection_refused_is_retried_then_fails_in_bounded_time(tmp_path: Path
     url = dead_url()
     llm = LLM("test-model", url, cache_dir=tmp_path, max_retries=2, timeout=2.0)
     start = time.monotonic()
-    with pytest.raises(MinitfError, match=r"connection error.*gave up after 3 attempts \(--max-retries 2 retries, "
-                                          r"--timeout 2 s each\) in \d+\.\d s$") as info:
+    with pytest.raises(MinitfError, match=r"connection error.*gave up after 3 attempts \(--max-retries 2, "
+                                          r"--timeout 2 s per attempt\) in \d+\.\d s$") as info:
         llm.complete(msgs("x"))
     took = time.monotonic() - start
     assert url in str(info.value) and "\n" not in str(info.value)
@@ -308,7 +308,7 @@ def test_connection_refused_is_retried_then_fails_in_bounded_time(tmp_path: Path
     assert 0.5 < took < 3.0  # the client's backoff 0.5 s + 1 s (minus jitter), nothing like 14–19 s
     quick = LLM("test-model", url, cache_dir=tmp_path, max_retries=0)
     start = time.monotonic()
-    with pytest.raises(MinitfError, match=r"after 1 attempts \(--max-retries 0 retries"):
+    with pytest.raises(MinitfError, match=r"after 1 attempt \(--max-retries 0, "):
         quick.complete(msgs("x"))
     assert time.monotonic() - start < 0.5
 
@@ -359,7 +359,7 @@ def test_max_calls_budget(server: FakeServer, tmp_path: Path) -> None:
     llm.complete(msgs("1"))
     llm.complete(msgs("2"))
     llm.complete(msgs("1"))  # cache hits are free
-    with pytest.raises(MinitfError, match=r"^--max-calls 2 reached: 2 calls made, 1 cache hits"):
+    with pytest.raises(MinitfError, match=r"^--max-calls 2 reached: 2 calls made, 1 cache hit;"):
         llm.complete(msgs("3"))
     assert len(server.requests) == 2
     assert llm.calls_made == 2 and llm.cache_hits == 1
