@@ -85,6 +85,7 @@ def scan_top_documents(model, neuron: Neuron, corpus: str | Path, split: str | N
     first = 1 if bos else 0
     bar = _Progress(sum(1 for _ in documents(corpus, split)) if progress else 0, progress)
     bar.label = f"scan for {neuron}"
+    bar.update(0, 0, 0)  # starts from 0 documents (the bar counts a shard's first report as resumed work)
     n_docs = 0
     best: list[tuple[float, int, int, list[int]]] = []  # (−activation, doc_id, position, tokens)
     pending: list[tuple[int, list[int]]] = []
