@@ -12,6 +12,7 @@ import click
 import minitf
 from minitf.errors import MinitfError
 from minitf.names import check_layer, check_neuron, parse_layers
+from minitf.render import count
 
 
 class _Group(click.Group):
@@ -71,9 +72,11 @@ def run(model_spec, text, top_k, bos, as_json):
     from minitf.info import next_token_predictions
 
     data = next_token_predictions(minitf.load(model_spec), text, top_k, bos)
+    if data["truncated"]:
+        click.echo(f"note: --text is longer than the context: kept its last {data['n_tokens']} tokens", err=True)
     if as_json:
         return _emit_json(data)
-    click.echo(f"prompt: {data['n_tokens']} tokens; next token:")
+    click.echo(f"prompt: {count(data['n_tokens'], 'token')}; next token:")
     for row in data["predictions"]:
         click.echo(f"  {row['prob']:7.2%}  {row['id']:>6}  {row['token']!r}")
 
@@ -168,6 +171,10 @@ def _llm_options(f):
         click.option("--base-url", default=None, help="OpenAI-compatible server [default: $OPENAI_BASE_URL or OpenAI]."),
         click.option("--max-calls", type=click.IntRange(0), default=None, help="At most this many LLM requests."),
         click.option("--concurrency", type=click.IntRange(1, 64), default=4, show_default=True),
+        click.option("--timeout", type=click.FloatRange(0, min_open=True), default=60.0, show_default=True,  # llm.DEFAULT_*
+                     help="Seconds to wait for each LLM request."),
+        click.option("--max-retries", type=click.IntRange(0, 100), default=2, show_default=True,
+                     help="Retries after a connection error, timeout, 429 or 5xx (the openai client's backoff)."),
         click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
                      help="LLM cache and results [default: $MINITF_CACHE_DIR or ~/.cache/minitf]."),
         click.option("--head", "head_spec", default=None, callback=_head_arg, help="Only this head (e.g. L1H10)."),
@@ -181,12 +188,13 @@ def _llm_options(f):
     return f
 
 
-def _llm_setup(model_spec, neuron, cache_dir, llm_model, base_url, max_calls, concurrency, dry_run=False):
+def _llm_setup(model_spec, neuron, cache_dir, llm_model, base_url, max_calls, concurrency, timeout, max_retries,
+               dry_run=False):
     from minitf.explain import ResultStore, llm_client
 
     model = minitf.load(model_spec)
     check_neuron(neuron, model.cfg.n_layer, model.cfg.d_mlp, where=f"--neuron {neuron}")
-    llm = None if dry_run else llm_client(llm_model, base_url, cache_dir, max_calls, concurrency)
+    llm = None if dry_run else llm_client(llm_model, base_url, cache_dir, max_calls, concurrency, timeout, max_retries)
     return model, llm, ResultStore(cache_dir, model.folder, str(neuron))
 
 
@@ -196,21 +204,22 @@ def _llm_setup(model_spec, neuron, cache_dir, llm_model, base_url, max_calls, co
 @_llm_options
 @click.option("--dry-run", is_flag=True, help="Print the exact prompts; call nothing.")
 @json_option
-def explain(neuron, model_spec, llm_model, base_url, max_calls, concurrency, cache_dir, head_spec, n_prompts, rule,
-            include_same_layer, corpus, dry_run, as_json):
+def explain(neuron, model_spec, llm_model, base_url, max_calls, concurrency, timeout, max_retries, cache_dir, head_spec,
+            n_prompts, rule, include_same_layer, corpus, dry_run, as_json):
     """Ask an LLM when each differential head of a neuron is active (prompts from the train split)."""
     from minitf.explain import explain_neuron
 
-    model, llm, store = _llm_setup(model_spec, neuron, cache_dir, llm_model, base_url, max_calls, concurrency, dry_run)
+    model, llm, store = _llm_setup(model_spec, neuron, cache_dir, llm_model, base_url, max_calls, concurrency, timeout,
+                                   max_retries, dry_run)
     out = explain_neuron(model, neuron, llm, store, head_spec, corpus=corpus, n_prompts=n_prompts, rule=rule,
                          include_same_layer=include_same_layer)
     if as_json:
         return _emit_json({"neuron": str(neuron), **out})
     if not out["heads"]:
-        click.echo(f"{neuron}: no differential head on its top {out['n_prompts']} train prompts (rule {rule}); "
+        click.echo(f"{neuron}: no differential head on its top {count(out['n_prompts'], 'train prompt')} (rule {rule}); "
                    "name one with --head")
     for head, entry in out["heads"].items():
-        counts = f"{entry['n_active']} active / {entry['n_inactive']} inactive train prompts"
+        counts = f"{entry['n_active']} active / {count(entry['n_inactive'], 'inactive train prompt')}"
         if "messages" in entry:
             click.echo(f"===== {neuron} {head}: {counts}")
             for m in entry["messages"]:
@@ -220,7 +229,8 @@ def explain(neuron, model_spec, llm_model, base_url, max_calls, concurrency, cac
         else:
             click.echo(f"{head} ({counts}):\n  {entry['explanation']}")
     if llm is not None:
-        click.echo(f"LLM: {llm.calls_made} calls, {llm.cache_hits} cache hits; saved in {store.path}", err=True)
+        click.echo(f"LLM: {count(llm.calls_made, 'call')}, {count(llm.cache_hits, 'cache hit')}; saved in {store.path}",
+                   err=True)
 
 
 @main.command()
@@ -228,12 +238,13 @@ def explain(neuron, model_spec, llm_model, base_url, max_calls, concurrency, cac
 @model_option
 @_llm_options
 @json_option
-def score(neuron, model_spec, llm_model, base_url, max_calls, concurrency, cache_dir, head_spec, n_prompts, rule,
-          include_same_layer, corpus, as_json):
+def score(neuron, model_spec, llm_model, base_url, max_calls, concurrency, timeout, max_retries, cache_dir, head_spec,
+          n_prompts, rule, include_same_layer, corpus, as_json):
     """Score the explanations: the LLM predicts, from each explanation alone, where the head is active (test split)."""
     from minitf.explain import render_summary, score_neuron, summarize_scores
 
-    model, llm, store = _llm_setup(model_spec, neuron, cache_dir, llm_model, base_url, max_calls, concurrency)
+    model, llm, store = _llm_setup(model_spec, neuron, cache_dir, llm_model, base_url, max_calls, concurrency, timeout,
+                                   max_retries)
     scores, skipped = score_neuron(model, neuron, llm, store, head_spec, corpus=corpus, n_prompts=n_prompts,
                                    rule=rule, include_same_layer=include_same_layer)
     summary = summarize_scores(scores)
@@ -247,9 +258,9 @@ def score(neuron, model_spec, llm_model, base_url, max_calls, concurrency, cache
         auc = "–" if s.roc_auc is None else f"{s.roc_auc:.3f}"
         bacc = "–" if s.balanced_accuracy is None else f"{s.balanced_accuracy:.3f}"
         click.echo(f"{s.head}: balanced accuracy {bacc}, ROC-AUC {auc} (TP {s.tp} FP {s.fp} TN {s.tn} FN {s.fn}; "
-                   f"{s.n_malformed} malformed answers)")
+                   f"{count(s.n_malformed, 'malformed answer')})")
     click.echo("\n".join(render_summary(summary)))
-    click.echo(f"LLM: {llm.calls_made} calls, {llm.cache_hits} cache hits", err=True)
+    click.echo(f"LLM: {count(llm.calls_made, 'call')}, {count(llm.cache_hits, 'cache hit')}", err=True)
 
 
 @main.command(params=[p for p in trace.params if p.name not in ("as_json", "html_path")])
@@ -264,7 +275,7 @@ def report(out, cache_dir, neuron, model_spec, texts, prompt_file, corpus, split
     model, result = _trace(neuron, model_spec, texts, prompt_file, corpus, split, n_prompts, rule,
                            include_same_layer, bos, ablate, per_position=True)
     write_html(out, result, *report_extras(model, neuron, result, cache_dir))
-    click.echo(f"{out}: HTML report of {neuron}, {len(result['prompts'])} prompts")
+    click.echo(f"{out}: HTML report of {neuron}, {count(len(result['prompts']), 'prompt')}")
 
 
 def _layer_list(ctx, param, values) -> list[int]:
@@ -358,7 +369,7 @@ def index(model_spec, corpus, layers, split, k, workers, bos, index_dir, rebuild
         return _emit_json({"index": str(path), "manifest": m, "top": {name: [list(t) for t in rows]
                                                                         for name, rows in tops.items()}})
     docs, tokens = sum(m["documents"].values()), sum(m["tokens"].values())
-    click.echo(f"{path}: {docs} documents ({m['documents']['train']} train, {m['documents']['test']} test), "
+    click.echo(f"{path}: {count(docs, 'document')} ({m['documents']['train']} train, {m['documents']['test']} test), "
                f"{tokens:,} tokens, layers {m['layers']}, top {m['k']} per neuron; built in {m['seconds']:.1f} s")
     if not show:
         return

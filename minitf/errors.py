@@ -1,4 +1,5 @@
-"""The one exception type that the CLI turns into a single line on stderr (exit 1)."""
+"""The one exception type that the CLI turns into a single line on stderr (exit 1), and the one way to warn."""
+import sys
 
 
 class MinitfError(Exception):
@@ -6,3 +7,12 @@ class MinitfError(Exception):
 
     Raise it with the full one-line message, e.g. ``MinitfError(f"{path}: truncated header")``.
     """
+
+
+def warn(message: str) -> None:
+    """Tell the user something went differently than asked, and go on: one line ``warning: <message>`` on stderr.
+
+    Every warning minitf gives goes through here — never Python's ``warnings`` module (whose
+    ``file:line: UserWarning: …`` format, source line included, is meant for developers) nor ``logging``.
+    """
+    print("warning: " + " ".join(str(message).split()), file=sys.stderr, flush=True)

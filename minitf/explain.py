@@ -105,13 +105,13 @@ def head_examples(trace: dict[str, Any], head: str) -> HeadExamples:
 
 
 def llm_client(model_name: str, base_url: str | None = None, cache_dir=None, max_calls: int | None = None,
-               concurrency: int = 4):
+               concurrency: int = 4, timeout: float = 60.0, max_retries: int = 2):
     """The LLM of the explain and score commands, its responses cached under ``<minitf cache>/llm``."""
     from minitf.files import cache_path
     from minitf.llm import LLM
 
     return LLM(model_name, base_url, cache_dir=cache_path("llm", cache_dir), max_calls=max_calls,
-               concurrency=concurrency)
+               concurrency=concurrency, timeout=timeout, max_retries=max_retries)
 
 
 def _traced_heads(model, neuron, split: str, head: str | None, trace_options: dict[str, Any]):

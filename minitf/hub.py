@@ -34,6 +34,7 @@ from minitf.files import default_cache_dir  # noqa: F401  (neurons.py imports it
 from minitf.progress import Progress, megabytes
 
 FILES = ("config.json", "vocab.json", "merges.txt", "model.safetensors")
+GPT2_SIZES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")  # what ``download`` fetches (OpenAI's GPT-2)
 DEFAULT_ENDPOINT = "https://huggingface.co"
 TIMEOUT = 30.0  # seconds, per socket operation (connect, each read)
 CHUNK = 1 << 20
@@ -199,11 +200,15 @@ def _fetch(remote: Remote, part: Path, label: str, live: bool) -> Progress | Non
 
 def split_name(name: str) -> tuple[str, str]:
     """``"gpt2"`` -> ``("gpt2", "gpt2")``; ``"openai-community/gpt2"`` -> (that, ``"gpt2"``):
-    the hub repo id and the local folder name (its last part)."""
+    the hub repo id and the local folder name (its last part). Only the four GPT-2 sizes."""
     repo = name.strip().strip("/")
     if not _REPO_ID.match(repo) or ".." in repo:
         raise MinitfError(f"{name}: not a Hugging Face model name (e.g. gpt2, gpt2-xl, openai-community/gpt2)")
-    return repo, repo.rsplit("/", 1)[-1]
+    org, _, folder = repo.rpartition("/")
+    if folder not in GPT2_SIZES or org not in ("", "openai-community"):
+        raise MinitfError(f"{name}: not a GPT-2 model; download takes {', '.join(GPT2_SIZES[:-1])} or "
+                          f"{GPT2_SIZES[-1]} (optionally as openai-community/<name>)")
+    return repo, folder
 
 
 def download(

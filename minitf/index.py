@@ -400,6 +400,8 @@ def _worker_main(job: _Job, shard: int, messages, stop_event, weights) -> None:
 class _Progress:
     """A one-line progress bar on stderr: documents, tokens, tokens/s and ETA."""
 
+    label = "index"  # the line's first word (prompts.py's corpus scan says "scan for L3N157")
+
     def __init__(self, total_docs: int, enabled: bool):
         self.total, self.enabled = total_docs, enabled
         self.tty = enabled and sys.stderr.isatty()
@@ -423,7 +425,7 @@ class _Progress:
         rate_docs = (docs - self.resumed) / elapsed
         eta = (self.total - docs) / rate_docs if rate_docs > 0 else float("nan")
         pct = 100.0 * docs / self.total if self.total else 100.0
-        line = (f"index: {docs}/{self.total} documents ({pct:.0f}%)  {self.tokens:,} tokens  "
+        line = (f"{self.label}: {docs}/{self.total} documents ({pct:.0f}%)  {self.tokens:,} tokens  "
                 f"{self.tokens / elapsed:,.0f} tokens/s  ETA {_fmt_seconds(eta)}")
         print(("\r" + line + "\x1b[K") if self.tty else line, end="" if self.tty else "\n", file=sys.stderr, flush=True)
 

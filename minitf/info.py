@@ -33,13 +33,14 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def next_token_predictions(model: Model, text: str, top_k: int = 10, bos: bool = False) -> dict:
-    """The ``top_k`` most likely next tokens after ``text`` with their probabilities."""
-    ids = ([model.bos] if bos else []) + model.encode(text)
+    """The ``top_k`` most likely next tokens after ``text`` with their probabilities; an over-long text keeps its
+    last n_ctx tokens (``truncated``), as in ``trace``."""
+    from .trace import fit_context
+
+    ids, truncated = fit_context(model, model.encode(text), bos)
     if not ids:
         raise MinitfError("--text: empty prompt")
-    if len(ids) > model.cfg.n_ctx:
-        raise MinitfError(f"--text: {len(ids)} tokens, longer than the model's context of {model.cfg.n_ctx}")
     probs = softmax(model.run(ids, logits="last").logits[0])  # [V]
     top = np.argsort(-probs, kind="stable")[:top_k]
-    return {"n_tokens": len(ids), "tokens": [model.token_str(i) for i in ids],
+    return {"n_tokens": len(ids), "truncated": truncated, "tokens": [model.token_str(i) for i in ids],
             "predictions": [{"id": int(i), "token": model.token_str(i), "prob": float(probs[i])} for i in top]}

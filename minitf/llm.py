@@ -1,4 +1,4 @@
-"""A small chat-completions client: on-disk cache, bounded concurrency, retries, a call budget.
+"""A small chat-completions client: on-disk cache, bounded concurrency, a call budget.
 
 Talks to OpenAI or any OpenAI-compatible server (vLLM, llama.cpp, Ollama …) through the official
 ``openai`` package, created lazily on the first cache miss, so nothing here needs a key at import
@@ -13,18 +13,24 @@ Credentials
 
 Cache
     One JSON file ``<cache_dir>/<sha256>.json`` per request, keyed by the sha256 of the canonical
-    JSON of ``(model, messages, params, PROMPT_FORMAT_VERSION)``; the server URL is not part of
-    the key. The file holds the request (model, messages, params; no key, no URL) and the
-    response (text, per-token logprobs, finish reason). Written atomically (temp file +
-    ``os.replace``). An unreadable cache file is treated as a miss and rewritten.
+    JSON of ``(server, model, messages, params, PROMPT_FORMAT_VERSION)``, the server being the base
+    URL without credentials, query or trailing slash: two servers never share an answer, and a
+    server that cannot be reached fails even when another one's answers are cached. The file holds
+    the request (model, messages, params; no key, no URL) and the response (text, per-token
+    logprobs, finish reason). Written atomically (temp file + ``os.replace``). An unreadable cache
+    file is treated as a miss and rewritten.
 
 Retries
-    On HTTP 429, 5xx, timeouts and connection errors, up to ``max_retries`` retries with
-    exponential backoff ``retry_base_delay * 2**attempt`` (capped at ``retry_max_delay``, at least
-    a 429's ``Retry-After``), times a random jitter factor in [0.5, 1.5). The openai client's own
-    retries are off. Other errors (400, 401 …) fail at once. A request with ``logprobs`` that the
-    server rejects with 400/422 is retried once without ``logprobs``/``top_logprobs``; if that
-    works, later requests leave them out (``logprobs_supported`` becomes False).
+    The openai client's own: up to ``max_retries`` retries on connection errors, timeouts, HTTP
+    408/409/429 and 5xx, with its exponential backoff (0.5 s doubling, at most 8 s, minus up to
+    25 % jitter; a server's ``Retry-After`` is honoured up to the client's cap). Each attempt waits
+    at most ``timeout`` seconds, so an unreachable server fails within (max_retries + 1) · timeout +
+    8 · max_retries seconds (a refused connection: 0.5 + 1 s with the defaults), and the message
+    says how long it tried and which options change that
+    (``--max-retries``, ``--timeout``). Other errors (400, 401 …) fail at once. A request with
+    ``logprobs`` that the server rejects with 400/422 is sent once more without
+    ``logprobs``/``top_logprobs``; if that works, later requests leave them out
+    (``logprobs_supported`` becomes False).
 
 Budget
     ``max_calls`` caps the number of requests sent to the server (cache misses; a request's
@@ -38,7 +44,6 @@ import hashlib
 import json
 import logging
 import os
-import random
 import tempfile
 import threading
 import time
@@ -47,7 +52,8 @@ from pathlib import Path
 from typing import Any, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
-from minitf.errors import MinitfError
+from minitf.errors import MinitfError, warn
+from minitf.render import count
 from minitf.explain import PROMPT_FORMAT_VERSION
 
 log = logging.getLogger(__name__)
@@ -57,6 +63,9 @@ NO_KEY_PLACEHOLDER = "none"
 MISSING_KEY_MESSAGE = (
     "OPENAI_API_KEY is not set: export it, or pass --base-url for a local OpenAI-compatible server"
 )
+DEFAULT_TIMEOUT = 60.0  # seconds per HTTP attempt (--timeout); a long explanation from a slow server needs it
+DEFAULT_MAX_RETRIES = 2  # the openai client's retries after the first attempt (--max-retries)
+_RETRIED_STATUSES = {408, 409, 429} | set(range(500, 600))  # what the openai client retries
 _LOGPROB_PARAMS = ("logprobs", "top_logprobs")
 _STATUS_HINTS = {
     401: ": check OPENAI_API_KEY",
@@ -65,9 +74,16 @@ _STATUS_HINTS = {
 }
 
 
-def cache_key(model: str, messages: Sequence[dict[str, Any]], params: dict[str, Any]) -> str:
-    """sha256 (hex) of the canonical JSON of (model, messages, params, PROMPT_FORMAT_VERSION)."""
+def server_id(base_url: str | None) -> str:
+    """The server part of the cache key: ``base_url`` (else ``OPENAI_BASE_URL``, else OpenAI) without
+    credentials, query, fragment or trailing slash."""
+    return redact_url(base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_SERVER).rstrip("/")
+
+
+def cache_key(server: str, model: str, messages: Sequence[dict[str, Any]], params: dict[str, Any]) -> str:
+    """sha256 (hex) of the canonical JSON of (server, model, messages, params, PROMPT_FORMAT_VERSION)."""
     payload = {
+        "server": server,
         "model": model,
         "messages": list(messages),
         "params": params,
@@ -86,34 +102,25 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
-class _Retryable(Exception):
-    """Internal: one attempt failed in a way worth retrying."""
-
-    def __init__(self, status: str, retry_after: float | None = None) -> None:
-        super().__init__(status)
-        self.status = status
-        self.retry_after = retry_after
-
-
 class LLM:
-    """Cached, budgeted, retrying chat-completions client.
+    """Cached, budgeted chat-completions client (the openai client does the retries).
 
     Args:
         model: model name sent to the server (part of the cache key).
-        base_url: server URL, e.g. ``http://127.0.0.1:8000/v1``; default ``OPENAI_BASE_URL`` or OpenAI.
+        base_url: server URL, e.g. ``http://127.0.0.1:8000/v1``; default ``OPENAI_BASE_URL`` or OpenAI
+            (part of the cache key, without credentials).
         cache_dir: directory for the response cache (created on first write); None disables caching.
         max_calls: at most this many requests sent to the server; None for no limit.
         concurrency: threads used by :meth:`complete_many`.
-        timeout: seconds per HTTP request.
-        max_retries: retries after the first attempt (429, 5xx, timeouts, connection errors).
-        retry_base_delay: first backoff delay in seconds (doubles per retry).
-        retry_max_delay: cap on one backoff delay in seconds.
+        timeout: seconds per HTTP attempt.
+        max_retries: the openai client's retries after the first attempt (connection errors, timeouts,
+            408/409/429, 5xx).
 
     Attributes (counters, safe to read after a run):
         calls_made: requests sent to the server (cache misses), retries not counted.
         cache_hits: requests answered from the cache.
         http_attempts: HTTP requests sent, retries and the logprobs fallback included.
-        retries: retries after retryable failures.
+        retries: retries the openai client made (those before a final non-retried error are not seen).
         logprobs_supported: False once the server has rejected ``logprobs``.
     """
 
@@ -125,10 +132,8 @@ class LLM:
         cache_dir: Path | str | None,
         max_calls: int | None = None,
         concurrency: int = 4,
-        timeout: float = 60.0,
-        max_retries: int = 4,
-        retry_base_delay: float = 1.0,
-        retry_max_delay: float = 30.0,
+        timeout: float = DEFAULT_TIMEOUT,
+        max_retries: int = DEFAULT_MAX_RETRIES,
     ) -> None:
         if not model:
             raise MinitfError("--llm: the LLM model name must not be empty")
@@ -142,13 +147,12 @@ class LLM:
             raise MinitfError(f"--timeout: must be positive, got {timeout}")
         self.model = model
         self.base_url = base_url
+        self.server = server_id(base_url)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.max_calls = max_calls
         self.concurrency = concurrency
         self.timeout = timeout
         self.max_retries = max_retries
-        self.retry_base_delay = retry_base_delay
-        self.retry_max_delay = retry_max_delay
 
         self.calls_made = 0
         self.cache_hits = 0
@@ -160,7 +164,6 @@ class LLM:
         self._client: Any = None
         self._server = ""
         self._secret: str | None = None
-        self._rng = random.Random()
 
     def __repr__(self) -> str:
         return f"LLM(model={self.model!r}, base_url={self.base_url!r}, cache_dir={str(self.cache_dir)!r})"
@@ -185,7 +188,7 @@ class LLM:
         str | None, "model": str | None, "cached": bool}``; ``logprobs`` lists the generated tokens
         as ``{"token", "logprob", "top_logprobs": [{"token", "logprob"}, …]}``.
         """
-        key = cache_key(self.model, messages, params)
+        key = cache_key(self.server, self.model, messages, params)
         cached = self._cache_read(key)
         if cached is not None:
             with self._lock:
@@ -209,7 +212,7 @@ class LLM:
             if "messages" not in request:
                 raise ValueError("complete_many: every request needs a 'messages' entry")
             params = {k: v for k, v in request.items() if k != "messages"}
-            key = cache_key(self.model, request["messages"], params)
+            key = cache_key(self.server, self.model, request["messages"], params)
             keys.append(key)
             unique.setdefault(key, (request["messages"], params))
 
@@ -239,8 +242,8 @@ class LLM:
         with self._lock:
             if self.max_calls is not None and self.calls_made >= self.max_calls:
                 raise MinitfError(
-                    f"--max-calls {self.max_calls} reached: {self.calls_made} calls made, "
-                    f"{self.cache_hits} cache hits; answers so far are cached, rerun with a higher "
+                    f"--max-calls {self.max_calls} reached: {count(self.calls_made, 'call')} made, "
+                    f"{count(self.cache_hits, 'cache hit')}; answers so far are cached, rerun with a higher "
                     "--max-calls to continue"
                 )
             self.calls_made += 1
@@ -263,7 +266,7 @@ class LLM:
                 api_key=key or NO_KEY_PLACEHOLDER,
                 base_url=base_url,
                 timeout=self.timeout,
-                max_retries=0,
+                max_retries=self.max_retries,
             )
             return self._client
 
@@ -275,7 +278,7 @@ class LLM:
     # ---------------------------------------------------------------- requests
 
     def _request(self, messages: list[dict[str, Any]], params: dict[str, Any]) -> dict[str, Any]:
-        """Send one request with retries; drop logprobs once if the server rejects them."""
+        """Send one request (the client retries); drop logprobs once if the server rejects them."""
         client = self._get_client()
         import openai
 
@@ -283,13 +286,13 @@ class LLM:
         if not self.logprobs_supported:
             send = {k: v for k, v in send.items() if k not in _LOGPROB_PARAMS}
         try:
-            return self._with_retries(client, messages, send)
+            return self._attempt(client, messages, send)
         except openai.APIStatusError as e:
             if e.status_code in (400, 422) and any(k in send for k in _LOGPROB_PARAMS):
                 log.info("server %s rejected logprobs (HTTP %s); retrying without", self._server, e.status_code)
                 without = {k: v for k, v in send.items() if k not in _LOGPROB_PARAMS}
                 try:
-                    response = self._with_retries(client, messages, without)
+                    response = self._attempt(client, messages, without)
                 except openai.APIStatusError as e2:
                     raise self._status_error(e2) from None
                 with self._lock:
@@ -300,53 +303,42 @@ class LLM:
     def _status_error(self, e: Any) -> MinitfError:
         detail = self._scrub(str(getattr(e, "message", "") or e)).replace("\n", " ")
         hint = _STATUS_HINTS.get(e.status_code, "")
+        if e.status_code in _RETRIED_STATUSES:
+            hint += f" {self._gave_up}"
         return MinitfError(f"LLM server {self._server}: HTTP {e.status_code}{hint} ({detail})")
 
-    def _with_retries(self, client: Any, messages: list[dict[str, Any]], params: dict[str, Any]) -> dict[str, Any]:
-        """Attempts with backoff; non-retryable openai.APIStatusError propagates."""
-        attempts = self.max_retries + 1
-        for attempt in range(attempts):
-            try:
-                return self._attempt(client, messages, params)
-            except _Retryable as failure:
-                if attempt == attempts - 1:
-                    raise MinitfError(
-                        f"LLM server {self._server}: {failure.status} after {attempts} attempts "
-                        f"(--max-retries {self.max_retries})"
-                    ) from None
-                delay = self._backoff(attempt, failure.retry_after)
-                log.info("LLM server %s: %s; retry %d in %.2fs", self._server, failure.status, attempt + 1, delay)
-                with self._lock:
-                    self.retries += 1
-                time.sleep(delay)
-        raise AssertionError("unreachable")
-
-    def _backoff(self, attempt: int, retry_after: float | None) -> float:
-        delay = min(self.retry_max_delay, self.retry_base_delay * 2**attempt)
-        if retry_after is not None:
-            delay = max(delay, min(retry_after, self.retry_max_delay))
-        with self._lock:
-            jitter = self._rng.uniform(0.5, 1.5)
-        return delay * jitter
+    @property
+    def _gave_up(self) -> str:
+        return (f"after {count(self.max_retries + 1, 'attempt')} (--max-retries {self.max_retries}, "
+                f"--timeout {self.timeout:g} s per attempt)")
 
     def _attempt(self, client: Any, messages: list[dict[str, Any]], params: dict[str, Any]) -> dict[str, Any]:
-        """One HTTP request; retryable failures become _Retryable."""
+        """One request through the openai client, its retries included; counts attempts and retries.
+        Connection errors and timeouts become one MinitfError that says how long it tried."""
         import openai
 
-        with self._lock:
-            self.http_attempts += 1
+        start = time.monotonic()
         try:
-            completion = client.chat.completions.create(model=self.model, messages=messages, **params)
-        except openai.APITimeoutError:
-            raise _Retryable(f"timed out after {self.timeout:g}s") from None
-        except openai.APIConnectionError as e:
-            cause = e.__cause__ or e
-            raise _Retryable(f"connection error ({self._scrub(str(cause))})") from None
+            raw = client.chat.completions.with_raw_response.create(model=self.model, messages=messages, **params)
+        except (openai.APITimeoutError, openai.APIConnectionError) as e:
+            self._count(self.max_retries)
+            seconds = time.monotonic() - start
+            if isinstance(e, openai.APITimeoutError):
+                what = f"no answer within {self.timeout:g} s"
+            else:
+                what = f"connection error ({self._scrub(str(e.__cause__ or e))})".replace("\n", " ")
+            raise MinitfError(f"LLM server {self._server}: {what}; gave up {self._gave_up} "
+                              f"in {seconds:.1f} s") from None
         except openai.APIStatusError as e:
-            if e.status_code == 429 or e.status_code >= 500:
-                raise _Retryable(f"HTTP {e.status_code}", _retry_after(e)) from None
+            self._count(self.max_retries if e.status_code in _RETRIED_STATUSES else 0)
             raise
-        return _parse_completion(completion, self._server)
+        self._count(raw.retries_taken)
+        return _parse_completion(raw.parse(), self._server)
+
+    def _count(self, retries: int) -> None:
+        with self._lock:
+            self.http_attempts += retries + 1
+            self.retries += retries
 
     # ---------------------------------------------------------------- cache
 
@@ -367,7 +359,7 @@ class LLM:
                 "model": response.get("model"),
             }
         except (OSError, ValueError, KeyError, TypeError) as e:
-            log.warning("%s: unreadable cache entry (%s); asking the server again", path, e)
+            warn(f"{path}: unreadable LLM cache entry ({e}); asking the server again")
             return None
 
     def _cache_write(self, key: str, messages: list[dict[str, Any]], params: dict[str, Any], response: dict[str, Any]) -> None:
@@ -394,15 +386,6 @@ class LLM:
                 raise
         except OSError as e:
             raise MinitfError(f"{self.cache_dir}: cannot write the LLM cache ({e.strerror or e})") from None
-
-
-def _retry_after(e: Any) -> float | None:
-    """Seconds from a ``Retry-After`` header (numeric form only), else None."""
-    try:
-        value = e.response.headers.get("retry-after")
-        return float(value) if value is not None else None
-    except (AttributeError, ValueError, TypeError):
-        return None
 
 
 def _parse_completion(completion: Any, server: str) -> dict[str, Any]:

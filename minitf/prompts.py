@@ -22,7 +22,6 @@ only the first, highest-activation one is kept, and further candidates (all of t
 """
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -30,7 +29,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .corpus import check_split, documents, tokenize_document, tokenized_documents
-from .errors import MinitfError
+from .errors import MinitfError, warn
 from .names import Neuron, check_neuron, parse_neuron
 
 THRESHOLD = 0.8  # the trimmed prompt keeps ≥ 80 % of the activation
@@ -77,10 +76,17 @@ def neuron_activations(model, neuron: Neuron, prompts: Sequence[Sequence[int]]) 
 
 
 def scan_top_documents(model, neuron: Neuron, corpus: str | Path, split: str | None = "train", k: int = 20,
-                       bos: bool = True) -> list[tuple[int, int, float, list[int]]]:
+                       bos: bool = True, progress: bool = True) -> list[tuple[int, int, float, list[int]]]:
     """[(doc_id, peak position, peak activation, document tokens)] of the k documents where the neuron peaks
-    highest, best first (ties: lower doc_id, then earlier position). BOS is never a peak."""
+    highest, best first (ties: lower doc_id, then earlier position). BOS is never a peak. ``progress``: the
+    index's progress bar on stderr (labelled "scan"), live on a terminal."""
+    from .index import _Progress
+
     first = 1 if bos else 0
+    bar = _Progress(sum(1 for _ in documents(corpus, split)) if progress else 0, progress)
+    bar.label = f"scan for {neuron}"
+    bar.update(0, 0, 0)  # starts from 0 documents (the bar counts a shard's first report as resumed work)
+    n_docs = 0
     best: list[tuple[float, int, int, list[int]]] = []  # (−activation, doc_id, position, tokens)
     pending: list[tuple[int, list[int]]] = []
 
@@ -91,9 +97,11 @@ def scan_top_documents(model, neuron: Neuron, corpus: str | Path, split: str | N
             best.append((-float(a[p]), doc_id, p, ids))
         best.sort(key=lambda x: x[:3])
         del best[k:]
+        bar.update(0, n_docs, sum(len(ids) for _, ids in pending))
 
     n_tok = 0
     for doc in documents(corpus, split):
+        n_docs += 1
         ids = tokenize_document(model, doc.text, bos)
         if len(ids) > first:
             pending.append((doc.doc_id, ids))
@@ -103,6 +111,7 @@ def scan_top_documents(model, neuron: Neuron, corpus: str | Path, split: str | N
             pending, n_tok = [], 0
     if pending:
         flush()
+    bar.close()
     return [(doc_id, p, -neg, ids) for neg, doc_id, p, ids in best]
 
 
@@ -139,11 +148,12 @@ def shortest_suffixes(evaluate: Callable[[list[tuple[int, int]]], list[float]], 
 
 
 def mine_prompts(model, neuron: Neuron | str, corpus: str | Path, split: str | None = "train", k: int = 20,
-                 bos: bool = True, max_tokens: int = 100) -> list[MinedPrompt]:
+                 bos: bool = True, max_tokens: int = 100, progress: bool = True) -> list[MinedPrompt]:
     """The neuron's top-k documents of ``split``, each trimmed to its shortest suffix that keeps ≥ 80 % of the
     peak activation (see the module docstring), best first, without repeating a trimmed prompt; documents that
     do not fit in ``max_tokens``, peak at ≤ 0 or repeat a better prompt are dropped and the next candidates
-    tried, so fewer than k prompts come back only when the candidates run out."""
+    tried, so fewer than k prompts come back only when the candidates run out. Without an index, the scan of the
+    corpus shows ``progress`` on stderr."""
     n = neuron if isinstance(neuron, Neuron) else parse_neuron(neuron)
     check_neuron(n, model.cfg.n_layer, model.cfg.d_mlp, where=str(n))
     corpus = Path(corpus)
@@ -156,7 +166,7 @@ def mine_prompts(model, neuron: Neuron | str, corpus: str | Path, split: str | N
 
     top = _top_from_index(model, n, corpus, split, k, bos)
     if top is None:
-        top = scan_top_documents(model, n, corpus, split, scan_candidates(k), bos)
+        top = scan_top_documents(model, n, corpus, split, scan_candidates(k), bos, progress)
     else:
         docs = tokenized_documents(model, corpus, {d for d, _, _ in top}, bos, split)
         top = [(d, p, a, docs[d]) for d, p, a in top]
@@ -200,7 +210,7 @@ def _top_from_index(model, neuron: Neuron, corpus: Path, split: str | None, k: i
     try:
         index = load_index(model, corpus)
     except MinitfError as e:
-        warnings.warn(f"{e} — scanning the corpus instead", stacklevel=3)
+        warn(f"{e} — scanning the corpus instead")
         return None
     if index is None or not index.covers(neuron, split) or index.bos != bos or index.k < k:
         return None

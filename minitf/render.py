@@ -2,6 +2,11 @@
 from __future__ import annotations
 
 
+def count(n: int, noun: str) -> str:
+    """``n`` and the noun, plural unless n is 1: count(1, "prompt") → "1 prompt", count(3, "cache hit") → "3 cache hits"."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def show(text: str, width: int = 70) -> str:
     """A one-line quotation of ``text``: newlines as ⏎, the start elided to keep the end (where it fires)."""
     text = text.replace("\r\n", "⏎").replace("\n", "⏎")
@@ -28,8 +33,8 @@ def trace_lines(result: dict, max_prompts: int = 20) -> list[str]:
     """The human view: card, prompts with their top heads and looked-up tokens, head table, identity check."""
     s = result["settings"]
     lines = card_lines(result["neuron"], result["model"]["folder"]) + [""]
-    lines.append(f"{len(result['prompts'])} prompts ({s.get('source', 'given')}); rule {s['rule']}; "
-                 f"{s['candidates']} candidate heads (layers < {result['neuron']['layer']}"
+    lines.append(f"{count(len(result['prompts']), 'prompt')} ({s.get('source', 'given')}); rule {s['rule']}; "
+                 f"{count(s['candidates'], 'candidate head')} (layers < {result['neuron']['layer']}"
                  f"{' and the same layer' if s['include_same_layer'] else ''})")
     lines.append(f"note: {s['effects']}")
     for n, p in enumerate(result["prompts"][:max_prompts], 1):
@@ -42,7 +47,7 @@ def trace_lines(result: dict, max_prompts: int = 20) -> list[str]:
                             for x in h["sources"])
             lines.append(f"      {h['head']:<7}{h['effect']:+8.3f}{mark} ← {src}")
     if len(result["prompts"]) > max_prompts:
-        lines.append(f"… {len(result['prompts']) - max_prompts} more prompts (--json shows all)")
+        lines.append(f"… {count(len(result['prompts']) - max_prompts, 'more prompt')} (--json shows all)")
     lines += ["", "(* = active on that prompt)", "",
               "heads by mean direct effect on pre (D = differential: active on 25–75 % of prompts)",
               f"{'head':<8}{'mean':>8}{'std':>8}{'active':>9}  D  {'Δpost act/inact':>17}  {'Δp act/inact':<17}  {'KS D':>5}"]
@@ -58,7 +63,7 @@ def trace_lines(result: dict, max_prompts: int = 20) -> list[str]:
         lines.append(f"{h['head']:<8}{h['mean_effect']:+8.3f}{h['std_effect']:8.3f}{h['active_count']:>5}/{P:<3}"
                      f"  {'D' if h['differential'] else ' '}  {abl}")
     if len(result["heads"]) > 15:
-        lines.append(f"… {len(result['heads']) - 15} more heads (--json shows all)")
+        lines.append(f"… {count(len(result['heads']) - 15, 'more head')} (--json shows all)")
     diff = result["differential_heads"]
     lines.append(f"differential heads: {', '.join(diff) if diff else 'none'}")
     ic = result["identity_check"]

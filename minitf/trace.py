@@ -49,6 +49,13 @@ class TraceOptions:
     per_position: bool = False  # also each position's activation and top head effects (for the HTML report)
 
 
+def fit_context(model: Model, ids: list[int], bos: bool) -> tuple[list[int], bool]:
+    """([BOS] + the last n_ctx − bos of ``ids``, whether any were cut): the one rule for an over-long prompt
+    (``run`` and ``trace`` alike), since what comes next depends most on the end of a text."""
+    room = model.cfg.n_ctx - bos
+    return ([model.bos] if bos else []) + ids[-room:], len(ids) > room
+
+
 def prompts_from_texts(model: Model, texts: list[str], bos: bool = True) -> list[Prompt]:
     """Tokenize texts ([BOS] + text); an over-long one keeps its last n_ctx tokens (and says so)."""
     prompts = []
@@ -56,15 +63,12 @@ def prompts_from_texts(model: Model, texts: list[str], bos: bool = True) -> list
         ids = model.encode(text)
         if not ids:
             raise MinitfError(f"prompt {i + 1} is empty")
-        room = model.cfg.n_ctx - bos
-        prompts.append(Prompt(([model.bos] if bos else []) + ids[-room:], truncated=len(ids) > room))
+        prompts.append(Prompt(*fit_context(model, ids, bos)))
     return prompts
 
 
 def read_prompt_file(path) -> list[str]:
     """Prompts from a file: ``.txt`` one per line (blank lines skipped) or ``.jsonl`` with a ``text`` field."""
-    import json
-
     path = Path(path)
     try:
         lines = path.read_bytes().decode("utf-8").splitlines()
@@ -74,18 +78,12 @@ def read_prompt_file(path) -> list[str]:
         raise MinitfError(f"{path}: not UTF-8 text (byte {e.start})") from None
     except OSError as e:
         raise MinitfError(f"{path}: cannot read ({e.strerror})") from None
-    texts = []
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        if path.suffix == ".jsonl":
-            try:
-                text = json.loads(line)["text"]
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise MinitfError(f"{path}: line {lineno} is not a JSON object with a 'text' field") from None
-            texts.append(str(text))
-        else:
-            texts.append(line)
+    if path.suffix == ".jsonl":  # the corpus's .jsonl reader: a line that is not {"text": "<string>"} is an error
+        from .corpus import read_documents
+
+        texts = [doc.text for doc in read_documents(path)]
+    else:
+        texts = [line for line in lines if line.strip()]
     if not texts:
         raise MinitfError(f"{path}: no prompts in the file")
     return texts
@@ -183,7 +181,10 @@ def trace_neuron(model: Model, neuron: Neuron, source: PromptSource | None = Non
                                            "trimmed_activation": m.trimmed_activation}) for m in mined]
         settings |= {"source": f"top {len(prompts)} mined from {corpus}, split {split}", "corpus": str(corpus),
                      "split": split}
-    return trace(model, neuron, prompts, options, settings=settings)
+    result = trace(model, neuron, prompts, options, settings=settings)
+    if not (texts or prompt_file):  # mined prompts are listed by the activation they show, highest first
+        result["prompts"].sort(key=lambda p: -p["activation"])
+    return result
 
 
 def card_record(card: dict, layer_size: int) -> dict:

@@ -7,7 +7,10 @@ A folder holds ``config.json`` and ``model.safetensors`` (plus ``vocab.json`` / 
   a float32, so ``uint32(bits) << 16`` reinterpreted as float32 is exact);
 * read each tensor straight into a freshly allocated, aligned float32 array (the Hub's GPT-2 file starts
   its data at byte 14291: arrays viewed in place would be unaligned, which halves matmul speed);
-* skip what we do not use (``attn.bias`` causal-mask buffers: 12 × 4 MiB in GPT-2 small) without reading it;
+* skip what we do not use (``attn.bias`` causal-mask buffers: 12 × 4 MiB in GPT-2 small) without reading it,
+  and refuse what nothing accounts for (a tensor of a layer config.json does not have);
+* check the header as the safetensors library does: the tensors' byte ranges tile the data exactly (no
+  overlap, no duplicated range, no gap, nothing after the last), and no tensor is named twice;
 * keep peak memory at the float32 parameter bytes plus one tensor (no whole-file mmap in the RSS).
 
 Keys may carry the ``transformer.`` prefix (transformers' ``save_pretrained``) or not (the Hub's files).
@@ -23,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import MinitfError
+from .render import count
 
 _DTYPES = {"F32": 4, "F16": 2, "BF16": 2}
 _IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
@@ -126,11 +130,13 @@ def read_safetensors_header(path: Path) -> tuple[dict, int]:
             n = int.from_bytes(head, "little")
             if n > size - 8 or n > 100_000_000:
                 raise MinitfError(f"{path}: not a safetensors file or truncated (header length {n}, file {size} bytes)")
-            header = json.loads(f.read(n))
+            header = json.loads(f.read(n), object_pairs_hook=_no_duplicate_keys)
     except FileNotFoundError:
         raise MinitfError(f"{path}: no such file (a model folder needs model.safetensors)") from None
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise MinitfError(f"{path}: malformed safetensors header (not JSON)") from None
+    except _DuplicateKey as e:
+        raise MinitfError(f"{path}: tensor {e} appears twice in the safetensors header") from None
     except OSError as e:
         raise MinitfError(f"{path}: cannot read ({e.strerror})") from None
     if not isinstance(header, dict):
@@ -141,13 +147,51 @@ def read_safetensors_header(path: Path) -> tuple[dict, int]:
         try:
             dtype, shape, (begin, end) = info["dtype"], info["shape"], info["data_offsets"]
             count = math.prod(shape)
+            if not all(type(x) is int for x in (begin, end, *shape)):
+                raise TypeError
         except (TypeError, KeyError, ValueError):
             raise MinitfError(f"{path}: malformed header entry for {key!r}") from None
         if dtype in _DTYPES and end - begin != count * _DTYPES[dtype]:
             raise MinitfError(f"{path}: {key} has {end - begin} bytes for shape {shape} {dtype}")
         if not 0 <= begin <= end or data_start + end > size:
             raise MinitfError(f"{path}: truncated: {key} ends at byte {data_start + end}, file has {size}")
+    _check_coverage(path, header, size - data_start)
     return header, data_start
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _no_duplicate_keys(pairs: list) -> dict:
+    """json object_pairs_hook: a header naming a tensor twice is ambiguous (json.loads would keep the last)."""
+    seen = {}
+    for key, value in pairs:
+        if key in seen:
+            raise _DuplicateKey(key)
+        seen[key] = value
+    return seen
+
+
+def _check_coverage(path: Path, header: dict, n_data: int) -> None:
+    """The tensors' byte ranges, sorted by (begin, end), must tile the data [0, n_data) exactly: each begins
+    where the previous ends — no overlap, no duplicated range, no gap, nothing after the last (the safetensors
+    library's own check: "invalid offset for tensor" / "file not fully covered")."""
+    pos, prev = 0, None  # end of the bytes covered so far, and the tensor that covers them last
+    for key, info in sorted(header.items(), key=lambda kv: tuple(kv[1]["data_offsets"])):
+        begin, end = info["data_offsets"]
+        if begin < pos:
+            same = (begin, end) == tuple(header[prev]["data_offsets"])
+            raise MinitfError(f"{path}: {key} (data bytes {begin}–{end}) "
+                              f"{'has the same bytes as' if same else 'overlaps'} {prev}; "
+                              "safetensors tensors may not share bytes")
+        if begin > pos:
+            raise MinitfError(f"{path}: {count(begin - pos, 'unused data byte')} before {key} (data bytes {begin}–{end}); "
+                              "safetensors tensors must cover the data without gaps")
+        pos, prev = end, key
+    if pos != n_data:
+        raise MinitfError(f"{path}: {count(n_data - pos, 'byte')} after the last tensor; "
+                          "safetensors tensors must cover the data exactly")
 
 
 def _read_tensor(f, path: Path, key: str, info: dict, data_start: int) -> np.ndarray:
@@ -188,8 +232,8 @@ def load_weights(folder: Path) -> tuple[Config, dict[str, np.ndarray]]:
     by_name: dict[str, tuple[str, dict]] = {}
     for key, info in header.items():
         name = key.removeprefix("transformer.")
-        if name.endswith(_IGNORED_SUFFIXES):
-            continue
+        if name in by_name:
+            raise MinitfError(f"{path}: {name} is stored twice (as {by_name[name][0]} and {key})")
         by_name[name] = (key, info)
 
     shapes = expected_shapes(cfg)
@@ -198,6 +242,14 @@ def load_weights(folder: Path) -> tuple[Config, dict[str, np.ndarray]]:
         raise MinitfError(f"{path}: missing tensor {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
     if "lm_head.weight" in by_name:
         shapes["lm_head.weight"] = (cfg.d_vocab, cfg.d_model)
+    # Every other tensor must be a known causal-mask buffer of a layer the config has: anything else means
+    # config.json and the weights disagree (e.g. n_layer 4 on a 6-layer file would silently drop 2 layers).
+    buffers = {f"h.{layer}{suffix}" for layer in range(cfg.n_layer) for suffix in _IGNORED_SUFFIXES}
+    extra = [by_name[name][0] for name in by_name if name not in shapes and name not in buffers]
+    if extra:
+        more = f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""
+        raise MinitfError(f"{path}: tensor {extra[0]}{more} is not part of the model config.json describes "
+                          f"(n_layer {cfg.n_layer}); check that config.json belongs to these weights")
     for name, shape in shapes.items():
         got = tuple(by_name[name][1]["shape"])
         if got != shape:

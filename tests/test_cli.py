@@ -82,3 +82,61 @@ def test_long_prompt_is_cut_and_said():
     result = json.loads(out.stdout)
     assert result["prompts"][0]["truncated"] and len(result["prompts"][0]["tokens"]) == 16
     assert "note: prompt 1 is longer than the context: kept its last 16 tokens" in out.stderr
+
+
+def test_warnings_are_one_line_of_our_own(capsys):
+    """Every warning goes through minitf.errors.warn: one ``warning: …`` line, never Python's warnings format."""
+    from minitf.errors import warn
+
+    warn("first part\nsecond   part")
+    assert capsys.readouterr() == ("", "warning: first part second part\n")
+    for path in [ROOT / "cli.py", *(ROOT / "minitf").glob("*.py")]:
+        source = path.read_text()
+        for call in ("warnings.warn(", "log.warning(", "logging.warning(", "UserWarning"):
+            assert call not in source or path.name == "errors.py", (path.name, call)
+
+
+def test_long_text_is_cut_the_same_way_by_run_and_trace():
+    """One rule for an over-long --text: keep its last n_ctx tokens (BOS included) and say so, in run and trace."""
+    text = " ".join(f"w{i}" for i in range(40))
+    run = cli("run", "--model", MODEL, "--text", text, "--bos", "--json")
+    trace = cli("trace", "--neuron", "L1N1", "--model", MODEL, "--text", text, "--json")
+    assert run.stderr == "note: --text is longer than the context: kept its last 16 tokens\n"
+    assert trace.stderr == "note: prompt 1 is longer than the context: kept its last 16 tokens\n"
+    kept = json.loads(run.stdout)
+    assert kept["truncated"] and kept["n_tokens"] == 16
+    assert kept["tokens"] == json.loads(trace.stdout)["prompts"][0]["tokens"]
+    assert "".join(kept["tokens"][1:]) == text[-len("".join(kept["tokens"][1:])):]  # the end of the text
+    short = json.loads(cli("run", "--model", MODEL, "--text", "w1 w2", "--json").stdout)
+    assert not short["truncated"]
+
+
+@pytest.mark.parametrize("line, problem", [
+    ('{"text": 123}', 'line 2: expected an object with a string field "text"'),
+    ('{"txt": "a"}', 'line 2: expected an object with a string field "text"'),
+    ('["a"]', 'line 2: expected an object with a string field "text"'),
+    ('{"text": "a"', "line 2: not valid JSON"),
+])
+def test_jsonl_prompt_lines_must_hold_text(tmp_path, line, problem):
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"text": "the king"}\n' + line + "\n")
+    out = cli("trace", "--neuron", "L1N1", "--model", MODEL, "--prompts", str(path), ok=False)
+    assert_one_line_error(out, 1, f"{path}: {problem}")
+    assert out.stdout == ""
+
+
+def test_download_takes_only_the_gpt2_sizes(tmp_path):
+    out = cli("download", "gpt5", "--dest", str(tmp_path / "w"), "--endpoint", "http://127.0.0.1:9", ok=False)
+    assert out.stderr == ("error: gpt5: not a GPT-2 model; download takes gpt2, gpt2-medium, gpt2-large or gpt2-xl "
+                          "(optionally as openai-community/<name>)\n")
+    assert out.returncode == 1 and not (tmp_path / "w").exists()
+
+
+def test_counts_are_singular_for_one():
+    from minitf.render import count
+
+    assert (count(0, "prompt"), count(1, "prompt"), count(2, "cache hit")) == ("0 prompts", "1 prompt", "2 cache hits")
+    out = cli("trace", "--neuron", "L1N1", "--model", MODEL, "--text", "the king").stdout
+    assert out.splitlines()[5].startswith("1 prompt (given with --text); rule sigma2; 4 candidate heads (layers < 1)")
+    run = cli("run", "--model", MODEL, "--text", "", "--bos", "--top", "1").stdout
+    assert run.startswith("prompt: 1 token; next token:")

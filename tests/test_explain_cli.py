@@ -19,6 +19,7 @@ import re
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,8 @@ import pytest
 
 from minitf.explain import HeadExamples, explain_messages, format_example
 from minitf.llm import MISSING_KEY_MESSAGE
-from test_llm import SECRET, FakeServer
+from minitf.render import count
+from test_llm import SECRET, FakeServer, dead_url
 
 ROOT = Path(__file__).resolve().parents[1]
 NEURON = "L3N872"
@@ -255,15 +257,30 @@ def test_explain_then_score_end_to_end(server: FakeServer, traces, tmp_path: Pat
     assert ok_json(again_explained) == explain_json
     again_scored = cli("score", *common, key=SECRET)
     assert ok_json(again_scored) == score_json
-    # ... even with neither key nor server named (text view: scores, summary; call counts on stderr)
-    offline = cli("score", *[a for a in common if a not in ("--base-url", server.url, "--json")], key=None)
+    # ... even with no key and the server down (text view: scores, summary; call counts on stderr)
+    server.stop()
+    offline = cli("score", *[a for a in common if a != "--json"], key=None)
     assert offline.returncode == 0 and "Traceback" not in offline.stderr, offline.stderr
     assert offline.stderr == f"LLM: 0 calls, {n_test} cache hits\n"
     for s in score_json["scores"]:
         assert f"{s['head']}: balanced accuracy {s['balanced_accuracy']:.3f}, ROC-AUC {s['roc_auc']:.3f}" in offline.stdout
-        assert f"{s['n_malformed']} malformed answers" in offline.stdout
+        assert f"{count(s['n_malformed'], 'malformed answer')})" in offline.stdout
     assert f"balanced accuracy: mean {summary['mean']:.3f} ± {summary['std']:.3f} (std, N-1), n=2" in offline.stdout
     assert len(server.requests) == n_requests
+    # ... but another server (here OpenAI: no --base-url) never gets this server's answers
+    other = cli("score", *[a for a in common if a not in ("--base-url", server.url)], key=None)
+    assert_one_line_error(other)
+    assert other.stderr == f"error: {MISSING_KEY_MESSAGE}\n"
+    # ... and a dead server fails, soon, naming only options that exist
+    dead_server = dead_url()
+    dead = [dead_server if a == server.url else a for a in common]
+    start = time.monotonic()
+    refused = cli("score", *dead, "--max-retries", "1", "--timeout", "2", key=None)
+    assert time.monotonic() - start < 60
+    assert_one_line_error(refused, "connection error", "gave up after 2 attempts (--max-retries 1, "
+                                                       "--timeout 2 s per attempt) in ")
+    help_text = cli("score", "--help", key=None).stdout
+    assert all(option in help_text for option in re.findall(r"--[a-z][a-z-]+", refused.stderr))
 
     # ---- the key never reaches the cache or the results
     files = files_under(cache)

@@ -262,6 +262,15 @@ def test_bad_name(tmp_path):
         hub.download("../evil", tmp_path, endpoint="http://127.0.0.1:9")
 
 
+@pytest.mark.parametrize("name", ["gpt5", "gpt2-huge", "someone/gpt2", "EleutherAI/gpt-neo-125m"])
+def test_only_the_four_gpt2_sizes(tmp_path, name):
+    """Refused before any request (the endpoint is a closed port) and before any folder is made."""
+    with pytest.raises(MinitfError, match=f"^{name}: not a GPT-2 model; download takes gpt2, gpt2-medium, "
+                                          "gpt2-large or gpt2-xl"):
+        hub.download(name, tmp_path / "w", endpoint="http://127.0.0.1:9")
+    assert not (tmp_path / "w").exists()
+
+
 # ---------------------------------------------------------------- resolve_model_dir
 
 

@@ -3,8 +3,8 @@
 The server (``FakeServer``) runs in a thread on port 0 and answers ``POST /v1/chat/completions``
 with scripted behaviour: a queue of actions (HTTP errors, a slow reply, a given text) consumed one
 per request, then normal answers from ``answer(body)``. Requests go through the real ``openai``
-client with ``base_url=http://127.0.0.1:PORT/v1``. Backoff delays are set to ~1 ms so the tests
-are fast.
+client with ``base_url=http://127.0.0.1:PORT/v1``, which does the retries; the scripted errors carry
+``retry-after-ms: 1`` (honoured by the client) so the tests need not wait for its 0.5 s backoff.
 """
 
 from __future__ import annotations
@@ -21,10 +21,9 @@ import pytest
 
 from minitf.errors import MinitfError
 from minitf.explain import SCORE_PARAMS, HeadExamples, evaluate_head
-from minitf.llm import LLM, MISSING_KEY_MESSAGE, cache_key, redact_url
+from minitf.llm import LLM, MISSING_KEY_MESSAGE, cache_key, redact_url, server_id
 
 SECRET = "sk-test-SECRET-0123456789abcdef"
-FAST = {"retry_base_delay": 0.001, "retry_max_delay": 0.01}
 
 
 # ------------------------------------------------------------------------------------- server
@@ -35,7 +34,7 @@ class FakeServer:
 
     ``script`` holds actions consumed one per request, in order:
         ``("status", code)``          reply with that HTTP error (JSON error body);
-        ``("status", code, headers)`` … with extra headers (e.g. Retry-After);
+        ``("status", code, headers)`` … with these headers (instead of ``retry-after-ms: 1``);
         ``("sleep", seconds)``        wait, then answer normally (the client may have given up);
         ``("text", text)``            answer with this text.
     With the script empty, the reply text is ``answer(body)``. ``reject_logprobs`` makes every
@@ -89,7 +88,7 @@ class FakeServer:
         if action is not None:
             kind = action[0]
             if kind == "status":
-                headers = action[2] if len(action) > 2 else {}
+                headers = action[2] if len(action) > 2 else {"retry-after-ms": "1"}
                 return self.send(handler, action[1], {"error": {"message": f"scripted {action[1]}", "type": "x"}}, headers)
             if kind == "sleep":
                 time.sleep(action[1])
@@ -157,7 +156,7 @@ def env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def make_llm(server: FakeServer, tmp_path: Path, **kw: Any) -> LLM:
-    kw = {"cache_dir": tmp_path / "cache", "max_retries": 3, "timeout": 5.0, **FAST, **kw}
+    kw = {"cache_dir": tmp_path / "cache", "max_retries": 3, "timeout": 5.0, **kw}
     return LLM("test-model", server.url, **kw)
 
 
@@ -201,18 +200,23 @@ def test_cache_rerun_makes_no_requests(server: FakeServer, tmp_path: Path) -> No
     assert len(files) == 6
     entry = json.loads(files[0].read_text())
     assert set(entry) >= {"key", "request", "response"}
-    assert files[0].stem == cache_key("test-model", entry["request"]["messages"], entry["request"]["params"])
+    assert files[0].stem == cache_key(server.url, "test-model", entry["request"]["messages"], entry["request"]["params"])
     assert not list((tmp_path / "cache").glob(".*"))  # no temp files left behind
 
 
-def test_cache_key_depends_on_params_and_model() -> None:
-    base = cache_key("m", msgs("x"), {"max_tokens": 1})
-    assert base == cache_key("m", msgs("x"), {"max_tokens": 1})
-    assert base != cache_key("m2", msgs("x"), {"max_tokens": 1})
-    assert base != cache_key("m", msgs("x"), {"max_tokens": 2})
-    assert base != cache_key("m", msgs("y"), {"max_tokens": 1})
+def test_cache_key_depends_on_server_params_and_model() -> None:
+    s = "http://a/v1"
+    base = cache_key(s, "m", msgs("x"), {"max_tokens": 1})
+    assert base == cache_key(s, "m", msgs("x"), {"max_tokens": 1})
+    assert base != cache_key("http://b/v1", "m", msgs("x"), {"max_tokens": 1})
+    assert base != cache_key(s, "m2", msgs("x"), {"max_tokens": 1})
+    assert base != cache_key(s, "m", msgs("x"), {"max_tokens": 2})
+    assert base != cache_key(s, "m", msgs("y"), {"max_tokens": 1})
     # canonical: parameter order does not matter
-    assert cache_key("m", msgs("x"), {"a": 1, "b": 2}) == cache_key("m", msgs("x"), {"b": 2, "a": 1})
+    assert cache_key(s, "m", msgs("x"), {"a": 1, "b": 2}) == cache_key(s, "m", msgs("x"), {"b": 2, "a": 1})
+    # the server is the base URL without credentials, query or trailing slash
+    assert server_id("http://user:pw@h:8000/v1/?k=1") == server_id("http://h:8000/v1") == "http://h:8000/v1"
+    assert server_id(None) == "https://api.openai.com/v1"
 
 
 def test_api_key_never_in_cache(server: FakeServer, tmp_path: Path) -> None:
@@ -231,7 +235,7 @@ def test_api_key_never_in_cache(server: FakeServer, tmp_path: Path) -> None:
 
 
 def test_retry_after_429(server: FakeServer, tmp_path: Path) -> None:
-    server.script = [("status", 429, {"Retry-After": "0"})]
+    server.script = [("status", 429, {"Retry-After": "0.01"})]
     llm = make_llm(server, tmp_path)
     assert llm.complete(msgs("x"))["text"] == "Yes"
     assert len(server.requests) == 2
@@ -247,11 +251,11 @@ def test_retry_after_500(server: FakeServer, tmp_path: Path) -> None:
 
 
 def test_retry_after_timeout(server: FakeServer, tmp_path: Path) -> None:
-    server.script = [("sleep", 1.0)]
+    server.script = [("sleep", 3.0)]
     llm = make_llm(server, tmp_path, timeout=0.3)
     start = time.monotonic()
     assert llm.complete(msgs("x"))["text"] == "Yes"
-    assert time.monotonic() - start < 1.0  # the client did not wait for the slow reply
+    assert time.monotonic() - start < 2.0  # the client did not wait for the slow reply (0.3 s + ≤ 0.5 s backoff)
     assert len(server.requests) == 2 and llm.retries == 1
 
 
@@ -280,19 +284,57 @@ def test_key_not_logged(server: FakeServer, tmp_path: Path, caplog: pytest.LogCa
     server.script = [("status", 429), ("status", 401)]
     with pytest.raises(MinitfError):
         make_llm(server, tmp_path).complete(msgs("x"))
-    assert "retry 1" in caplog.text  # our own log line was captured
+    assert "retry 1" in caplog.text  # the openai client's retry log line was captured
     assert SECRET not in caplog.text
 
 
-def test_connection_refused_is_retried(tmp_path: Path) -> None:
+def dead_url() -> str:
     dead = FakeServer()  # bound but never started, then closed: the port refuses connections
     url = dead.url
     dead.httpd.server_close()
-    llm = LLM("test-model", url, cache_dir=tmp_path, max_retries=2, timeout=2.0, **FAST)
-    with pytest.raises(MinitfError, match=r"connection error.*after 3 attempts") as info:
+    return url
+
+
+def test_connection_refused_is_retried_then_fails_in_bounded_time(tmp_path: Path) -> None:
+    url = dead_url()
+    llm = LLM("test-model", url, cache_dir=tmp_path, max_retries=2, timeout=2.0)
+    start = time.monotonic()
+    with pytest.raises(MinitfError, match=r"connection error.*gave up after 3 attempts \(--max-retries 2, "
+                                          r"--timeout 2 s per attempt\) in \d+\.\d s$") as info:
         llm.complete(msgs("x"))
-    assert url in str(info.value)
-    assert llm.http_attempts == 3
+    took = time.monotonic() - start
+    assert url in str(info.value) and "\n" not in str(info.value)
+    assert llm.http_attempts == 3 and llm.retries == 2
+    assert 0.5 < took < 3.0  # the client's backoff 0.5 s + 1 s (minus jitter), nothing like 14–19 s
+    quick = LLM("test-model", url, cache_dir=tmp_path, max_retries=0)
+    start = time.monotonic()
+    with pytest.raises(MinitfError, match=r"after 1 attempt \(--max-retries 0, "):
+        quick.complete(msgs("x"))
+    assert time.monotonic() - start < 0.5
+
+
+def test_servers_never_share_cache_entries(tmp_path: Path) -> None:
+    """Two live servers with different answers and one cache: each gets its own answers back, on the first run
+    and on a rerun; a dead server finds nothing cached, although both others' answers are."""
+    a, b = FakeServer(), FakeServer()
+    a.answer, b.answer = (lambda body: "from A"), (lambda body: "from B")
+    a.start()
+    b.start()
+    try:
+        requests = [{"messages": msgs(f"p{i}"), **SCORE_PARAMS} for i in range(3)]
+        for _ in range(2):  # first run, then all from the cache
+            got_a = make_llm(a, tmp_path).complete_many(requests)
+            got_b = make_llm(b, tmp_path).complete_many(requests)
+            assert [r["text"] for r in got_a] == ["from A"] * 3 and [r["text"] for r in got_b] == ["from B"] * 3
+        assert len(a.requests) == len(b.requests) == 3 and got_a[0]["cached"] and got_b[0]["cached"]
+        assert len(list((tmp_path / "cache").glob("*.json"))) == 6
+        dead = LLM("test-model", dead_url(), cache_dir=tmp_path / "cache", max_retries=0)
+        with pytest.raises(MinitfError, match="connection error"):
+            dead.complete_many(requests)
+        assert dead.cache_hits == 0
+    finally:
+        a.stop()
+        b.stop()
 
 
 def test_logprobs_unsupported_dropped_and_remembered(server: FakeServer, tmp_path: Path) -> None:
@@ -317,7 +359,7 @@ def test_max_calls_budget(server: FakeServer, tmp_path: Path) -> None:
     llm.complete(msgs("1"))
     llm.complete(msgs("2"))
     llm.complete(msgs("1"))  # cache hits are free
-    with pytest.raises(MinitfError, match=r"^--max-calls 2 reached: 2 calls made, 1 cache hits"):
+    with pytest.raises(MinitfError, match=r"^--max-calls 2 reached: 2 calls made, 1 cache hit;"):
         llm.complete(msgs("3"))
     assert len(server.requests) == 2
     assert llm.calls_made == 2 and llm.cache_hits == 1
@@ -363,7 +405,7 @@ def test_complete_many_order_concurrency_and_dedup(server: FakeServer, tmp_path:
 
 def test_missing_key_message(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("OPENAI_API_KEY")
-    llm = LLM("test-model", cache_dir=tmp_path, **FAST)  # constructing needs no key
+    llm = LLM("test-model", cache_dir=tmp_path)  # constructing needs no key
     with pytest.raises(MinitfError) as info:
         llm.complete(msgs("x"))
     assert str(info.value) == MISSING_KEY_MESSAGE
@@ -373,8 +415,20 @@ def test_missing_key_message(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
 def test_no_key_cache_hit_needs_no_key(server: FakeServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     make_llm(server, tmp_path).complete(msgs("x"))
     monkeypatch.delenv("OPENAI_API_KEY")
-    offline = LLM("test-model", cache_dir=tmp_path / "cache", **FAST)  # no key, no base URL
+    server.stop()
+    offline = LLM("test-model", server.url, cache_dir=tmp_path / "cache")  # the same server, now down: cached
     assert offline.complete(msgs("x"))["cached"] is True
+    # no key and no base URL means OpenAI, whose answers are not cached: the local server's must not be used
+    default = LLM("test-model", cache_dir=tmp_path / "cache")
+    with pytest.raises(MinitfError, match="OPENAI_API_KEY is not set"):
+        default.complete(msgs("x"))
+    # an OpenAI answer in the cache is served without a key
+    (path,) = (tmp_path / "cache").glob("*.json")
+    entry = json.loads(path.read_text())
+    entry["response"]["text"] = "from OpenAI"
+    key = cache_key(server_id(None), "test-model", msgs("x"), {})
+    (tmp_path / "cache" / f"{key}.json").write_text(json.dumps(entry))
+    assert default.complete(msgs("x"))["text"] == "from OpenAI"
     assert len(server.requests) == 1
 
 
@@ -387,17 +441,19 @@ def test_base_url_without_key_sends_placeholder(server: FakeServer, monkeypatch:
 def test_base_url_from_environment(server: FakeServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("OPENAI_BASE_URL", server.url)
     monkeypatch.delenv("OPENAI_API_KEY")
-    LLM("test-model", cache_dir=tmp_path, **FAST).complete(msgs("x"))
+    LLM("test-model", cache_dir=tmp_path).complete(msgs("x"))
     assert len(server.requests) == 1
 
 
-def test_corrupt_cache_entry_is_refetched(server: FakeServer, tmp_path: Path) -> None:
+def test_corrupt_cache_entry_is_refetched(server: FakeServer, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     llm = make_llm(server, tmp_path)
     llm.complete(msgs("x"))
     (path,) = (tmp_path / "cache").glob("*.json")
     path.write_text("{ truncated")
     again = make_llm(server, tmp_path)
     assert again.complete(msgs("x"))["cached"] is False
+    err = capsys.readouterr().err
+    assert err.startswith(f"warning: {path}: unreadable LLM cache entry") and err.count("\n") == 1
     assert json.loads(path.read_text())["response"]["text"] == "Yes"
 
 

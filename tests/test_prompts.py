@@ -1,5 +1,4 @@
 """Mining a neuron's top prompts and trimming them: binary search vs brute force, index vs scan."""
-import warnings
 
 import numpy as np
 import pytest
@@ -138,21 +137,26 @@ def test_long_prompts_are_dropped(setup):
         check_prompt(model, neuron, corpus, p, True, 4)
 
 
-def test_index_and_scan_give_the_same_prompts(setup, tmp_path):
+def test_index_and_scan_give_the_same_prompts(setup, tmp_path, capsys):
     tmp, model, _ = setup
     corpus = write_corpus(tmp_path / "c.txt", n_docs=50, seed=3)
     neuron = Neuron(1, 9)
+    n_test = sum(1 for _ in documents(corpus, "test"))
     scanned = mine_prompts(model, neuron, corpus, split="test", k=5)
+    # the scan shows the index's progress bar (off a terminal: its final line)
+    assert capsys.readouterr().err.startswith(f"scan for L1N9: {n_test}/{n_test} documents (100%)")
     build_index(model, corpus, layers=[1], k=10, workers=1, progress=False)
     indexed = mine_prompts(model, neuron, corpus, split="test", k=5)
+    assert capsys.readouterr().err == ""  # from the index: no scan
     assert [(p.doc_id, p.position, p.tokens) for p in indexed] == [(p.doc_id, p.position, p.tokens) for p in scanned]
     np.testing.assert_allclose([p.activation for p in indexed], [p.activation for p in scanned], atol=1e-5)
     # a stale index is not used: the scan takes over, with a warning
     with corpus.open("a") as f:
         f.write("\nGod said let there be light.\n")
-    with pytest.warns(UserWarning, match="stale index"):
-        again = mine_prompts(model, neuron, corpus, split="test", k=5)
+    again = mine_prompts(model, neuron, corpus, split="test", k=5, progress=False)
     assert len(again) >= 1
+    err = capsys.readouterr().err  # one line of our own, not Python's "file:line: UserWarning: …" and source line
+    assert err.startswith("warning: ") and "stale index" in err and err.count("\n") == 1 and "UserWarning" not in err
 
 
 def test_scan_top_documents_and_activations(setup):
@@ -167,7 +171,7 @@ def test_scan_top_documents_and_activations(setup):
         np.testing.assert_allclose(got, activations_alone(model, neuron, prompt), atol=1e-5)
 
 
-def test_bad_arguments(setup):
+def test_bad_arguments(setup, capsys):
     _, model, corpus = setup
     with pytest.raises(MinitfError, match="out of range"):
         mine_prompts(model, "L5N0", corpus)
@@ -175,9 +179,8 @@ def test_bad_arguments(setup):
         mine_prompts(model, "L0N0", corpus, split="dev")
     with pytest.raises(MinitfError, match="no such corpus file"):
         mine_prompts(model, "L0N0", corpus.with_name("absent.txt"))
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        assert mine_prompts(model, "L0N0", corpus, k=1)  # no index: a plain scan, no warning
+    assert mine_prompts(model, "L0N0", corpus, k=1, progress=False)  # no index: a plain scan, no warning
+    assert capsys.readouterr().err == ""
 
 
 def test_identical_trimmed_prompts_are_kept_once(setup, tmp_path):

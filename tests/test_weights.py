@@ -141,3 +141,140 @@ def test_cli_prints_one_line_without_traceback(folder):
     assert out.returncode == 1
     assert out.stderr.count("\n") == 1 and "model.safetensors: missing tensor ln_f.bias" in out.stderr
     assert "Traceback" not in out.stderr and out.stdout == ""
+
+
+# ---- byte ranges: the tensors must tile the data exactly, as the safetensors library requires ----------------
+def raw_parts(folder: Path) -> tuple[dict, bytes]:
+    """(header entries in file order, data bytes) of the folder's safetensors file."""
+    path = folder / "model.safetensors"
+    header, start = read_safetensors_header(path)
+    return header, path.read_bytes()[start:]
+
+
+def write_raw(folder: Path, entries, data: bytes) -> Path:
+    """Write a safetensors file from header ``entries`` ((key, info) pairs, kept in this order, duplicates too)."""
+    text = "{" + ",".join(f"{json.dumps(k)}:{json.dumps(v)}" for k, v in entries) + "}"
+    path = folder / "model.safetensors"
+    path.write_bytes(len(text.encode()).to_bytes(8, "little") + text.encode() + data)
+    return path
+
+
+def entry(header, key, begin, end=None):
+    info = dict(header[key])
+    n = info["data_offsets"][1] - info["data_offsets"][0]
+    return {**info, "data_offsets": [begin, begin + n if end is None else end]}
+
+
+def overlap(header, data):
+    """The issue's case: c_fc.weight pointed at [0, its length), over the tensors stored there."""
+    key = "transformer.h.0.mlp.c_fc.weight"
+    return [(k, entry(header, k, 0) if k == key else v) for k, v in header.items()], data
+
+
+def same_range(header, data):
+    """ln_1.weight given ln_1.bias's bytes (both [15] F32, the bias stored first); its own bytes are left unused."""
+    b = header["transformer.h.0.ln_1.bias"]["data_offsets"]
+    assert b < header["transformer.h.0.ln_1.weight"]["data_offsets"]
+    return [(k, entry(header, k, *b) if k == "transformer.h.0.ln_1.weight" else v) for k, v in header.items()], data
+
+
+def gap_out_of_order(header, data):
+    """The entries listed last-to-first, with 16 unused bytes inserted before the tensor at the middle offset."""
+    by_offset = sorted(header, key=lambda k: header[k]["data_offsets"])
+    cut = header[by_offset[len(by_offset) // 2]]["data_offsets"][0]
+    shifted = {k: entry(header, k, v["data_offsets"][0] + (16 if v["data_offsets"][0] >= cut else 0))
+               for k, v in header.items()}
+    return list(reversed(shifted.items())), data[:cut] + b"\0" * 16 + data[cut:]
+
+
+def trailing(header, data):
+    return list(header.items()), data + b"\0" * 8
+
+
+def duplicate_key(header, data):
+    """A key written twice in the JSON, the second time for another tensor's bytes (json.loads and the library
+    keep the last one, which leaves the first one's bytes unused)."""
+    items = list(header.items())
+    return items + [(items[0][0], items[1][1])], data
+
+
+@pytest.mark.parametrize("corrupt, message", [
+    (overlap, r"transformer\.h\.0\.mlp\.c_fc\.weight|overlaps"),
+    (same_range, r"transformer\.h\.0\.ln_1\.weight \(data bytes \d+–\d+\) has the same bytes as transformer\.h\.0\.ln_1\.bias"),
+    (gap_out_of_order, r"16 unused data bytes before transformer\."),
+    (trailing, r"8 bytes after the last tensor"),
+    (duplicate_key, r"tensor \S+ appears twice in the safetensors header"),
+])
+def test_byte_ranges_that_safetensors_rejects_are_rejected(folder, corrupt, message):
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    path = write_raw(folder, *corrupt(*raw_parts(folder)))
+    with pytest.raises(SafetensorError):  # the reference: the safetensors library refuses the same file
+        load_file(path)
+    with pytest.raises(MinitfError, match=r"model\.safetensors: .*" + message) as e:
+        Model.load(folder)
+    if corrupt is overlap:
+        assert "c_fc.weight" in str(e.value) and ("overlaps" in str(e.value) or "same bytes" in str(e.value))
+
+
+def test_entries_out_of_header_order_and_empty_tensors_are_fine(folder):
+    """Header order is free and zero-size tensors may share an offset: the library and minitf both accept."""
+    from safetensors.numpy import load_file
+
+    header, data = raw_parts(folder)
+    before = Model.load(folder).w
+    path = write_raw(folder, list(reversed(header.items())), data)
+    after = Model.load(folder).w
+    assert before.keys() == after.keys() and all(np.array_equal(before[k], after[k]) for k in before)
+    empty = [(f"e{i}", {"dtype": "F32", "shape": [0], "data_offsets": [0, 0]}) for i in range(2)]
+    write_raw(folder, empty + list(header.items()), data)
+    load_file(path)
+    read_safetensors_header(path)
+
+
+def test_same_tensor_stored_with_and_without_prefix(folder):
+    header, data = raw_parts(folder)
+    bias = header["transformer.ln_f.bias"]
+    n = len(data)
+    write_raw(folder, list(header.items()) + [("ln_f.bias", {**bias, "data_offsets": [n, n + 60]})], data + data[:60])
+    with pytest.raises(MinitfError, match=r"ln_f\.bias is stored twice \(as transformer\.ln_f\.bias and ln_f\.bias\)"):
+        Model.load(folder)
+
+
+# ---- tensors config.json does not account for --------------------------------------------------------------
+def test_layers_beyond_config_are_refused(tmp_path):
+    folder = tmp_path / "m"
+    shutil.copytree(GOLDEN / "prefixed_f16", folder)  # 3 layers
+    cfg = json.loads((folder / "config.json").read_text())
+    assert cfg["n_layer"] == 3
+    cfg["n_layer"] = 2
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(MinitfError, match=r"model\.safetensors: tensor transformer\.h\.2\.\S+ \(and 11 more\) is not "
+                                          r"part of the model config\.json describes \(n_layer 2\)"):
+        Model.load(folder)
+
+
+def test_mask_buffers_only_for_layers_the_config_has(tmp_path):
+    folder = tmp_path / "m"
+    shutil.copytree(GOLDEN / "hub_bf16", folder)  # 2 layers, with h.0.attn.bias and h.1.attn.bias
+    Model.load(folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["n_layer"] = 1
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(MinitfError, match=r"tensor h\.1\.\S+ \(and 12 more\) is not part"):
+        Model.load(folder)
+
+
+def test_unknown_tensor_is_refused(folder):
+    rewrite(folder, lambda t: t.__setitem__("transformer.h.0.mlp.gate.weight", np.zeros(3, np.float32)))
+    with pytest.raises(MinitfError, match=r"tensor transformer\.h\.0\.mlp\.gate\.weight is not part of the model"):
+        Model.load(folder)
+
+
+def test_cli_refuses_overlapping_tensors(folder):
+    write_raw(folder, *overlap(*raw_parts(folder)))
+    out = subprocess.run([sys.executable, str(ROOT / "cli.py"), "run", "--model", str(folder), "--text", "a"],
+                         capture_output=True, text=True)
+    assert out.returncode == 1 and out.stdout == ""
+    assert out.stderr.count("\n") == 1 and "c_fc.weight" in out.stderr and "Traceback" not in out.stderr
