@@ -94,15 +94,15 @@ def test_long_prompt_keeps_its_last_tokens(model):
 
 def test_mined_prompts_are_listed_by_activation_and_given_ones_in_order(model, tmp_path):
     from minitf.prompts import mine_prompts
-    from minitf.trace import trace_neuron
+    from minitf.trace import PromptSource, TraceOptions, trace_neuron
 
     corpus = tmp_path / "c.txt"
     corpus.write_text("\n\n".join(f"{TEXTS[i % 8]} {TEXTS[(3 * i + 1) % 8]} {TEXTS[(5 * i + 2) % 8]}" for i in range(40)))
     neuron = Neuron(2, 7)
-    result = trace_neuron(model, neuron, corpus=corpus, split="all", n_prompts=10, ablate=0)
+    result = trace_neuron(model, neuron, PromptSource(corpus=corpus, split="all", n_prompts=10), TraceOptions(ablate=0))
     shown = [p["activation"] for p in result["prompts"]]
     assert len(shown) >= 3 and shown == sorted(shown, reverse=True)
     mined = mine_prompts(model, neuron, corpus, split=None, k=10, progress=False)
     assert sorted(p["mined"]["doc_id"] for p in result["prompts"]) == sorted(m.doc_id for m in mined)
-    given = trace_neuron(model, neuron, texts=TEXTS, ablate=0)
+    given = trace_neuron(model, neuron, PromptSource(texts=TEXTS), TraceOptions(ablate=0))
     assert [p["text"] for p in given["prompts"]] == TEXTS
