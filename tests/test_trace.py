@@ -102,3 +102,34 @@ def test_long_prompt_keeps_its_last_tokens(model):
     long = " ".join(["word"] * 100)
     [p] = prompts_from_texts(model, [long])
     assert p.truncated and len(p.tokens) == model.cfg.n_ctx and p.tokens[0] == model.bos
+
+
+def test_scores_exact_reproduces_the_whole_effect_selection(monkeypatch):
+    """--scores exact selects as minitf did before --scores existed (commit 8817d5d, recorded in the golden file)
+    on the embedded model's mined prompts; --scores paper selects differently somewhere (L2N181, L3N157)."""
+    import json
+
+    import minitf.trace as trace_mod
+    from minitf import load
+    from minitf.prompts import mine_prompts
+    from minitf.trace import Prompt
+
+    monkeypatch.setattr(trace_mod, "ablate_heads", lambda *a, **k: {})  # selection only: skip the ablation runs
+    golden = json.loads((GOLDEN / "exact_selection_tiny.json").read_text())
+    tiny = load("tiny")
+    changed = set()
+    for name in sorted({key.split()[0] for key in golden if not key.startswith("_")}):
+        neuron = Neuron(int(name[1]), int(name.split("N")[1]))
+        mined = mine_prompts(tiny, neuron, tiny.folder / "corpus.txt.gz", split="train", k=20)  # as trace_neuron
+        prompts = [Prompt(m.tokens) for m in mined]
+        for rule in ("sigma2", "top3"):
+            before = golden[f"{name} {rule}"]
+            assert [m.doc_id for m in mined] == before["prompts"]
+            exact = trace(tiny, neuron, prompts, TraceOptions(rule=rule, ablate=0, scores="exact"))
+            assert [p["active_heads"] for p in exact["prompts"]] == before["active_heads"], (name, rule)
+            assert exact["differential_heads"] == before["differential_heads"], (name, rule)
+            paper = trace(tiny, neuron, prompts, TraceOptions(rule=rule, ablate=0))
+            if paper["differential_heads"] != exact["differential_heads"]:
+                changed.add(f"{name} {rule}")
+    # where the paper's scores find other differential heads (see tests/test_scores.py: the authors' ones)
+    assert {"L2N181 sigma2", "L3N157 sigma2"} <= changed
