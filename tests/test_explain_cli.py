@@ -198,6 +198,7 @@ def test_explain_then_score_end_to_end(server: FakeServer, traces, tmp_path: Pat
     (results_file,) = (cache / "results").glob(f"*/{NEURON}.json")
     stored = json.loads(results_file.read_text())
     assert {head: stored[head]["explanation"] for head in HEADS} == explanations
+    assert {stored[head]["scores"] for head in HEADS} == {"paper"}  # which head scores made them
 
     # ---- score: one Yes/No request per (head, test prompt); scores recomputed from the test labels
     scored = cli("score", *common, key=None)
@@ -263,6 +264,11 @@ def test_explain_then_score_end_to_end(server: FakeServer, traces, tmp_path: Pat
         assert f"{s['head']}: balanced accuracy {s['balanced_accuracy']:.3f}, ROC-AUC {s['roc_auc']:.3f}" in offline.stdout
         assert f"{s['n_malformed']} malformed answers" in offline.stdout
     assert f"balanced accuracy: mean {summary['mean']:.3f} ± {summary['std']:.3f} (std, N-1), n=2" in offline.stdout
+    assert len(server.requests) == n_requests
+
+    # ---- scoring under other head scores than the explanations' is refused, before any request
+    refused = cli("score", *common, "--scores", "exact", key=None)
+    assert refused.returncode == 1 and refused.stderr.count("\n") == 1 and "--scores" in refused.stderr
     assert len(server.requests) == n_requests
 
     # ---- the key never reaches the cache or the results
