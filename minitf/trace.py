@@ -28,9 +28,8 @@ from .model import Model, Run
 from .names import Neuron
 
 SCHEMA_VERSION = 2
-EFFECTS_NOTE = ("effects are exact direct effects on the neuron's pre-activation with LayerNorm-2's σ frozen; "
-                "a head's effect = its context part (what it looked up) + its constant part "
-                "((b_V + β₁W_V)·W_O, the same vectors in every context)")
+EFFECTS_NOTE = ("effects are exact direct effects on the neuron's pre-activation, LayerNorm-2's σ frozen; a head's "
+                "effect = its context part (what it looked up) + its constant part ((b_V + β₁W_V)·W_O through W_in)")
 SCORES_NOTE = {"paper": "heads selected on their context part: the paper's scores (TransformerLens, value biases "
                         "folded) / σ",
                "exact": "heads selected on their whole effect (context + constant part)"}
