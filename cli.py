@@ -35,7 +35,8 @@ def main():
 model_option = click.option("--model", "model_spec", default=minitf.DEFAULT_MODEL, show_default=True,
                             help="Model folder, a name under weights/ (tiny, gpt2, …) or a Hugging Face cache entry.")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-scores_option = click.option("--scores", "head_scores", type=click.Choice(["paper", "exact"]), default="paper", show_default=True,
+scores_option = click.option("--scores", "head_scores", type=click.Choice(["paper", "exact"]), default="paper",
+                             show_default=True,
                              help="What selects heads: each head's context part (the paper's scores, "
                                   "TransformerLens with value biases folded) or its whole effect (+ constant part).")
 

@@ -87,6 +87,13 @@ def test_selection_rules():
     assert len(candidate_heads(2, 2, include_same_layer=True)) == 6
 
 
+def test_unknown_scores_are_refused(model):
+    from minitf.errors import MinitfError
+
+    with pytest.raises(MinitfError, match="scores 'tl': choose from paper, exact"):
+        trace(model, Neuron(2, 7), prompts_from_texts(model, TEXTS[:2]), TraceOptions(scores="tl"), card=card())
+
+
 def test_ks_matches_scipy():
     stats = pytest.importorskip("scipy.stats")
     rng = np.random.default_rng(0)
