@@ -37,6 +37,10 @@ def main():
 model_option = click.option("--model", "model_spec", default=minitf.DEFAULT_MODEL, show_default=True,
                             help="Model folder, a name under weights/ (tiny, gpt2, …) or a Hugging Face cache entry.")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+scores_option = click.option("--scores", "head_scores", type=click.Choice(["paper", "exact"]), default="paper",
+                             show_default=True,
+                             help="What selects heads: each head's context part (the paper's scores, "
+                                  "TransformerLens with value biases folded) or its whole effect (+ constant part).")
 
 
 def _emit_json(obj) -> None:
@@ -105,7 +109,7 @@ def _neuron_arg(ctx, param, value):
 
 
 def _trace(neuron, model_spec, texts, prompt_file, corpus, split, n_prompts, rule, include_same_layer, bos, ablate,
-           per_position):
+           per_position, scores="paper"):
     """Load the model and trace the neuron (for trace and report); notes go to stderr."""
     from minitf.corpus import default_corpus
     from minitf.trace import PromptSource, TraceOptions, trace_neuron
@@ -117,7 +121,8 @@ def _trace(neuron, model_spec, texts, prompt_file, corpus, split, n_prompts, rul
     if not texts and not prompt_file:
         corpus = default_corpus(model, corpus, needed_for="give --text, --prompts or --corpus")
     source = PromptSource(list(texts), prompt_file, corpus, split, n_prompts, bos)
-    options = TraceOptions(rule=rule, include_same_layer=include_same_layer, ablate=ablate, per_position=per_position)
+    options = TraceOptions(rule=rule, include_same_layer=include_same_layer, ablate=ablate, per_position=per_position,
+                           scores=scores)
     result = trace_neuron(model, neuron, source=source, options=options)
     for note in result["settings"].get("notes", []):
         click.echo(f"note: {note}", err=True)
@@ -134,6 +139,7 @@ def _trace(neuron, model_spec, texts, prompt_file, corpus, split, n_prompts, rul
 @click.option("--n-prompts", default=20, show_default=True, type=click.IntRange(1, 1000), help="Top prompts to mine.")
 @click.option("--rule", type=click.Choice(["sigma2", "top3"]), default="sigma2", show_default=True,
               help="Active heads: effect > mean + 2·std of the candidates (paper's default), or the top 3.")
+@scores_option
 @click.option("--include-same-layer", is_flag=True, help="Candidates include the neuron's own layer.")
 @click.option("--bos/--no-bos", default=True, show_default=True, help="Prepend <|endoftext|> to each prompt.")
 @click.option("--ablate", default=5, show_default=True, type=click.IntRange(0, 1000),
@@ -141,13 +147,13 @@ def _trace(neuron, model_spec, texts, prompt_file, corpus, split, n_prompts, rul
 @json_option
 @click.option("--html", "html_path", type=click.Path(dir_okay=False),
               help="Also write a self-contained HTML report (works offline) to this file.")
-def trace(neuron, model_spec, texts, prompt_file, corpus, split, n_prompts, rule, include_same_layer, bos, ablate,
-          as_json, html_path):
+def trace(neuron, model_spec, texts, prompt_file, corpus, split, n_prompts, rule, head_scores, include_same_layer, bos,
+          ablate, as_json, html_path):
     """Which attention heads switch a neuron on: exact direct effects, looked-up tokens, ablation."""
     from minitf.render import trace_lines
 
     model, result = _trace(neuron, model_spec, texts, prompt_file, corpus, split, n_prompts, rule,
-                           include_same_layer, bos, ablate, per_position=bool(html_path))
+                           include_same_layer, bos, ablate, per_position=bool(html_path), scores=head_scores)
     if html_path:
         from minitf.report import report_extras, write_html
 
@@ -181,6 +187,7 @@ def _llm_options(f):
         click.option("--n-prompts", default=30, show_default=True, type=click.IntRange(2, 1000),
                      help="Top prompts of the split to use."),
         click.option("--rule", type=click.Choice(["sigma2", "top3"]), default="sigma2", show_default=True),
+        scores_option,
         click.option("--include-same-layer", is_flag=True),
         click.option("--corpus", type=click.Path(dir_okay=False), default=None),
     ]):
@@ -205,18 +212,19 @@ def _llm_setup(model_spec, neuron, cache_dir, llm_model, base_url, max_calls, co
 @click.option("--dry-run", is_flag=True, help="Print the exact prompts; call nothing.")
 @json_option
 def explain(neuron, model_spec, llm_model, base_url, max_calls, concurrency, timeout, max_retries, cache_dir, head_spec,
-            n_prompts, rule, include_same_layer, corpus, dry_run, as_json):
+            n_prompts, rule, head_scores, include_same_layer, corpus, dry_run, as_json):
     """Ask an LLM when each differential head of a neuron is active (prompts from the train split)."""
     from minitf.explain import explain_neuron
 
     model, llm, store = _llm_setup(model_spec, neuron, cache_dir, llm_model, base_url, max_calls, concurrency, timeout,
                                    max_retries, dry_run)
     out = explain_neuron(model, neuron, llm, store, head_spec, corpus=corpus, n_prompts=n_prompts, rule=rule,
-                         include_same_layer=include_same_layer)
+                         scores=head_scores, include_same_layer=include_same_layer)
     if as_json:
         return _emit_json({"neuron": str(neuron), **out})
     if not out["heads"]:
-        click.echo(f"{neuron}: no differential head on its top {count(out['n_prompts'], 'train prompt')} (rule {rule}); "
+        click.echo(f"{neuron}: no differential head on its top {count(out['n_prompts'], 'train prompt')} (rule {rule}, "
+                   f"scores {head_scores}); "
                    "name one with --head")
     for head, entry in out["heads"].items():
         counts = f"{entry['n_active']} active / {count(entry['n_inactive'], 'inactive train prompt')}"
@@ -239,14 +247,14 @@ def explain(neuron, model_spec, llm_model, base_url, max_calls, concurrency, tim
 @_llm_options
 @json_option
 def score(neuron, model_spec, llm_model, base_url, max_calls, concurrency, timeout, max_retries, cache_dir, head_spec,
-          n_prompts, rule, include_same_layer, corpus, as_json):
+          n_prompts, rule, head_scores, include_same_layer, corpus, as_json):
     """Score the explanations: the LLM predicts, from each explanation alone, where the head is active (test split)."""
     from minitf.explain import render_summary, score_neuron, summarize_scores
 
     model, llm, store = _llm_setup(model_spec, neuron, cache_dir, llm_model, base_url, max_calls, concurrency, timeout,
                                    max_retries)
     scores, skipped = score_neuron(model, neuron, llm, store, head_spec, corpus=corpus, n_prompts=n_prompts,
-                                   rule=rule, include_same_layer=include_same_layer)
+                                   rule=rule, scores=head_scores, include_same_layer=include_same_layer)
     summary = summarize_scores(scores)
     if as_json:
         return _emit_json({"neuron": str(neuron), "scores": [s.to_dict(items=True) for s in scores],
@@ -267,13 +275,13 @@ def score(neuron, model_spec, llm_model, base_url, max_calls, concurrency, timeo
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="The HTML file to write.")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
               help="Where explain/score saved their results [default: $MINITF_CACHE_DIR or ~/.cache/minitf].")
-def report(out, cache_dir, neuron, model_spec, texts, prompt_file, corpus, split, n_prompts, rule, include_same_layer,
-           bos, ablate):
+def report(out, cache_dir, neuron, model_spec, texts, prompt_file, corpus, split, n_prompts, rule, head_scores,
+           include_same_layer, bos, ablate):
     """A self-contained HTML report of a trace (the same options as trace): one file that works offline."""
     from minitf.report import report_extras, write_html
 
     model, result = _trace(neuron, model_spec, texts, prompt_file, corpus, split, n_prompts, rule,
-                           include_same_layer, bos, ablate, per_position=True)
+                           include_same_layer, bos, ablate, per_position=True, scores=head_scores)
     write_html(out, result, *report_extras(model, neuron, result, cache_dir))
     click.echo(f"{out}: HTML report of {neuron}, {count(len(result['prompts']), 'prompt')}")
 

@@ -25,13 +25,15 @@ def neuron_and_token_prob(model: Model, prompts: list[list[int]], neuron: Neuron
     return post, softmax(run.logits)[:, token]  # [P], [P]
 
 
-def ablate_heads(model: Model, prompts: list[list[int]], neuron: Neuron, token: int,
-                 heads: list[Head]) -> dict[Head, tuple[np.ndarray, np.ndarray]]:
-    """Head → (Δpost [P], Δp [P]) when that head's output is zeroed at all positions."""
+def ablate_heads(model: Model, prompts: list[list[int]], neuron: Neuron, token: int, heads: list[Head],
+                 replace_with: dict[Head, np.ndarray] | None = None) -> dict[Head, tuple[np.ndarray, np.ndarray]]:
+    """Head → (Δpost [P], Δp [P]) when that head's z is zeroed at all positions, or replaced by
+    ``replace_with[head]`` [Dh] (the paper's way: its constant value part, ``attribution.head_value_constant``)."""
     base_post, base_p = neuron_and_token_prob(model, prompts, neuron, token)
     out = {}
     for head in heads:
-        post, p = neuron_and_token_prob(model, prompts, neuron, token, [Intervention(str(head))])
+        value = 0.0 if replace_with is None else replace_with[head]
+        post, p = neuron_and_token_prob(model, prompts, neuron, token, [Intervention(str(head), value)])
         out[head] = (base_post - post, base_p - p)
     return out
 

@@ -15,16 +15,17 @@ A head writes z_h W_O[h], so its term is a d_head-long dot product, never a d_mo
 
     u_h = W_O[h] @ w̃  [Dh],        term_h,t = z_h[t] · u_h / σ_t
 
-and since z_h[t] = Σ_s pattern_h[t, s] v_h[s] with v_h[s] = LN₁(x_s) W_V[h] + b_V[h], it splits over the
-source positions s the head looked up:
+z_h[t] = Σ_s pattern_h[t, s] v_h[s] with v_h[s] = LN₁(x_s) W_V[h] + b_V[h] and LN₁(x_s) = x̂_s⊙γ₁ + β₁
+(x̂_s: the centred, σ₁-scaled residual). Each row of the pattern sums to 1, so the term splits exactly into
 
-    term_h,t = Σ_s pattern_h[t, s] · (v_h[s] − b_V[h]) · u_h / σ_t  +  b_V[h] · u_h / σ_t   (rows of pattern sum to 1)
+    term_h,t = Σ_s pattern_h[t, s] · (x̂_s⊙γ₁) W_V[h] · u_h / σ_t  +  c_h · u_h / σ_t,    c_h = b_V[h] + β₁ W_V[h]
+               └────── context part: what the head looked up ─────┘   └ constant part ┘ (no token's content in it)
 
-The paper describes its scores without σ_t (they would be σ_t × these; ranking the heads within a prompt is
-unchanged by that factor). TransformerLens's ``apply_ln_to_stack``, which its authors used, does divide by
-σ_t, but its default ``fold_value_biases`` moves each head's constant value part (b_V[h] + β₁ W_V[h]) · W_O[h]
-into the layer's bias, so its head scores are these terms minus (b_V[h] + β₁ W_V[h]) · u_h / σ_t (checked
-to 3e-6 in bench/RESULTS.md). minitf keeps that part in the head's term and reports the b_V share apart.
+and the context part splits further over the source positions s. TransformerLens (its default
+``fold_value_biases``, which the paper's authors used) folds c_h · W_O[h] into the layer's bias b_O, so the
+authors' head score ``stack_head_results()[:, t] @ W_in[:, n]`` (folded, centred weights) is σ_t × the
+context part. Both selection rules (``minitf.heads``) are invariant to that σ_t, so selecting on the context
+part selects the paper's heads; ``--scores exact`` selects on the whole term instead.
 """
 from __future__ import annotations
 
@@ -37,6 +38,13 @@ from .names import Head, Neuron
 
 # Internals a run must record for ``direct_effects`` and ``head_sources``.
 NEEDED = {"z", "v", "pattern", "ln2_scale", "pre", "mlp_out", "post"}
+
+
+def head_value_constant(model: Model, layer: int) -> np.ndarray:
+    """c [H, Dh]: each head's constant value part c_h = b_V[h] + β₁ W_V[h] (what z_h is when every value's
+    context part x̂⊙γ₁ W_V is zeroed — TransformerLens's ``hook_v`` ablation on folded weights)."""
+    beta = model.w[f"h.{layer}.ln_1.bias"]  # [D]
+    return model.b_V[layer] + np.einsum("D,hDd->hd", beta, model.W_V[layer])  # [H, Dh]
 
 
 def read_direction(model: Model, neuron: Neuron) -> tuple[np.ndarray, np.float32]:
@@ -53,8 +61,9 @@ def read_direction(model: Model, neuron: Neuron) -> tuple[np.ndarray, np.float32
 class DirectEffects:
     """Each component's direct effect on neuron n's pre-activation at one position per prompt.
 
-    ``heads[b, l, h]`` is head L{l}H{h}'s term; ``total()`` = Σ of every term + constant, which equals
-    ``pre`` (the forward pass's value) up to float32 rounding.
+    ``heads[b, l, h]`` is head L{l}H{h}'s term = ``head_context`` + ``head_constant`` (its context and constant
+    parts); ``total()`` = Σ of every term + constant, which equals ``pre`` (the forward pass's value) up to
+    float32 rounding.
     """
 
     neuron: Neuron
@@ -63,6 +72,8 @@ class DirectEffects:
     embed: np.ndarray  # [B] token embedding
     pos_embed: np.ndarray  # [B] position embedding
     heads: np.ndarray  # [B, l+1, H]
+    head_context: np.ndarray  # [B, l+1, H] Σ_s pattern[t, s] (x̂_s⊙γ₁) W_V · u_h / σ_t (the paper's score / σ_t)
+    head_constant: np.ndarray  # [B, l+1, H] c_h · u_h / σ_t
     attn_bias: np.ndarray  # [B, l+1] b_O of each layer
     mlp: np.ndarray  # [B, l] earlier MLP outputs (with their b_out)
     mlp_neurons: np.ndarray | None  # [B, l, M] the MLP outputs split over neurons (b_out excluded), on request
@@ -82,6 +93,14 @@ class DirectEffects:
     def head(self, head: Head) -> np.ndarray:
         return self.heads[:, head.layer, head.head]  # [B]
 
+    def head_scores(self, scores: str = "paper") -> np.ndarray:
+        """[B, l+1, H]: what selects heads — "paper": the context part; "exact": the whole term."""
+        if scores == "paper":
+            return self.head_context
+        if scores == "exact":
+            return self.heads
+        raise ValueError(f"unknown scores {scores!r}; choose from ('paper', 'exact')")
+
 
 def direct_effects(model: Model, run: Run, neuron: Neuron, positions: np.ndarray | None = None,
                    split_mlp: bool = False) -> DirectEffects:
@@ -98,11 +117,18 @@ def direct_effects(model: Model, run: Run, neuron: Neuron, positions: np.ndarray
     embed = through(model.w["wte.weight"][run.tokens[rows, t]])  # [B]
     pos_embed = through(model.w["wpe.weight"][t])  # [B]
     heads = np.empty((B, layer + 1, model.cfg.n_head), np.float32)  # [B, l+1, H]
+    context = np.empty_like(heads)  # [B, l+1, H]
+    constant_part = np.empty_like(heads)  # [B, l+1, H]
     attn_bias = np.empty((B, layer + 1), np.float32)  # [B, l+1]
     for k in range(layer + 1):
         u = model.W_O[k] @ w_tilde  # [H, Dh]   u_h = W_O[h] @ w̃
         z = run["z", k][rows, t]  # [B, H, Dh]
+        c = head_value_constant(model, k)  # [H, Dh]
         heads[:, k] = np.einsum("bhd,hd->bh", z, u) / sigma[:, None]  # [B, H]
+        # z − c_h = Σ_s pattern (v_s − c_h): the context part, computed apart (not as term − constant) so that
+        # it keeps its own relative precision when the constant dominates
+        context[:, k] = np.einsum("bhd,hd->bh", z - c, u) / sigma[:, None]  # [B, H]
+        constant_part[:, k] = (np.einsum("hd,hd->h", c, u) / sigma[:, None])  # [B, H]
         attn_bias[:, k] = (model.w[f"h.{k}.attn.c_proj.bias"] @ w_tilde) / sigma  # [B]
     mlp = np.empty((B, layer), np.float32)  # [B, l]
     mlp_neurons = np.empty((B, layer, model.cfg.d_mlp), np.float32) if split_mlp else None  # [B, l, M]
@@ -111,15 +137,17 @@ def direct_effects(model: Model, run: Run, neuron: Neuron, positions: np.ndarray
         if split_mlp:
             mlp_neurons[:, k] = run["post", k][rows, t] * (model.W_out[k] @ w_tilde) / sigma[:, None]  # [B, M]
     pre = run.neuron(neuron)["pre"][rows, t]  # [B]
-    return DirectEffects(neuron, t, sigma, embed, pos_embed, heads, attn_bias, mlp, mlp_neurons, constant, pre)
+    return DirectEffects(neuron, t, sigma, embed, pos_embed, heads, context, constant_part, attn_bias, mlp,
+                         mlp_neurons, constant, pre)
 
 
 def head_sources(model: Model, run: Run, neuron: Neuron, head: Head,
                  positions: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Split head h's term over the source positions it attended to.
+    """Split head h's context part over the source positions it looked up; its constant part beside.
 
-    Returns (by_source [B, T]: pattern[t, s] · (v[s] − b_V) · u_h / σ_t, zero for s > t and padding;
-    b_V share [B]: b_V · u_h / σ_t). by_source.sum(1) + b_V share = the head's term.
+    Returns (by_source [B, T]: pattern[t, s] · (v[s] − c_h) · u_h / σ_t = pattern[t, s] · (x̂_s⊙γ₁) W_V · u_h / σ_t,
+    zero for s > t and padding; constant [B]: c_h · u_h / σ_t). by_source.sum(1) = the context part, and
+    + constant = the head's term.
     """
     B = run.tokens.shape[0]
     rows = np.arange(B)  # [B]
@@ -127,8 +155,8 @@ def head_sources(model: Model, run: Run, neuron: Neuron, head: Head,
     w_tilde, _ = read_direction(model, neuron)  # [D]
     sigma = run["ln2_scale", neuron.layer][rows, t]  # [B]
     u = model.W_O[head.layer][head.head] @ w_tilde  # [Dh]
-    b_v = model.b_V[head.layer][head.head]  # [Dh]
-    value_terms = (run["v", head.layer][:, :, head.head] - b_v) @ u  # [B, T]  (v[s] − b_V) · u
+    c = head_value_constant(model, head.layer)[head.head]  # [Dh]
+    value_terms = (run["v", head.layer][:, :, head.head] - c) @ u  # [B, T]  (v[s] − c_h) · u
     pattern = run["pattern", head.layer][rows, head.head, t]  # [B, T]  row t of each prompt
     by_source = pattern * value_terms / sigma[:, None]  # [B, T]
-    return by_source, (b_v @ u) / sigma  # [B, T], [B]
+    return by_source, (c @ u) / sigma  # [B, T], [B]

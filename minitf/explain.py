@@ -149,22 +149,25 @@ def explain_neuron(model, neuron, llm: CompletionClient | None, store: ResultSto
             entry["explanation"] = explain_head(llm, examples)
             store.update(name, explanation=entry["explanation"], n_active=entry["n_active"],
                          n_inactive=entry["n_inactive"], rule=trace_options.get("rule", "sigma2"),
-                         prompt_format=PROMPT_FORMAT_VERSION)
+                         scores=trace_options.get("scores", "paper"), prompt_format=PROMPT_FORMAT_VERSION)
     return out
 
 
 def score_neuron(model, neuron, llm: CompletionClient, store: ResultStore, head: str | None = None,
                  **trace_options: Any) -> tuple[list[HeadScore], dict[str, str]]:
     """Score the stored explanations of ``neuron``'s heads on its top test-split prompts, labelled by the same
-    rule. Returns (scores, {head: skip reason}); scores are saved in ``store``."""
+    rule and head scores. Returns (scores, {head: skip reason}); scores are saved in ``store``."""
     stored = store.load()
     explained = {h: r["explanation"] for h, r in stored.items() if r.get("explanation")}
     for h in explained:
-        made = {k: stored[h].get(k) for k in ("rule", "prompt_format")}
-        now = {"rule": trace_options.get("rule", "sigma2"), "prompt_format": PROMPT_FORMAT_VERSION}
+        # explanations stored before --scores existed were made on whole effects: "exact"
+        made = {"rule": stored[h].get("rule"), "scores": stored[h].get("scores", "exact"),
+                "prompt_format": stored[h].get("prompt_format")}
+        now = {"rule": trace_options.get("rule", "sigma2"), "scores": trace_options.get("scores", "paper"),
+               "prompt_format": PROMPT_FORMAT_VERSION}
         if made != now:
             raise MinitfError(f"{store.path}: the explanation of {h} was made with {made}, this score uses {now}: "
-                              "rerun 'python cli.py explain' with the same --rule")
+                              "rerun 'python cli.py explain' with the same --rule and --scores")
     if head:
         from minitf.names import parse_head
 

@@ -5,7 +5,12 @@ layers < l, as in the paper; optionally layer l too):
     "sigma2": e_h > mean(e) + 2 · std(e), std with N − 1 (the paper's default);
     "top3":   the 3 largest e_h.
 Both rules are unchanged when every e_h of a prompt is multiplied by the same σ_t > 0, so they select the
-same heads from the paper's σ-less scores as from minitf's true effects.
+same heads from the paper's σ-less scores as from minitf's σ-divided ones.
+
+What e_h is (``SCORES``, see ``minitf.attribution``):
+    "paper": each head's context part — the authors' TransformerLens score (value biases folded) / σ_t,
+             so the active and differential heads are the paper's (the default);
+    "exact": each head's whole term, context + constant part (c_h = b_V + β₁W_V through W_O).
 
 Differential heads of a neuron: active on 25 %–75 % of its prompts (inclusive), so that the prompts split
 into an active and an inactive set that an explanation can tell apart.
@@ -17,6 +22,7 @@ import numpy as np
 from .names import Head
 
 RULES = ("sigma2", "top3")
+SCORES = ("paper", "exact")
 DIFFERENTIAL_RANGE = (0.25, 0.75)
 
 

@@ -33,10 +33,16 @@ def trace_lines(result: dict, max_prompts: int = 20) -> list[str]:
     """The human view: card, prompts with their top heads and looked-up tokens, head table, identity check."""
     s = result["settings"]
     lines = card_lines(result["neuron"], result["model"]["folder"]) + [""]
+    paper = s.get("scores", "exact") == "paper"  # traces of schema 1 selected on whole effects
+    key = "context" if paper else "effect"
     lines.append(f"{count(len(result['prompts']), 'prompt')} ({s.get('source', 'given')}); rule {s['rule']}; "
+                 f"scores {s.get('scores', 'exact')}; "
                  f"{count(s['candidates'], 'candidate head')} (layers < {result['neuron']['layer']}"
                  f"{' and the same layer' if s['include_same_layer'] else ''})")
     lines.append(f"note: {s['effects']}")
+    lines.append(f"note: {s.get('scores_note', 'heads selected on their whole effect')}")
+    lines.append(f"per prompt: the top heads by {'context part' if paper else 'effect'}, * = active, then the "
+                 "constant part; ← the source tokens of the context part: their part of it (attention)")
     for n, p in enumerate(result["prompts"][:max_prompts], 1):
         extra = "  [truncated to the context]" if p["truncated"] else ""
         lines.append("")
@@ -45,12 +51,16 @@ def trace_lines(result: dict, max_prompts: int = 20) -> list[str]:
             mark = "*" if h["active"] else " "
             src = ", ".join(f"{x['token']!r}@{x['position']} {x['effect']:+.2f} (attn {x['attention']:.2f})"
                             for x in h["sources"])
-            lines.append(f"      {h['head']:<7}{h['effect']:+8.3f}{mark} ← {src}")
+            const = f" {h['constant']:+7.3f}" if "constant" in h else ""
+            lines.append(f"      {h['head']:<7}{h.get(key, h['effect']):+8.3f}{mark}{const} ← {src}")
     if len(result["prompts"]) > max_prompts:
         lines.append(f"… {count(len(result['prompts']) - max_prompts, 'more prompt')} (--json shows all)")
-    lines += ["", "(* = active on that prompt)", "",
-              "heads by mean direct effect on pre (D = differential: active on 25–75 % of prompts)",
-              f"{'head':<8}{'mean':>8}{'std':>8}{'active':>9}  D  {'Δpost act/inact':>17}  {'Δp act/inact':<17}  {'KS D':>5}"]
+    what = "context part" if paper else "direct effect on pre"
+    first = result["heads"][0] if result["heads"] else {}
+    removed = "z replaced by its constant part" if paper else "z zeroed"
+    lines += ["", f"heads by mean {what} (D = differential: active on 25–75 % of prompts; ablation: {removed})",
+              f"{'head':<8}{'mean':>8}{'std':>8}{'const' if 'mean_constant' in first else '':>8}{'active':>9}  D  "
+              f"{'Δpost act/inact':>17}  {'Δp act/inact':<17}  {'KS D':>5}"]
     P = len(result["prompts"])
     for h in result["heads"][:15]:
         ab = h["ablation"]
@@ -60,7 +70,9 @@ def trace_lines(result: dict, max_prompts: int = 20) -> list[str]:
         abl = (f"{pair(ab['mean_dpost_active'], ab['mean_dpost_inactive']):>17}  "
                f"{_num(ab['mean_dp_active'], '+.1e') + '/' + _num(ab['mean_dp_inactive'], '+.1e'):<17}  "
                f"{(format(ab['ks']['statistic'], '.2f') if ab['ks'] else '–'):>5}") if ab else ""
-        lines.append(f"{h['head']:<8}{h['mean_effect']:+8.3f}{h['std_effect']:8.3f}{h['active_count']:>5}/{P:<3}"
+        mean, std = (h["mean_context"], h["std_context"]) if paper else (h["mean_effect"], h["std_effect"])
+        const = f"{h['mean_constant']:+8.3f}" if "mean_constant" in h else " " * 8
+        lines.append(f"{h['head']:<8}{mean:+8.3f}{std:8.3f}{const}{h['active_count']:>5}/{P:<3}"
                      f"  {'D' if h['differential'] else ' '}  {abl}")
     if len(result["heads"]) > 15:
         lines.append(f"… {count(len(result['heads']) - 15, 'more head')} (--json shows all)")

@@ -5,12 +5,13 @@ The page shows, from a trace dict (``minitf.trace``, ideally built with ``per_po
 * a header: the model, where the prompts came from (corpus), the BOS choice and the identity check;
 * the neuron card: promoted / suppressed tokens as bars, congruence, rank, and the activation histogram
   from the neuron index when one is given (how many traced prompts fall in each bin is marked under it);
-* a bar chart of the candidate heads by mean effect, marking differential heads and their ablation Δp;
+* a bar chart of the candidate heads by the mean of the score that selected them (``settings.scores``:
+  "paper" each head's context part, "exact" its whole effect), marking differential heads and their ablation Δp;
 * the LLM explanations and their scores, when given;
 * every prompt as text, its tokens shaded by the neuron's activation; hovering or clicking a token shows
-  the heads' direct effects at that position; under it, the top heads at the traced (last) position and
-  the source tokens they looked up, shaded by their share of the head's effect (hovering a head outlines
-  them in the text).
+  the heads' scores at that position; under it, the top heads at the traced (last) position and
+  the source tokens they looked up, shaded by their share of the head's context part (hovering a head
+  outlines them in the text).
 
 Safety: prompts and tokens are untrusted text. Every string that reaches the HTML goes through
 ``html.escape``; the data the script needs is embedded as JSON in a ``<script type="application/json">``
@@ -29,7 +30,7 @@ from pathlib import Path
 
 from .errors import MinitfError
 from .files import atomic_write
-from .report_html import page
+from .report_html import page, score_key
 
 __all__ = ["render_html", "write_html", "report_extras", "index_histogram"]
 
@@ -50,6 +51,7 @@ def _round(x, digits: int = 4):
 
 
 def _script_data(trace: dict) -> dict:
+    key = score_key(trace)
     prompts = []
     for p in trace["prompts"]:
         prompts.append({
@@ -57,9 +59,9 @@ def _script_data(trace: dict) -> dict:
             "activation": _round(p["activation"]),
             "pre": _round(p.get("pre")),
             "positions": [{"a": _round(q["activation"]), "pre": _round(q.get("pre")),
-                           "heads": [[h["head"], _round(h["effect"])] for h in q.get("heads", [])]}
+                           "heads": [[h["head"], _round(h.get(key, h["effect"]))] for h in q.get("heads", [])]}
                           for q in p.get("positions") or []],
-            "top": [[h["head"], _round(h["effect"])] for h in p.get("top_heads") or []],
+            "top": [[h["head"], _round(h[key])] for h in p.get("top_heads") or []],
         })
     return {"prompts": prompts, "differential": trace.get("differential_heads", [])}
 

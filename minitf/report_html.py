@@ -120,6 +120,8 @@ def _header(trace: dict) -> str:
     items.append(("BOS", "unknown" if bos is None else ("&lt;|endoftext|&gt; prepended" if bos else "none")))
     items.append(("rule", _e(f"{s.get('rule', '?')} · {s.get('candidates', '?')} candidate heads"
                               + (" (incl. the neuron's layer)" if s.get("include_same_layer") else ""))))
+    items.append(("scores", _e(f"{s.get('scores', 'exact')}: "
+                               + s.get("scores_note", "heads selected on their whole effect"))))
     items.append(("identity check",
                   f'<span class="pill {"ok" if ok else "warn"}" title="max |Σ terms + constant − pre| over the '
                   f'prompts; relative to Σ|terms|">{"✓ " if ok else ""}{_e(_num(err, ".1e"))} '
@@ -266,39 +268,46 @@ def _prompt_text(p: dict, n: int, scale: float) -> str:
     return f'<div class=ptext id="ptext-{n}">{"".join(spans)}</div>'
 
 
-def _top_heads_table(p: dict, differential: set[str]) -> str:
+def score_key(trace: dict) -> str:
+    """The per-head field that selected the heads: "context" (scores "paper") or "effect" ("exact", schema 1)."""
+    return "context" if trace.get("settings", {}).get("scores") == "paper" else "effect"
+
+
+def _top_heads_table(p: dict, differential: set[str], key: str = "effect") -> str:
     heads = p.get("top_heads") or []
     if not heads:
         return ""
-    scale = max(abs(h["effect"]) for h in heads) or 1.0
+    scale = max(abs(h[key]) for h in heads) or 1.0
     rows = []
     for h in heads:
-        width = 100 * abs(h["effect"]) / scale
-        rgb = POS_RGB if h["effect"] >= 0 else NEG_RGB
+        width = 100 * abs(h[key]) / scale
+        rgb = POS_RGB if h[key] >= 0 else NEG_RGB
         badges = ('<span class="badge act" title="active on this prompt">active</span>' if h.get("active") else "")
         if h["head"] in differential:
             badges += '<span class="badge diff" title="differential: active on 25–75 % of the prompts">D</span>'
         sources = []
-        # shade: the source's effect (orange raises the neuron, blue lowers it) relative to the head's effect,
-        # or to its largest source where sources cancel out (then shares run past 100 %)
-        shade_scale = max([abs(h["effect"])] + [abs(x["effect"]) for x in h.get("sources", [])])
+        # shade: the source's effect (orange raises the neuron, blue lowers it) relative to the head's context
+        # part (what the sources sum to), or to its largest source where sources cancel out (shares past 100 %)
+        context = h.get("context", h["effect"])
+        shade_scale = max([abs(context)] + [abs(x["effect"]) for x in h.get("sources", [])])
         for src in h.get("sources", []):
-            share = src["effect"] / h["effect"] if h["effect"] else 0.0
+            share = src["effect"] / context if context else 0.0
             style = _shade(src["effect"], shade_scale, 0.75)
             tip = f"position {src['position']}: effect {_num(src['effect'])}, attention {src['attention']:.2f}"
             sources.append(f'<span class=src data-pos="{int(src["position"])}" style="{style}" title="{_e(tip)}">'
                            f'{_e(_visible(src["token"])) or "&#8203;"}<sub>{_e(_pct(share))}</sub></span>')
-        bias = h.get("bias_share")
-        if bias and abs(bias) >= 0.005:  # shown where it rounds to at least 1 %
-            sources.append(f'<span class="dim small" title="share of the value bias (no source token)">'
-                           f'bias {_e(_pct(bias))}</span>')
+        if "constant" in h:
+            sources.append(f'<span class="dim small" title="the constant part (b_V + β₁W_V)·W_O: no source token; '
+                           f'{"not in" if key == "context" else "in"} the selecting score">'
+                           f'constant {_e(_num(h["constant"]))}</span>')
         positions = ",".join(str(int(s["position"])) for s in h.get("sources", []))
         rows.append(f'<tr class=hrow data-sources="{_e(positions)}"><td class=hname>{_e(h["head"])}{badges}</td>'
                     f'<td class=hbar><span class=track><span class=bar style="width:{width:.1f}%;'
-                    f'background:{_rgba(rgb, 0.75)}"></span></span></td><td class=val>{_e(_num(h["effect"]))}</td>'
+                    f'background:{_rgba(rgb, 0.75)}"></span></span></td><td class=val>{_e(_num(h[key]))}</td>'
                     f'<td class=srcs>{"".join(sources)}</td></tr>')
-    return ('<table class=topheads><thead><tr><th>head</th><th colspan=2>effect on pre at the last token</th>'
-            f'<th>looked up (share of the head\'s effect)</th></tr></thead><tbody>{"".join(rows)}</tbody></table>')
+    what = "context part" if key == "context" else "effect on pre"
+    return (f'<table class=topheads><thead><tr><th>head</th><th colspan=2>{what} at the last token</th>'
+            f'<th>looked up (share of the context part)</th></tr></thead><tbody>{"".join(rows)}</tbody></table>')
 
 
 def _prompts(trace: dict) -> str:
@@ -323,7 +332,7 @@ def _prompts(trace: dict) -> str:
             f'<span class="dim small right">active heads: {_e(active)}</span></div>'
             f'{_prompt_text(p, n, scale)}'
             f'<div class=detail id="detail-{n}" aria-live=polite></div>'
-            f'{_top_heads_table(p, differential)}</article>')
+            f'{_top_heads_table(p, differential, score_key(trace))}</article>')
     hint = ("Tokens are shaded by the neuron's activation (orange &gt; 0, blue &lt; 0; the traced last token is "
             "underlined). Hover a token to see the heads' direct effects there; click to pin it. "
             "Hover a head to outline the tokens it looked up.")
@@ -341,7 +350,9 @@ def _heads_chart(trace: dict) -> str:
         return '<section id=heads><h2>Heads</h2><p class=dim>no candidate heads (a layer-0 neuron)</p></section>'
     shown = heads[:HEADS_SHOWN] + [h for h in heads[HEADS_SHOWN:] if h.get("differential")]
     P = len(trace["prompts"])
-    values = [h["mean_effect"] for h in shown]
+    paper = score_key(trace) == "context"
+    mean_key, std_key = ("mean_context", "std_context") if paper else ("mean_effect", "std_effect")
+    values = [h[mean_key] for h in shown]
     lo, hi = min(0.0, *values), max(0.0, *values)
     span = (hi - lo) or 1.0
     W, row, label_w, text_w, top = 1000, 22, 86, 390, 26
@@ -359,11 +370,11 @@ def _heads_chart(trace: dict) -> str:
         parts.append(f'<text x="{label_w + bar_w}" y="14" class=ax text-anchor=end>{_e(_num(hi))}</text>')
     for k, h in enumerate(shown):
         y = top + k * row
-        v = h["mean_effect"]
+        v = h[mean_key]
         diff = h.get("differential")
         rgb = DIFF_RGB if diff else (POS_RGB if v >= 0 else NEG_RGB)
         x0, x1 = sorted((x(0), x(v)))
-        sd = h.get("std_effect") or 0.0
+        sd = h.get(std_key) or 0.0
         a, b = x(max(lo, v - sd)), x(min(hi, v + sd))
         ab = h.get("ablation")
         text = f"{h.get('active_count', 0)}/{P}"
@@ -374,7 +385,9 @@ def _heads_chart(trace: dict) -> str:
                     text += f" · KS {ab['ks']['statistic']:.2f}"
             else:
                 text += f" · Δp {_dp(ab.get('mean_dp'))}"
-        tip = (f"{h['head']}: mean effect {_num(v)} ± {sd:.3f}, active on {h.get('active_count', 0)} of {P} prompts"
+        tip = (f"{h['head']}: mean {'context part' if paper else 'effect'} {_num(v)} ± {sd:.3f}"
+               + (f" (constant part {_num(h.get('mean_constant'))})" if paper else "")
+               + f", active on {h.get('active_count', 0)} of {P} prompts"
                + (", differential" if diff else ""))
         parts.append(
             f'<g class=hbar><title>{_e(tip)}</title>'
@@ -390,11 +403,16 @@ def _heads_chart(trace: dict) -> str:
     more = len(heads) - len(shown)
     note = f' <span class="dim small">({more} more heads not shown)</span>' if more > 0 else ""
     diff = trace.get("differential_heads", [])
-    legend = (f'<p class=hint>Mean direct effect on the pre-activation over the prompts (line: ± one std). '
+    what = ("context part (what the head looked up; the paper's scores / σ) — selected with --scores paper"
+            if paper else "direct effect on the pre-activation — selected with --scores exact")
+    removed = "z replaced by its constant part, as TransformerLens's hook_v ablation" if paper else "z zeroed"
+    legend = (f'<p class=hint>Mean {_e(what)}, over the prompts (line: ± one std). '
               f'<span class="badge diff">D</span> differential heads (active on 25–75 % of prompts): '
-              f'{_e(", ".join(diff)) if diff else "none"}. Δp: mean change in p(token) when the head is zeroed.</p>')
-    return (f'<section id=heads><h2>Heads by mean effect{note}</h2>{legend}'
-            f'<svg class=chart viewBox="0 0 {W} {H}" width="100%" role="img" aria-label="heads by mean effect">'
+              f'{_e(", ".join(diff)) if diff else "none"}. Δp: mean change in p(token) when the head is removed '
+              f'({_e(removed)}).</p>')
+    title = "mean context part" if paper else "mean effect"
+    return (f'<section id=heads><h2>Heads by {title}{note}</h2>{legend}'
+            f'<svg class=chart viewBox="0 0 {W} {H}" width="100%" role="img" aria-label="heads by {title}">'
             f'{"".join(parts)}</svg></section>')
 
 

@@ -5,8 +5,11 @@
    exact direct effect on the neuron's pre-activation at each prompt's last token, and the identity check
    max |Σ terms + constant − pre|;
 3. the paper's rules (``minitf.heads``) mark active heads per prompt and differential heads per neuron;
-   for the top heads, the source tokens they looked up (their term split over source positions);
-4. ablation (``minitf.ablation``): zero each top head, measure Δpost and Δp(token).
+   for the top heads, the source tokens they looked up (their context part split over source positions).
+   ``scores`` says what selects: "paper" each head's context part (the authors' scores / σ), "exact" its
+   whole term (context + constant part);
+4. ablation (``minitf.ablation``): remove each top head, measure Δpost and Δp(token) — "paper" replaces z_h
+   by its constant value part (TransformerLens's ``hook_v`` zeroed on folded weights), "exact" zeroes z_h.
 
 The result is a plain dict with a stable schema (``TRACE_SCHEMA``, documented in the README) that the CLI
 prints as text or JSON and that the HTML report renders.
@@ -19,15 +22,18 @@ from pathlib import Path
 import numpy as np
 
 from .ablation import ablate_heads, ks_2samp
-from .attribution import NEEDED, direct_effects, head_sources
+from .attribution import NEEDED, direct_effects, head_sources, head_value_constant
 from .errors import MinitfError
-from .heads import active_mask, candidate_heads, differential
+from .heads import SCORES, active_mask, candidate_heads, differential
 from .model import Model, Run
 from .names import Neuron, check_neuron
 
-SCHEMA_VERSION = 1
-EFFECTS_NOTE = ("effects are exact direct effects on the neuron's pre-activation with LayerNorm-2's σ frozen, "
-                "each head's value-bias part included (TransformerLens's folded scores leave it out)")
+SCHEMA_VERSION = 2
+EFFECTS_NOTE = ("effects are exact direct effects on the neuron's pre-activation, LayerNorm-2's σ frozen; a head's "
+                "effect = its context part (what it looked up) + its constant part ((b_V + β₁W_V)·W_O through W_in)")
+SCORES_NOTE = {"paper": "heads selected on their context part: the paper's scores (TransformerLens, value biases "
+                        "folded) / σ",
+               "exact": "heads selected on their whole effect (context + constant part)"}
 
 
 @dataclass
@@ -47,6 +53,7 @@ class TraceOptions:
     sources: int = 3  # source tokens shown per listed head
     ablate: int = 5  # heads ablated: the top ones by mean effect, plus every differential head
     per_position: bool = False  # also each position's activation and top head effects (for the HTML report)
+    scores: str = "paper"  # what selects heads: "paper" (each head's context part) or "exact" (its whole effect)
 
 
 def fit_context(model: Model, ids: list[int], bos: bool) -> tuple[list[int], bool]:
@@ -94,6 +101,8 @@ def trace(model: Model, neuron: Neuron, prompts: list[Prompt], options: TraceOpt
     """Trace ``neuron`` over ``prompts``; returns the trace dict (see the README's schema)."""
     if not prompts:
         raise MinitfError("no prompts to trace")
+    if options.scores not in SCORES:
+        raise MinitfError(f"scores {options.scores!r}: choose from {', '.join(SCORES)}")
     if card is None:
         from .neurons import neuron_card
 
@@ -106,21 +115,30 @@ def trace(model: Model, neuron: Neuron, prompts: list[Prompt], options: TraceOpt
     post = run.neuron(neuron)["post"][rows, run.lengths - 1]  # [P]
 
     candidates = candidate_heads(neuron.layer, model.cfg.n_head, options.include_same_layer)
-    effects = np.stack([fx.head(h) for h in candidates], 1) if candidates else np.zeros((len(prompts), 0))  # [P, N]
+    layers = np.array([h.layer for h in candidates], int)  # [N]
+    indices = np.array([h.head for h in candidates], int)  # [N]
+    parts = {name: a[:, layers, indices] for name, a in  # each [P, N]
+             (("effect", fx.heads), ("context", fx.head_context), ("constant", fx.head_constant))}
+    effects = fx.head_scores(options.scores)[:, layers, indices]  # [P, N] what selects
     active = active_mask(effects, options.rule)  # [P, N]
     is_differential = differential(active)  # [N]
-    mean_effect = effects.mean(0)  # [N]
-    order = np.argsort(-mean_effect, kind="stable")  # heads by mean effect
-    to_ablate = sorted(set(order[:options.ablate].tolist()) | set(np.flatnonzero(is_differential).tolist()))
-    ablations = ablate_heads(model, tokens, neuron, token, [candidates[i] for i in to_ablate])
+    order = np.argsort(-effects.mean(0), kind="stable")  # heads by mean selecting score
+    to_ablate = [candidates[i] for i in sorted(set(order[:options.ablate].tolist())
+                                               | set(np.flatnonzero(is_differential).tolist()))]
+    replace_with = ({h: head_value_constant(model, h.layer)[h.head] for h in to_ablate}
+                    if options.scores == "paper" else None)
+    ablations = ablate_heads(model, tokens, neuron, token, to_ablate, replace_with)
 
     errors = np.abs(fx.total() - fx.pre)  # [P]
-    per_prompt = [_prompt_record(model, run, fx, neuron, candidates, effects, active, post, i, prompts[i], options)
-                  for i in range(len(prompts))]
+    per_prompt = [_prompt_record(model, run, fx, neuron, candidates, effects, parts, active, post, i, prompts[i],
+                                 options) for i in range(len(prompts))]
     heads = []
     for i in order:
         record = {"head": str(candidates[i]), "layer": candidates[i].layer, "index": candidates[i].head,
-                  "mean_effect": float(mean_effect[i]), "std_effect": float(effects[:, i].std()),
+                  "mean_effect": float(parts["effect"][:, i].mean()), "std_effect": float(parts["effect"][:, i].std()),
+                  "mean_context": float(parts["context"][:, i].mean()),
+                  "std_context": float(parts["context"][:, i].std()),
+                  "mean_constant": float(parts["constant"][:, i].mean()),
                   "active_count": int(active[:, i].sum()), "active_fraction": float(active[:, i].mean()),
                   "differential": bool(is_differential[i]), "ablation": None}
         if candidates[i] in ablations:
@@ -131,8 +149,9 @@ def trace(model: Model, neuron: Neuron, prompts: list[Prompt], options: TraceOpt
         "model": {"folder": str(model.folder), "n_layer": model.cfg.n_layer, "n_head": model.cfg.n_head,
                   "d_mlp": model.cfg.d_mlp, "n_ctx": model.cfg.n_ctx},
         "neuron": card,
-        "settings": {"rule": options.rule, "include_same_layer": options.include_same_layer,
-                     "candidates": len(candidates), "effects": EFFECTS_NOTE, **(settings or {})},
+        "settings": {"rule": options.rule, "scores": options.scores, "include_same_layer": options.include_same_layer,
+                     "candidates": len(candidates), "effects": EFFECTS_NOTE, "scores_note": SCORES_NOTE[options.scores],
+                     **(settings or {})},
         "prompts": per_prompt,
         "heads": heads,
         "differential_heads": [h["head"] for h in heads if h["differential"]],
@@ -199,7 +218,7 @@ def card_record(card: dict, layer_size: int) -> dict:
             "kurtosis": card["kurtosis"], "skew": card["skew"], "class": card["class"]}
 
 
-def _prompt_record(model, run, fx, neuron, candidates, effects, active, post, i, prompt, options) -> dict:
+def _prompt_record(model, run, fx, neuron, candidates, effects, parts, active, post, i, prompt, options) -> dict:
     n = int(run.lengths[i])
     toks = run.tokens[i, :n]
     top = np.argsort(-effects[i], kind="stable")[:options.top_heads]
@@ -207,11 +226,10 @@ def _prompt_record(model, run, fx, neuron, candidates, effects, active, post, i,
     listed = []
     for j in top:
         head = candidates[j]
-        by_source, bias_share = head_sources(model, one, neuron, head)
+        by_source, _ = head_sources(model, one, neuron, head)  # the context part over sources
         weights = run["pattern", head.layer][i, head.head, n - 1, :n]  # [n] attention from the last token
         best = np.argsort(-by_source[0, :n], kind="stable")[:options.sources]
-        listed.append({"head": str(head), "effect": float(effects[i, j]), "active": bool(active[i, j]),
-                       "bias_share": float(bias_share[0]),
+        listed.append({"head": str(head), **{k: float(a[i, j]) for k, a in parts.items()}, "active": bool(active[i, j]),
                        "sources": [{"position": int(s), "token": model.token_str(toks[s]),
                                     "effect": float(by_source[0, s]), "attention": float(weights[s])} for s in best]})
     record = {
@@ -227,19 +245,22 @@ def _prompt_record(model, run, fx, neuron, candidates, effects, active, post, i,
         "top_heads": listed,
     }
     if options.per_position:
-        record["positions"] = _per_position(model, one, run, neuron, candidates, i, n, options.top_heads)
+        record["positions"] = _per_position(model, one, run, neuron, candidates, i, n, options)
     return record
 
 
-def _per_position(model, one, run, neuron, candidates, i, n, k) -> list[dict]:
-    """Activation and the top-k candidate heads' effects at every position of prompt i (``one``: its view)."""
+def _per_position(model, one, run, neuron, candidates, i, n, options) -> list[dict]:
+    """Activation and the top candidate heads (by the selecting score) at every position of prompt i (``one``:
+    its view), each with its effect and context part."""
     out = []
     for t in range(n):
         fx = direct_effects(model, one, neuron, np.array([t]))
         effects = np.array([fx.head(h)[0] for h in candidates])  # [N]
-        best = np.argsort(-effects, kind="stable")[:k]
+        context = np.array([fx.head_context[0, h.layer, h.head] for h in candidates])  # [N]
+        best = np.argsort(-(context if options.scores == "paper" else effects), kind="stable")[:options.top_heads]
         out.append({"activation": float(run.neuron(neuron)["post"][i, t]), "pre": float(fx.pre[0]),
-                    "heads": [{"head": str(candidates[j]), "effect": float(effects[j])} for j in best]})
+                    "heads": [{"head": str(candidates[j]), "effect": float(effects[j]), "context": float(context[j])}
+                              for j in best]})
     return out
 
 

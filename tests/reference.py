@@ -108,3 +108,55 @@ def reference_outputs(folder: Path, tokens: np.ndarray) -> dict[str, np.ndarray]
         "hidden": np.stack([h.numpy() for h in out.hidden_states]),  # [L+1, B, T, D]; the last has ln_f applied
         "attentions": np.stack([a.numpy() for a in out.attentions]),  # [L, B, H, T, T]
     }
+
+
+def transformer_lens_model(hf_model: GPT2LMHeadModel):
+    """A HookedTransformer built offline from ``hf_model``, processed as ``from_pretrained`` does by default
+    (fold_ln, center_writing_weights, center_unembed, fold_value_biases) — the paper authors' setup."""
+    import warnings
+
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+    from transformer_lens.pretrained.weight_conversions import convert_gpt2_weights
+
+    c = hf_model.config
+    cfg = HookedTransformerConfig(
+        n_layers=c.n_layer, d_model=c.n_embd, d_head=c.n_embd // c.n_head, n_heads=c.n_head,
+        d_mlp=c.n_inner or 4 * c.n_embd, d_vocab=c.vocab_size, n_ctx=c.n_positions, act_fn=c.activation_function,
+        eps=c.layer_norm_epsilon, normalization_type="LN", original_architecture="GPT2LMHeadModel",
+        positional_embedding_type="standard", use_attn_scale=True, device="cpu", dtype=torch.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        state = convert_gpt2_weights(hf_model, cfg)
+        model = HookedTransformer(cfg, move_to_device=False)
+        model.load_and_process_state_dict(state, fold_ln=True, center_writing_weights=True, center_unembed=True,
+                                          fold_value_biases=True, refactor_factored_attn_matrices=False)
+    return model.eval()
+
+
+def authors_head_scores(tl, prompts: list[list[int]], layer: int, index: int) -> np.ndarray:
+    """[P, layer · H]: the paper authors' head scores for neuron ``index`` of ``layer`` at each prompt's last
+    token — ``cache.stack_head_results()`` (heads of layers < layer) dotted with the folded, centred
+    ``W_in[:, index]``; no LayerNorm-2 scale applied."""
+    lengths = [len(p) for p in prompts]
+    tokens = torch.zeros((len(prompts), max(lengths)), dtype=torch.long)  # right-padded: causal, so harmless
+    for i, p in enumerate(prompts):
+        tokens[i, :len(p)] = torch.as_tensor(p)
+    with torch.inference_mode():
+        _, cache = tl.run_with_cache(tokens)
+        stack = cache.stack_head_results(layer=layer)  # [layer·H, P, T, D]
+        last = stack[:, torch.arange(len(prompts)), torch.as_tensor(lengths) - 1]  # [layer·H, P, D]
+        w_in = tl.blocks[layer].mlp.W_in[:, index]  # [D]
+        return (last @ w_in).T.double().numpy()  # [P, layer·H]
+
+
+def authors_selection(scores: np.ndarray, rule: str) -> tuple[np.ndarray, np.ndarray]:
+    """The authors' procedure on scores [P, N]: active [P, N] (mean + 2·std with torch's unbiased std, or the
+    top 3) and differential [N] (active on 25–75 % of the prompts), computed in torch."""
+    s = torch.as_tensor(scores)
+    if rule == "sigma2":
+        active = s > s.mean(1, keepdim=True) + 2 * s.std(1, keepdim=True)
+    else:
+        active = torch.zeros_like(s, dtype=torch.bool)
+        active.scatter_(1, s.topk(min(3, s.shape[1]), dim=1).indices, True)
+    fraction = active.double().mean(0)
+    return active.numpy(), ((fraction >= 0.25) & (fraction <= 0.75)).numpy()

@@ -48,7 +48,11 @@ def test_trace_json_validates_against_the_documented_schema():
 def test_trace_text_view():
     out = cli("trace", "--neuron", "2:7", "--model", MODEL, "--text", "the theatre is here").stdout
     assert "neuron L2N7" in out and "identity check: max |Σ terms + constant − pre|" in out
-    assert "heads by mean direct effect" in out
+    assert "scores paper" in out and "heads by mean context part" in out  # the default: the paper's scores
+    exact = cli("trace", "--neuron", "2:7", "--model", MODEL, "--text", "the theatre is here", "--scores", "exact").stdout
+    assert "scores exact" in exact and "heads by mean direct effect" in exact
+    assert_one_line_error(cli("trace", "--neuron", "2:7", "--model", MODEL, "--text", "a", "--scores", "tl", ok=False),
+                          2, "--scores")
 
 
 @pytest.mark.parametrize("spec", ["L2N7", "2:7", "blocks.2.mlp.hook_pre[7]"])

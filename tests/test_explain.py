@@ -355,3 +355,22 @@ def test_score_refuses_an_explanation_made_under_another_rule(tmp_path):
     store.update("L1H1", explanation="when the text is old", rule="top3", prompt_format=PROMPT_FORMAT_VERSION)
     with pytest.raises(MinitfError, match="made with .*'top3'.* this score uses .*'sigma2'"):
         score_neuron(model, Neuron(2, 7), llm=None, store=store, rule="sigma2")
+
+
+def test_score_refuses_an_explanation_made_from_other_head_scores(tmp_path):
+    from pathlib import Path
+
+    from minitf import Model, Neuron
+    from minitf.explain import PROMPT_FORMAT_VERSION, ResultStore, score_neuron
+
+    model = Model.load(Path(__file__).resolve().parent / "golden" / "prefixed_f16")
+    store = ResultStore(tmp_path, model.folder, "L2N7")
+    store.update("L1H1", explanation="when the text is old", rule="sigma2", scores="paper",
+                 prompt_format=PROMPT_FORMAT_VERSION)
+    with pytest.raises(MinitfError, match="made with .*'paper'.* this score uses .*'exact'.*--scores"):
+        score_neuron(model, Neuron(2, 7), llm=None, store=store, rule="sigma2", scores="exact")
+    # an explanation stored before --scores existed was made from whole effects: "exact"
+    old = ResultStore(tmp_path / "old", model.folder, "L2N7")
+    old.update("L1H1", explanation="when the text is old", rule="sigma2", prompt_format=PROMPT_FORMAT_VERSION)
+    with pytest.raises(MinitfError, match="made with .*'exact'.* this score uses .*'paper'"):
+        score_neuron(model, Neuron(2, 7), llm=None, store=old, rule="sigma2")

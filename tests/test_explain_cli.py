@@ -200,6 +200,7 @@ def test_explain_then_score_end_to_end(server: FakeServer, traces, tmp_path: Pat
     (results_file,) = (cache / "results").glob(f"*/{NEURON}.json")
     stored = json.loads(results_file.read_text())
     assert {head: stored[head]["explanation"] for head in HEADS} == explanations
+    assert {stored[head]["scores"] for head in HEADS} == {"paper"}  # which head scores made them
 
     # ---- score: one Yes/No request per (head, test prompt); scores recomputed from the test labels
     scored = cli("score", *common, key=None)
@@ -281,6 +282,11 @@ def test_explain_then_score_end_to_end(server: FakeServer, traces, tmp_path: Pat
                                                        "--timeout 2 s per attempt) in ")
     help_text = cli("score", "--help", key=None).stdout
     assert all(option in help_text for option in re.findall(r"--[a-z][a-z-]+", refused.stderr))
+
+    # ---- scoring under other head scores than the explanations' is refused, before any request
+    refused = cli("score", *common, "--scores", "exact", key=None)
+    assert refused.returncode == 1 and refused.stderr.count("\n") == 1 and "--scores" in refused.stderr
+    assert len(server.requests) == n_requests
 
     # ---- the key never reaches the cache or the results
     files = files_under(cache)

@@ -55,14 +55,15 @@ def make_trace(n_prompts: int = 4, seed: int = 0) -> dict:
         for i in range(len(toks)):
             a = max(-0.17, rng.gauss(0.2, 0.6)) if i else 0.0
             hs = sorted(((h, rng.gauss(0, 0.5)) for h in heads), key=lambda x: -x[1])[:5]
-            positions.append({"activation": a, "pre": a + 0.1, "heads": [{"head": h, "effect": e} for h, e in hs]})
+            positions.append({"activation": a, "pre": a + 0.1, "heads": [{"head": h, "effect": e + 0.02, "context": e}
+                                                                              for h, e in hs]})
         act = 2.5 - 0.4 * n
         positions[-1]["activation"] = act
         top = []
         for j, h in enumerate(heads[:5]):
             eff = 1.2 - 0.25 * j
             src = [(len(toks) - 2 - j % 2, 0.6), (1 + j % 3, 0.3), (0, 0.07)]
-            top.append({"head": h, "effect": eff, "active": j < 2, "bias_share": 0.03,
+            top.append({"head": h, "effect": eff + 0.03, "context": eff, "constant": 0.03, "active": j < 2,
                         "sources": [{"position": p, "token": toks[p], "effect": eff * s, "attention": 0.5 * s}
                                     for p, s in src]})
         prompts.append({"text": "".join(toks[1:]), "tokens": toks, "truncated": n == 2, "mined": None,
@@ -78,8 +79,8 @@ def make_trace(n_prompts: int = 4, seed: int = 0) -> dict:
         if k < 5 or diff:
             ablation = {"mean_dpost": -0.1, "mean_dp": -0.012, "mean_dpost_active": -0.2,
                         "mean_dpost_inactive": -0.01, "mean_dp_active": -0.03, "mean_dp_inactive": -0.001, "ks": None}
-        records.append({"head": h, "layer": int(h[1]), "index": int(h[3]), "mean_effect": 0.9 - 0.17 * k,
-                        "std_effect": 0.2, "active_count": 2 if diff else (4 if k < 2 else 0),
+        records.append({"head": h, "layer": int(h[1]), "index": int(h[3]), "mean_effect": 0.92 - 0.17 * k,
+                        "std_effect": 0.2, "mean_context": 0.9 - 0.17 * k, "std_context": 0.2, "mean_constant": 0.02, "active_count": 2 if diff else (4 if k < 2 else 0),
                         "active_fraction": 0.5 if diff else (1.0 if k < 2 else 0.0), "differential": diff,
                         "ablation": ablation})
     card = {"name": "L3N100", "layer": 3, "index": 100, "token": {"id": 262, "str": " the"},
@@ -88,10 +89,11 @@ def make_trace(n_prompts: int = 4, seed: int = 0) -> dict:
                 [(" the", 0.41), (" The", 0.33), (" thee", 0.21), (NASTY, 0.2), (" their", 0.18), ("\n", 0.12)])],
             "suppressed": [{"id": 300 + k, "token": t, "value": v} for k, (t, v) in enumerate(
                 [(" and", -0.3), (" of", -0.25), (",", -0.2)])]}
-    return {"schema_version": 1,
+    return {"schema_version": 2,
             "model": {"folder": "weights/<b>tiny</b>", "n_layer": 4, "n_head": 4, "d_mlp": 64, "n_ctx": 128},
             "neuron": card,
-            "settings": {"rule": "sigma2", "include_same_layer": False, "candidates": 12,
+            "settings": {"rule": "sigma2", "scores": "paper", "include_same_layer": False, "candidates": 12,
+                         "scores_note": "heads selected on their context part",
                          "effects": "effects are exact direct effects on the pre-activation", "bos": True,
                          "notes": [f"a note with {NASTY}"], "source": "top 4 mined from corpus.txt.gz, split train",
                          "corpus": "weights/tiny/corpus.txt.gz", "split": "train"},

@@ -32,30 +32,42 @@ def test_trace_numbers_agree_with_the_engine(model):
     for i, p in enumerate(result["prompts"]):
         assert p["activation"] == pytest.approx(float(run["post", 2][i, len(prompts[i].tokens) - 1, 7]), abs=1e-5)
         assert p["tokens"][0] == "<|endoftext|>" and p["text"] == TEXTS[i]
-        effects = [h["effect"] for h in p["top_heads"]]
-        assert effects == sorted(effects, reverse=True)
+        scores = [h["context"] for h in p["top_heads"]]  # listed by the selecting score: the context part
+        assert scores == sorted(scores, reverse=True)
+        for h in p["top_heads"]:
+            assert h["effect"] == pytest.approx(h["context"] + h["constant"], abs=1e-6)
         for h in p["top_heads"]:  # the source list is the head's top sources, each attended to by the last token
             assert all(0 <= s["attention"] <= 1 for s in h["sources"])
     # mean effects are the prompts' effects averaged; heads are the 8 candidates of layers 0–1
     assert len(result["heads"]) == 8 and result["settings"]["candidates"] == 8
-    means = [h["mean_effect"] for h in result["heads"]]
+    means = [h["mean_context"] for h in result["heads"]]
     assert means == sorted(means, reverse=True)
     ablated = [h for h in result["heads"] if h["ablation"]]
     assert len(ablated) >= 3
 
 
-def test_ablation_matches_a_direct_intervention(model):
+@pytest.mark.parametrize("scores", ["paper", "exact"])
+def test_ablation_matches_a_direct_intervention(model, scores):
+    """paper: z_h replaced by its constant value part b_V + β₁W_V (TransformerLens's hook_v ablation); exact: z_h = 0."""
     from minitf import Intervention
     from minitf.info import softmax
     neuron = Neuron(2, 7)
     prompts = prompts_from_texts(model, TEXTS)
-    result = trace(model, neuron, prompts, TraceOptions(ablate=1), card=card(token_id=11))
+    result = trace(model, neuron, prompts, TraceOptions(ablate=1, scores=scores), card=card(token_id=11))
     top = result["heads"][0]
+    layer, h = top["layer"], top["index"]
+    ln1_bias = model.w[f"h.{layer}.ln_1.bias"].astype(np.float64)
+    constant = model.b_V[layer][h] + ln1_bias @ model.W_V[layer][h]  # [Dh]
+    value = constant.astype(np.float32) if scores == "paper" else 0.0
     tokens = [p.tokens for p in prompts]
     base = model.run(tokens, logits="last")
-    zeroed = model.run(tokens, logits="last", interventions=[Intervention(top["head"])])
-    dp = softmax(base.logits)[:, 11] - softmax(zeroed.logits)[:, 11]
+    removed = model.run(tokens, logits="last", interventions=[Intervention(top["head"], value)])
+    dp = softmax(base.logits)[:, 11] - softmax(removed.logits)[:, 11]
     assert top["ablation"]["mean_dp"] == pytest.approx(float(dp.mean()), abs=1e-6)
+    # and the two ways differ: the constant part matters downstream
+    other = model.run(tokens, logits="last",
+                      interventions=[Intervention(top["head"], constant if scores == "exact" else 0.0)])
+    assert abs(float((softmax(base.logits)[:, 11] - softmax(other.logits)[:, 11]).mean()) - dp.mean()) > 1e-7
 
 
 def test_selection_rules():
@@ -73,6 +85,13 @@ def test_selection_rules():
     assert differential(active[:1]).tolist() == [False, False, False]  # 1, 0, 1
     assert [str(h) for h in candidate_heads(2, 2)] == ["L0H0", "L0H1", "L1H0", "L1H1"]
     assert len(candidate_heads(2, 2, include_same_layer=True)) == 6
+
+
+def test_unknown_scores_are_refused(model):
+    from minitf.errors import MinitfError
+
+    with pytest.raises(MinitfError, match="scores 'tl': choose from paper, exact"):
+        trace(model, Neuron(2, 7), prompts_from_texts(model, TEXTS[:2]), TraceOptions(scores="tl"), card=card())
 
 
 def test_ks_matches_scipy():
@@ -106,3 +125,34 @@ def test_mined_prompts_are_listed_by_activation_and_given_ones_in_order(model, t
     assert sorted(p["mined"]["doc_id"] for p in result["prompts"]) == sorted(m.doc_id for m in mined)
     given = trace_neuron(model, neuron, PromptSource(texts=TEXTS), TraceOptions(ablate=0))
     assert [p["text"] for p in given["prompts"]] == TEXTS
+
+
+def test_scores_exact_reproduces_the_whole_effect_selection(monkeypatch):
+    """--scores exact selects as minitf did before --scores existed (commit 8817d5d, recorded in the golden file)
+    on the embedded model's mined prompts; --scores paper selects differently somewhere (L2N181, L3N157)."""
+    import json
+
+    import minitf.trace as trace_mod
+    from minitf import load
+    from minitf.prompts import mine_prompts
+    from minitf.trace import Prompt
+
+    monkeypatch.setattr(trace_mod, "ablate_heads", lambda *a, **k: {})  # selection only: skip the ablation runs
+    golden = json.loads((GOLDEN / "exact_selection_tiny.json").read_text())
+    tiny = load("tiny")
+    changed = set()
+    for name in sorted({key.split()[0] for key in golden if not key.startswith("_")}):
+        neuron = Neuron(int(name[1]), int(name.split("N")[1]))
+        mined = mine_prompts(tiny, neuron, tiny.folder / "corpus.txt.gz", split="train", k=20)  # as trace_neuron
+        prompts = [Prompt(m.tokens) for m in mined]
+        for rule in ("sigma2", "top3"):
+            before = golden[f"{name} {rule}"]
+            assert [m.doc_id for m in mined] == before["prompts"]
+            exact = trace(tiny, neuron, prompts, TraceOptions(rule=rule, ablate=0, scores="exact"))
+            assert [p["active_heads"] for p in exact["prompts"]] == before["active_heads"], (name, rule)
+            assert exact["differential_heads"] == before["differential_heads"], (name, rule)
+            paper = trace(tiny, neuron, prompts, TraceOptions(rule=rule, ablate=0))
+            if paper["differential_heads"] != exact["differential_heads"]:
+                changed.add(f"{name} {rule}")
+    # where the paper's scores find other differential heads (see tests/test_scores.py: the authors' ones)
+    assert {"L2N181 sigma2", "L3N157 sigma2"} <= changed
