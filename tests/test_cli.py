@@ -141,6 +141,6 @@ def test_counts_are_singular_for_one():
 
     assert (count(0, "prompt"), count(1, "prompt"), count(2, "cache hit")) == ("0 prompts", "1 prompt", "2 cache hits")
     out = cli("trace", "--neuron", "L1N1", "--model", MODEL, "--text", "the king").stdout
-    assert out.splitlines()[5].startswith("1 prompt (given with --text); rule sigma2; 4 candidate heads (layers < 1)")
+    assert out.splitlines()[5].startswith("1 prompt (given with --text); rule sigma2; scores paper; 4 candidate heads (layers < 1)")
     run = cli("run", "--model", MODEL, "--text", "", "--bos", "--top", "1").stdout
     assert run.startswith("prompt: 1 token; next token:")
