@@ -42,6 +42,7 @@ class Prompt:
 class TraceOptions:
     rule: str = "sigma2"  # active heads: "sigma2" (mean + 2·std) or "top3"
     include_same_layer: bool = False  # candidates include the neuron's own layer
+    scores: str = "paper"
     top_heads: int = 5  # heads listed per prompt
     sources: int = 3  # source tokens shown per listed head
     ablate: int = 5  # heads ablated: the top ones by mean effect, plus every differential head
