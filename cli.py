@@ -406,8 +406,8 @@ def index(model_spec, corpus, layers, split, k, workers, bos, index_dir, rebuild
 @click.option("--scores", type=click.Choice(["paper", "exact"]), default="paper", show_default=True,
               help="Head scores the rule selects by.")
 @click.option("--include-same-layer", is_flag=True, help="Candidates include the neuron's own layer.")
-@click.option("--ablate", default=5, show_default=True, type=click.IntRange(0, 1000),
-              help="Ablate this many top heads per neuron (and every differential head).")
+@click.option("--ablate", default=0, show_default=True, type=click.IntRange(0, 1000),
+              help="Also ablate this many top heads per neuron (every differential head always is).")
 @click.option("--llm", "llm_model", default=None,
               help="LLM for explanations [default: gpt-4o-mini when --base-url or OPENAI_API_KEY is set, else none].")
 @click.option("--base-url", default=None, help="OpenAI-compatible server [default: $OPENAI_BASE_URL or OpenAI].")
@@ -422,6 +422,7 @@ def study(out, model_spec, layers, per_layer, exclude, neurons_file, min_count, 
           include_same_layer, ablate, llm_model, base_url, max_calls, concurrency, cache_dir, restart, no_progress,
           as_json):
     """The paper's experiments over many neurons: trace, ablate, explain and score; aggregates and a site (resumable)."""
+    from minitf.index import IndexInterrupted
     from minitf.study import StudyInterrupted, StudyOptions, run_study, summary_lines
 
     options = StudyOptions(layers=layers, per_layer=per_layer,
@@ -433,7 +434,7 @@ def study(out, model_spec, layers, per_layer, exclude, neurons_file, min_count, 
     try:
         result = run_study(minitf.load(model_spec), out, options, restart=restart, progress=not no_progress,
                            say=lambda line: click.echo(line, err=True))
-    except StudyInterrupted as e:
+    except (StudyInterrupted, IndexInterrupted) as e:
         click.echo(str(e), err=True)
         raise
     if as_json:

@@ -32,6 +32,8 @@ import signal
 import sys
 import threading
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -69,7 +71,7 @@ class StudyOptions:
     scores: str = "paper"
     include_same_layer: bool = False
     min_count: int = 0
-    ablate: int = 5
+    ablate: int = 0  # top heads ablated besides the differential ones (for the neuron pages only)
     llm: str | None = None  # LLM model name; None: no explanations
     base_url: str | None = None
     max_calls: int | None = None
@@ -192,22 +194,16 @@ def ablation_samples(model, trace: dict, prompts, neuron: Neuron) -> dict:
     return out
 
 
-def explain_and_score(llm, train: dict, test: dict | None) -> tuple[dict, list[str]]:
-    """{head: HeadScore dict (with items)} for the train trace's differential heads, and the heads left undone
-    because the ``--max-calls`` budget ran out (their answers so far are cached)."""
+def explain_and_score(llm, train: dict, test: dict) -> tuple[dict, list[str]]:
+    """{head: HeadScore dict (with items)} for the train trace's differential heads, explained from ``train``
+    and scored on ``test`` (``explain.evaluate_head``), and the heads left undone because the ``--max-calls``
+    budget ran out (their answers so far are cached)."""
     from .explain import evaluate_head, head_examples
 
     done, pending = {}, []
     for h in train["differential_heads"]:
         try:
-            test_ex = head_examples(test, h) if test is not None else None
-            if test_ex is None:
-                from .explain import HeadScore
-
-                done[h] = HeadScore(train["neuron"]["name"], h, train["neuron"]["token"]["str"], skipped=True,
-                                    skip_reason="no test-split prompts").to_dict(items=True)
-                continue
-            done[h] = evaluate_head(llm, head_examples(train, h), test_ex).to_dict(items=True)
+            done[h] = evaluate_head(llm, head_examples(train, h), head_examples(test, h)).to_dict(items=True)
         except MinitfError as e:
             if llm.max_calls is not None and llm.calls_made >= llm.max_calls and "--max-calls" in str(e):
                 pending.append(h)
@@ -216,9 +212,11 @@ def explain_and_score(llm, train: dict, test: dict | None) -> tuple[dict, list[s
     return done, pending
 
 
-def study_neuron(model, neuron: Neuron, options: StudyOptions, corpus: Path, index, docs, llm, step) -> dict:
-    """One neuron's record: its full trace, the per-prompt ablation samples of its differential heads, its
-    activation histogram from the index, and (with an LLM) its heads' explanations and scores."""
+def study_neuron(model, neuron: Neuron, options: StudyOptions, corpus: Path, index, docs, explain: bool,
+                 step) -> tuple[dict, dict | None]:
+    """One neuron's record without its explanations: its full trace, the per-prompt ablation samples of its
+    differential heads and its activation histogram from the index; and, when ``explain`` and it has
+    differential heads, the trace of its test-split prompts (for ``explain_and_score``), else None."""
     from .report import index_histogram
     from .trace import TraceOptions, trace
 
@@ -233,7 +231,7 @@ def study_neuron(model, neuron: Neuron, options: StudyOptions, corpus: Path, ind
         record["card"] = _card_record(neuron_card(model, neuron), model.cfg.d_mlp)
         record["skipped"] = f"no document activates {neuron} above 0 in the {options.split} split"
         record["run"] = {"seconds": round(time.monotonic() - t0, 3)}
-        return record
+        return record, None
     step("trace")
     topts = TraceOptions(rule=options.rule, include_same_layer=options.include_same_layer, scores=options.scores,
                          ablate=options.ablate, per_position=True)
@@ -242,22 +240,19 @@ def study_neuron(model, neuron: Neuron, options: StudyOptions, corpus: Path, ind
     step("ablation")
     record["ablation_samples"] = ablation_samples(model, result, prompts, neuron)
     record["histogram"] = index_histogram(model, neuron, result)
-    record["explanations"] = None
-    if llm is not None and result["differential_heads"]:
-        step("explain")
-        test = None
+    record["explanations"] = {} if explain else None
+    test = None
+    if explain and result["differential_heads"]:
+        step("test-split trace")
         test_prompts, test_settings = _prompts(model, neuron, corpus, "test", options.n_prompts, index, docs)
         if test_prompts:
             test_opts = TraceOptions(rule=options.rule, include_same_layer=options.include_same_layer,
                                      scores=options.scores, ablate=0)
             test = trace(model, neuron, test_prompts, test_opts, card=result["neuron"], settings=test_settings)
-        record["explanations"], pending = explain_and_score(llm, result, test)
-        if pending:
-            record["pending"] = pending
-    elif llm is not None:
-        record["explanations"] = {}
+        else:
+            test = {"prompts": [], "heads": result["heads"], "neuron": result["neuron"]}
     record["run"] = {"seconds": round(time.monotonic() - t0, 3)}
-    return record
+    return record, test
 
 
 # ---- step 5: aggregates --------------------------------------------------------------------------------
@@ -488,19 +483,44 @@ def run_study(model, out, options: StudyOptions, restart: bool = False, progress
             bar.note("study: stopping after the current neuron (Ctrl-C again to quit now)")
         previous = signal.signal(signal.SIGINT, on_sigint)
     pending_heads = 0
+    # The LLM step of a neuron runs on one background thread while the next neurons are computed (it waits on
+    # the server, the rest on the CPU); records are finished in neuron order, at most two neurons ahead.
+    llm_thread = ThreadPoolExecutor(1, thread_name_prefix="minitf-study-llm") if llm is not None else None
+    waiting: deque = deque()  # (record, future of explain_and_score) in neuron order
+
+    def finish(record: dict) -> None:
+        nonlocal pending_heads
+        _atomic_json(out / NEURONS_DIR / f"{record['neuron']}.json", record)
+        pending_heads += len(record.get("pending", []))
+        if not record.get("pending"):
+            records[record["neuron"]] = record
+        bar.show(len(records), record["neuron"], "done")
+
+    def collect(block: bool) -> None:
+        while waiting and (block or len(waiting) > 2 or waiting[0][1].done()):
+            record, future = waiting.popleft()
+            record["explanations"], pending = future.result()
+            if pending:
+                record["pending"] = pending
+            finish(record)
+
     try:
         for n in todo:
             if stop.is_set():
                 break
             done = len(records)
-            record = study_neuron(model, n, options, corpus, index, docs, llm,
-                                  lambda step, n=n, done=done: bar.show(done, str(n), step))
-            _atomic_json(out / NEURONS_DIR / f"{n}.json", record)
-            pending_heads += len(record.get("pending", []))
-            if not record.get("pending"):
-                records[str(n)] = record
-            bar.show(len(records), str(n), "done")
+            record, test = study_neuron(model, n, options, corpus, index, docs, llm is not None,
+                                        lambda step, n=n, done=done: bar.show(done, str(n), step))
+            if test is None:
+                collect(block=True)  # keep the order of the records
+                finish(record)
+            else:
+                waiting.append((record, llm_thread.submit(explain_and_score, llm, record["trace"], test)))
+                collect(block=False)
+        collect(block=True)
     finally:
+        if llm_thread is not None:
+            llm_thread.shutdown(wait=True, cancel_futures=True)
         bar.close()
         if previous is not None:
             signal.signal(signal.SIGINT, previous)

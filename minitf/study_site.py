@@ -47,7 +47,8 @@ _EXTRA_STYLE = """
 th[data-kind]{cursor:pointer;user-select:none}
 th[aria-sort=descending]::after{content:" ▼"}
 th[aria-sort=ascending]::after{content:" ▲"}
-td.num{font-variant-numeric:tabular-nums;text-align:right}
+td.num{font-variant-numeric:tabular-nums;text-align:right;white-space:nowrap}
+td.nw{white-space:nowrap}
 .figs{display:flex;flex-wrap:wrap;gap:18px}
 .figs figure{margin:0}
 .figs figcaption{font-size:12px;color:var(--dim)}
@@ -84,8 +85,9 @@ def bar_svg(title: str, labels: list[str], counts: list[int], caption: str) -> s
 
 def _aggregate_rows(aggs: dict, explained: bool) -> str:
     head = ("<tr><th>layer</th><th>neurons</th><th>with ≥ 1 differential head</th><th>differential heads / neuron"
-            "</th><th>explanation score (balanced accuracy)</th><th>Δp active / inactive (mean; median)</th>"
-            "<th>KS D (p)</th><th>Δpost active / inactive (mean)</th></tr>")
+            "</th><th>explanation score (balanced accuracy)</th><th>Δp mean, active / inactive</th>"
+            "<th>Δp median, active / inactive</th><th>prompts, active / inactive</th><th>KS D (p)</th>"
+            "<th>Δpost mean, active / inactive</th></tr>")
     rows = []
     for name, a in list(aggs["layers"].items()) + [("all", aggs["all"])]:
         per = a["differential_heads_per_neuron"]
@@ -99,11 +101,11 @@ def _aggregate_rows(aggs: dict, explained: bool) -> str:
             f"<tr><td>{_e(name)}</td><td class=num>{a['neurons']}</td>"
             f"<td class=num>{a['neurons_with_differential_heads']}</td>"
             f"<td class=num>{_f(per['mean'], '.2f')} ± {_f(per['std'], '.2f')}</td><td>{_e(score)}</td>"
-            f"<td>{_f(dp['active']['mean'], '+.2e')} / {_f(dp['inactive']['mean'], '+.2e')}; "
-            f"{_f(dp['active']['median'], '+.2e')} / {_f(dp['inactive']['median'], '+.2e')} "
-            f"<span class=dim>(n={dp['active']['count']} / {dp['inactive']['count']})</span></td>"
-            f"<td>{'–' if ks is None else _e(format(ks['statistic'], '.3f') + ' (' + format(ks['p_value'], '.1e') + ')')}"
-            f"</td><td>{_f(dpost['active']['mean'], '+.3f')} / {_f(dpost['inactive']['mean'], '+.3f')}</td></tr>")
+            f"<td class=nw>{_f(dp['active']['mean'], '+.2e')} / {_f(dp['inactive']['mean'], '+.2e')}</td>"
+            f"<td class=nw>{_f(dp['active']['median'], '+.2e')} / {_f(dp['inactive']['median'], '+.2e')}</td>"
+            f"<td class=num>{dp['active']['count']} / {dp['inactive']['count']}</td>"
+            f"<td class=nw>{'–' if ks is None else _e(format(ks['statistic'], '.3f') + ' (' + format(ks['p_value'], '.1e') + ')')}"
+            f"</td><td class=nw>{_f(dpost['active']['mean'], '+.3f')} / {_f(dpost['inactive']['mean'], '+.3f')}</td></tr>")
     return f"<table>{head}{''.join(rows)}</table>"
 
 
