@@ -98,7 +98,7 @@ def read_neuron_list(model, path) -> list[Neuron]:
         if name:
             try:
                 out.append(parse_neuron(name, model.cfg.n_layer, model.cfg.d_mlp))
-            except ValueError as e:
+            except (ValueError, MinitfError) as e:
                 raise MinitfError(f"--neurons {path}: line {lineno}: {e}") from None
     if not out:
         raise MinitfError(f"--neurons {path}: no neuron names in the file")
@@ -120,7 +120,7 @@ def select_neurons(model, options: StudyOptions) -> list[Neuron]:
     for name in options.exclude:
         try:
             excluded.add(parse_neuron(name, L, model.cfg.d_mlp))
-        except ValueError as e:
+        except (ValueError, MinitfError) as e:
             raise MinitfError(f"--exclude {name}: {e}") from None
     if options.neurons_file:
         chosen = read_neuron_list(model, options.neurons_file)
