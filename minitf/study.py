@@ -6,8 +6,8 @@ For every studied neuron N = L{l}N{n} (per layer the top K by congruence after t
 1. prompts: N's top prompts of ``split``, mined from the corpus index (built first if missing or stale; the
    index is loaded once and the documents of all neurons are read in one pass over the corpus);
 2. trace (``minitf.trace``): every candidate head's direct effect, active and differential heads, and the
-   ablation check of the top and the differential heads; for each differential head h the per-prompt drops
-   Δp = p(token) − p(token | h zeroed) and Δpost are kept, split by whether h is active on the prompt;
+   ablation check of the differential heads (and ``ablate`` top ones); for each differential head h the
+   trace's per-prompt drops Δp = p(token) − p(token | h zeroed) and Δpost are kept, with whether h is active;
 3. with an LLM: each differential head explained from the train-split trace and scored on the test-split
    trace (``minitf.explain.evaluate_head``: balanced accuracy, ROC-AUC where logprobs come back);
 4. aggregates per layer and overall (``aggregate``): neurons, neurons with ≥ 1 differential head,
@@ -40,9 +40,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .ablation import ablate_heads, ks_2samp
+from .ablation import ks_2samp
 from .errors import MinitfError
-from .names import Head, Neuron, parse_head, parse_neuron
+from .names import Neuron, parse_head, parse_neuron
 
 FORMAT = "minitf-study"
 VERSION = 1
@@ -179,15 +179,11 @@ def _prompts(model, neuron: Neuron, corpus: Path, split: str, k: int, index, doc
 
 
 # ---- steps 3–5 for one neuron --------------------------------------------------------------------------
-def ablation_samples(model, trace: dict, prompts, neuron: Neuron) -> dict:
-    """For each differential head: per-prompt Δp, Δpost (one ablation run per head) and whether it is active."""
-    heads = trace["differential_heads"]
-    if not heads:
-        return {}
-    token = trace["neuron"]["token"]["id"]
-    drops = ablate_heads(model, [p.tokens for p in prompts], neuron, token, [parse_head(h) for h in heads])
+def ablation_samples(trace: dict, drops: dict) -> dict:
+    """For each differential head: per-prompt Δp, Δpost (the trace's own ablation runs, ``drops``) and whether
+    the head is active on the prompt."""
     out = {}
-    for h in heads:
+    for h in trace["differential_heads"]:
         d_post, d_p = drops[parse_head(h)]
         out[h] = {"active": [h in p["active_heads"] for p in trace["prompts"]],
                   "dp": [float(x) for x in d_p], "dpost": [float(x) for x in d_post]}
@@ -235,10 +231,10 @@ def study_neuron(model, neuron: Neuron, options: StudyOptions, corpus: Path, ind
     step("trace")
     topts = TraceOptions(rule=options.rule, include_same_layer=options.include_same_layer, scores=options.scores,
                          ablate=options.ablate, per_position=True)
-    result = trace(model, neuron, prompts, topts, settings=settings)
+    drops: dict = {}
+    result = trace(model, neuron, prompts, topts, settings=settings, drops=drops)
     record["trace"] = result
-    step("ablation")
-    record["ablation_samples"] = ablation_samples(model, result, prompts, neuron)
+    record["ablation_samples"] = ablation_samples(result, drops)
     record["histogram"] = index_histogram(model, neuron, result)
     record["explanations"] = {} if explain else None
     test = None
@@ -457,6 +453,7 @@ def run_study(model, out, options: StudyOptions, restart: bool = False, progress
         say(f"explanations skipped: {skipped_reason}")
 
     records: dict[str, dict] = {}
+    partial: dict[str, dict] = {}  # neurons whose LLM step ran out of --max-calls (redone by a rerun)
     for n in neurons:
         if (r := _load_record(out / NEURONS_DIR / f"{n}.json", str(n))) is not None:
             records[str(n)] = r
@@ -492,8 +489,7 @@ def run_study(model, out, options: StudyOptions, restart: bool = False, progress
         nonlocal pending_heads
         _atomic_json(out / NEURONS_DIR / f"{record['neuron']}.json", record)
         pending_heads += len(record.get("pending", []))
-        if not record.get("pending"):
-            records[record["neuron"]] = record
+        (partial if record.get("pending") else records)[record["neuron"]] = record
         bar.show(len(records), record["neuron"], "done")
 
     def collect(block: bool) -> None:
@@ -531,10 +527,12 @@ def run_study(model, out, options: StudyOptions, restart: bool = False, progress
         say(f"--max-calls {options.max_calls} reached: {pending_heads} differential heads left unexplained; "
             "rerun with a higher --max-calls to finish (answers so far are cached)")
 
-    finished = [records[str(n)] for n in neurons if str(n) in records]
+    finished = [records.get(str(n)) or partial[str(n)] for n in neurons if str(n) in records or str(n) in partial]
     study = {"format": FORMAT, "version": VERSION, "settings": settings,
-             "explanations": "done" if llm is not None else f"skipped: {skipped_reason}",
-             "complete": len(finished) == len(neurons),
+             "explanations": "done" if llm is not None and not pending_heads else
+             f"{pending_heads} differential heads left unexplained (--max-calls)" if llm is not None else
+             f"skipped: {skipped_reason}",
+             "complete": len(records) == len(neurons),
              "aggregates": aggregates(finished, llm is not None),
              "neurons": [summary_entry(r) for r in finished],
              "run": {"started": started, "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),

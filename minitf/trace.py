@@ -93,8 +93,9 @@ def read_prompt_file(path) -> list[str]:
 
 
 def trace(model: Model, neuron: Neuron, prompts: list[Prompt], options: TraceOptions = TraceOptions(),
-          card: dict | None = None, settings: dict | None = None) -> dict:
-    """Trace ``neuron`` over ``prompts``; returns the trace dict (see the README's schema)."""
+          card: dict | None = None, settings: dict | None = None, drops: dict | None = None) -> dict:
+    """Trace ``neuron`` over ``prompts``; returns the trace dict (see the README's schema). ``drops``: a dict
+    that receives each ablated head's per-prompt (Δpost [P], Δp [P]) (``minitf.study`` pools them)."""
     if not prompts:
         raise MinitfError("no prompts to trace")
     if card is None:
@@ -116,6 +117,8 @@ def trace(model: Model, neuron: Neuron, prompts: list[Prompt], options: TraceOpt
     order = np.argsort(-mean_effect, kind="stable")  # heads by mean effect
     to_ablate = sorted(set(order[:options.ablate].tolist()) | set(np.flatnonzero(is_differential).tolist()))
     ablations = ablate_heads(model, tokens, neuron, token, [candidates[i] for i in to_ablate])
+    if drops is not None:
+        drops.update(ablations)
 
     errors = np.abs(fx.total() - fx.pre)  # [P]
     per_prompt = [_prompt_record(model, run, fx, neuron, candidates, effects, active, post, i, prompts[i], options)

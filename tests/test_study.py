@@ -179,19 +179,37 @@ def test_aggregates_are_recomputed_from_the_neuron_records(studies):
     assert study["aggregates"]["all"]["differential_heads"] > 0  # the test means something
 
 
-def test_ablation_samples_agree_with_the_traces_own_ablation(studies):
-    """Two separate ablation runs: the trace's means per head, the study's per-prompt drops."""
+def test_ablation_samples_are_the_drops_when_the_head_is_zeroed(studies):
+    """Each differential head's per-prompt Δp and Δpost, recomputed here one prompt at a time with plain runs
+    (the head's output zeroed or not), and their means against the trace's own ablation summary."""
+    import minitf
+
+    model = minitf.load("tiny")
     n = 0
-    for r in records(studies["a"]).values():
+    for r in sorted(records(studies["a"]).values(), key=lambda r: r["neuron"]):
         for head in r.get("trace", {}).get("heads", []):
-            if head["differential"]:
-                s = r["ablation_samples"][head["head"]]
-                act = [v for v, a in zip(s["dp"], s["active"]) if a]
-                assert s["active"] == [head["head"] in p["active_heads"] for p in r["trace"]["prompts"]]
-                assert abs(np.mean(act) - head["ablation"]["mean_dp_active"]) < 1e-6
-                assert abs(np.mean(s["dpost"]) - head["ablation"]["mean_dpost"]) < 1e-5
-                n += 1
-    assert n > 0
+            if not head["differential"]:
+                continue
+            s = r["ablation_samples"][head["head"]]
+            prompts = r["trace"]["prompts"]
+            assert s["active"] == [head["head"] in p["active_heads"] for p in prompts]
+            act = [v for v, a in zip(s["dp"], s["active"]) if a]
+            assert abs(np.mean(act) - head["ablation"]["mean_dp_active"]) < 1e-6
+            if n < 3:  # the first few heads, prompt by prompt
+                token = r["trace"]["neuron"]["token"]["id"]
+                for i, p in enumerate(prompts):
+                    ids = [model.bos] + model.encode(p["text"])
+                    assert len(ids) == len(p["tokens"])
+                    got = []
+                    for zero in ([], [minitf.Intervention(head["head"])]):
+                        run_ = model.run([ids], logits="last", keep={("post", r["layer"])}, interventions=zero)
+                        logits = run_.logits[0].astype(np.float64)
+                        prob = np.exp(logits - logits.max())
+                        got.append((run_["post", r["layer"]][0, -1, r["index"]], prob[token] / prob.sum()))
+                    assert abs((got[0][1] - got[1][1]) - s["dp"][i]) < 1e-5 * max(1.0, got[0][1])
+                    assert abs((got[0][0] - got[1][0]) - s["dpost"][i]) < 1e-4
+            n += 1
+    assert n >= 3
 
 
 def test_a_neuron_record_equals_a_separate_trace(studies):
@@ -315,3 +333,27 @@ def test_the_site_in_headless_chromium(studies, tmp_path_factory):
             assert got == {"requests": [href], "console": [], "exceptions": [], "log": [], "dialogs": []}
     finally:
         browser.close()
+
+
+def test_max_calls_caps_the_whole_study_and_a_rerun_finishes_it(server, tmp_path):
+    out, cache = tmp_path / "s", tmp_path / "cache"
+    cmd = [sys.executable, str(ROOT / "cli.py"), "study", "--out", str(out), "--layers", "4", "--per-layer", "3",
+           "--n-prompts", "6", "--llm", "fake-model", "--base-url", server.url, "--cache-dir", str(cache),
+           "--no-progress"]
+    start = len(server.requests)
+    capped = run(cmd + ["--max-calls", "3"])
+    assert capped.returncode == 0, capped.stderr
+    first = server.requests[start:]
+    assert len(first) == 3
+    study = json.loads((out / "study.json").read_text())
+    left = sum(len(e.get("pending", [])) for e in study["neurons"])
+    assert left > 0 and not study["complete"]
+    assert f"--max-calls 3 reached: {left} differential heads left unexplained" in capped.stderr
+    finished = run(cmd)
+    assert finished.returncode == 0, finished.stderr
+    second = server.requests[start + len(first):]
+    bodies = [json.dumps(r["body"], sort_keys=True) for r in first + second]
+    assert len(set(bodies)) == len(bodies)  # the 3 answered requests came from the cache
+    study = json.loads((out / "study.json").read_text())
+    assert study["complete"] and study["explanations"] == "done"
+    assert not any(e.get("pending") for e in study["neurons"])
