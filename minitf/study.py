@@ -571,23 +571,23 @@ def _fmt(x, spec: str = ".3f") -> str:
 def summary_lines(study: dict) -> list[str]:
     """The printed table: one row per layer and one for all neurons."""
     s = study["settings"]
-    lines = [f"study of {len(study['neurons'])} neurons of {s['model']['folder']} "
-             f"({s['n_prompts']} {s['split']} prompts each, rule {s['rule']}); explanations {study['explanations']}",
-             f"{'layer':<6}{'neurons':>8}{'w/ diff':>8}{'diff/n':>7}  {'distance 1,2,…':<16}"
-             f"{'score mean±std (n)':<22}{'Δp act / inact':<22}{'KS D (p)':<16}"]
+    lines = [f"study of {len(study['neurons'])} neurons of {s['model']['folder']}: top {s['n_prompts']} "
+             f"{s['split']} prompts each, rule {s['rule']}, explanations {study['explanations'].split(':')[0]}",
+             f"{'layer':<6}{'neurons':>8}{'w/ diff':>8}{'diff/n':>7}  {'distance 1,2,…':<15}"
+             f"{'score ± std (n)':<20}{'Δp active / inactive':<22}KS D (p)"]
     groups = list(study["aggregates"]["layers"].items()) + [("all", study["aggregates"]["all"])]
     for name, a in groups:
         dist = ",".join(str(a["layer_distance"].get(str(d), 0))
                         for d in range(1, 1 + max([int(k) for k in a["layer_distance"]] or [0])))
         sc = a["scores"]["balanced_accuracy"] if a["scores"] else None
-        score = "skipped" if sc is None else f"{_fmt(sc['mean'])}±{_fmt(sc['std'])} ({sc['count']})"
+        score = "–" if sc is None else f"{_fmt(sc['mean'])}±{_fmt(sc['std'])} ({sc['count']})"
         dp = a["ablation"]["dp"]
         ks = dp["ks"]
+        drops = f"{_fmt(dp['active']['mean'], '+.1e')} / {_fmt(dp['inactive']['mean'], '+.1e')}"
         lines.append(f"{name:<6}{a['neurons']:>8}{a['neurons_with_differential_heads']:>8}"
-                     f"{_fmt(a['differential_heads_per_neuron']['mean'], '.2f'):>7}  {dist or '–':<16}{score:<22}"
-                     f"{_fmt(dp['active']['mean'], '+.1e') + ' / ' + _fmt(dp['inactive']['mean'], '+.1e'):<22}"
-                     f"{'–' if ks is None else format(ks['statistic'], '.2f') + ' (' + format(ks['p_value'], '.1e') + ')':<16}")
-    return lines
+                     f"{_fmt(a['differential_heads_per_neuron']['mean'], '.2f'):>7}  {dist or '–':<15}{score:<20}"
+                     f"{drops:<22}{'–' if ks is None else format(ks['statistic'], '.2f') + ' (' + format(ks['p_value'], '.1e') + ')'}")
+    return [line.rstrip() for line in lines]
 
 
 __all__ = ["StudyOptions", "StudyInterrupted", "run_study", "select_neurons", "aggregate", "aggregates",
