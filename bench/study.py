@@ -57,7 +57,7 @@ def main():
 
     with tempfile.TemporaryDirectory() as tmp:
         profile = cProfile.Profile()
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), os.times()
         profile.enable()
         model = minitf.load("tiny")
         study = run_study(model, Path(tmp) / "study", StudyOptions(per_layer=args.per_layer,
@@ -65,25 +65,27 @@ def main():
                           progress=False, say=lambda line: None)
         profile.disable()
         wall = time.perf_counter() - t0
+        cpu = sum(os.times()[:2]) - sum(cpu0[:2])
         stats = pstats.Stats(profile)
         n = len(study["neurons"])
         print(f"study of weights/tiny: {n} neurons ({args.per_layer} per layer × 6 layers), {args.n_prompts} "
-              f"prompts each, no LLM: {wall:.1f} s wall ({wall / n:.2f} s per neuron; target ≤ 60 s)  "
-              f"[{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; under cProfile]")
+              f"prompts each, no LLM: {wall:.1f} s wall ({wall / n:.2f} s per neuron; target ≤ 60 s), {cpu:.1f} s CPU  "
+              f"[{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} (other processes slow this down); "
+              "under cProfile]")
         for label, suffix, name in STEPS:
             t = cumulative(stats, suffix, name)
             print(f"  {label:<44} {t:7.2f} s  {100 * t / wall:5.1f} %")
 
         if args.peer:
-            names = [e["neuron"] for e in study["neurons"] if "trace" in e or "n_prompts" in e]
-            picked = names[:: max(1, len(names) // args.peer)][: args.peer]
+            names = [e["neuron"] for e in study["neurons"] if "n_prompts" in e]
+            picked = names[max(1, len(names) // args.peer) // 2:: max(1, len(names) // args.peer)][: args.peer]
             t1 = time.perf_counter()
             for name in picked:
                 subprocess.run([sys.executable, str(ROOT / "cli.py"), "trace", "--neuron", name, "--n-prompts",
                                 str(args.n_prompts), "--ablate", "0", "--json"], check=True, cwd=ROOT,
                                capture_output=True)
             peer = (time.perf_counter() - t1) / len(picked)
-            print(f"peer: one `cli.py trace --json` process per neuron ({len(picked)} neurons): {peer:.2f} s per "
+            print(f"peer: one `cli.py trace --json` process per neuron ({', '.join(picked)}): {peer:.2f} s per "
                   f"neuron → {peer * n:.0f} s for the {n}; study / peer time per neuron: {wall / n / peer:.2f}×")
 
 

@@ -49,6 +49,8 @@ th[aria-sort=descending]::after{content:" ▼"}
 th[aria-sort=ascending]::after{content:" ▲"}
 td.num{font-variant-numeric:tabular-nums;text-align:right;white-space:nowrap}
 td.nw{white-space:nowrap}
+.wide{overflow-x:auto}
+.wide table{font-size:13px}
 .figs{display:flex;flex-wrap:wrap;gap:18px}
 .figs figure{margin:0}
 .figs figcaption{font-size:12px;color:var(--dim)}
@@ -106,7 +108,7 @@ def _aggregate_rows(aggs: dict, explained: bool) -> str:
             f"<td class=num>{dp['active']['count']} / {dp['inactive']['count']}</td>"
             f"<td class=nw>{'–' if ks is None else _e(format(ks['statistic'], '.3f') + ' (' + format(ks['p_value'], '.1e') + ')')}"
             f"</td><td class=nw>{_f(dpost['active']['mean'], '+.3f')} / {_f(dpost['inactive']['mean'], '+.3f')}</td></tr>")
-    return f"<table>{head}{''.join(rows)}</table>"
+    return f"<div class=wide><table>{head}{''.join(rows)}</table></div>"
 
 
 def _figures(a: dict) -> str:
