@@ -86,27 +86,26 @@ def bar_svg(title: str, labels: list[str], counts: list[int], caption: str) -> s
 
 
 def _aggregate_rows(aggs: dict, explained: bool) -> str:
-    head = ("<tr><th>layer</th><th>neurons</th><th>with ≥ 1 differential head</th><th>differential heads / neuron"
-            "</th><th>explanation score (balanced accuracy)</th><th>Δp mean, active / inactive</th>"
-            "<th>Δp median, active / inactive</th><th>prompts, active / inactive</th><th>KS D (p)</th>"
-            "<th>Δpost mean, active / inactive</th></tr>")
+    head = ("<tr><th>layer</th><th>neurons</th><th>with diff.</th><th>diff. heads / neuron</th>"
+            "<th>score (balanced accuracy)</th><th>Δp mean act. / inact.</th><th>Δp median act. / inact.</th>"
+            "<th>prompts act. / inact.</th><th>KS D (p)</th><th>Δpost mean act. / inact.</th></tr>")
     rows = []
     for name, a in list(aggs["layers"].items()) + [("all", aggs["all"])]:
         per = a["differential_heads_per_neuron"]
         sc = a["scores"]["balanced_accuracy"] if a["scores"] else None
         score = ("skipped" if sc is None else
-                 f"{_f(sc['mean'])} ± {_f(sc['std'])}, median {_f(sc['median'])} (n={sc['count']}, "
-                 f"{sc['n_skipped']} skipped)")
+                 f"{_f(sc['mean'])} ± {_f(sc['std'])}, median {_f(sc['median'])}, n={sc['count']}, "
+                 f"{sc['n_skipped']} skipped")
         dp, dpost = a["ablation"]["dp"], a["ablation"]["dpost"]
         ks = dp["ks"]
         rows.append(
             f"<tr><td>{_e(name)}</td><td class=num>{a['neurons']}</td>"
             f"<td class=num>{a['neurons_with_differential_heads']}</td>"
             f"<td class=num>{_f(per['mean'], '.2f')} ± {_f(per['std'], '.2f')}</td><td>{_e(score)}</td>"
-            f"<td class=nw>{_f(dp['active']['mean'], '+.2e')} / {_f(dp['inactive']['mean'], '+.2e')}</td>"
-            f"<td class=nw>{_f(dp['active']['median'], '+.2e')} / {_f(dp['inactive']['median'], '+.2e')}</td>"
+            f"<td class=nw>{_f(dp['active']['mean'], '+.1e')} / {_f(dp['inactive']['mean'], '+.1e')}</td>"
+            f"<td class=nw>{_f(dp['active']['median'], '+.1e')} / {_f(dp['inactive']['median'], '+.1e')}</td>"
             f"<td class=num>{dp['active']['count']} / {dp['inactive']['count']}</td>"
-            f"<td class=nw>{'–' if ks is None else _e(format(ks['statistic'], '.3f') + ' (' + format(ks['p_value'], '.1e') + ')')}"
+            f"<td class=nw>{'–' if ks is None else _e(format(ks['statistic'], '.2f') + ' (' + format(ks['p_value'], '.1e') + ')')}"
             f"</td><td class=nw>{_f(dpost['active']['mean'], '+.3f')} / {_f(dpost['inactive']['mean'], '+.3f')}</td></tr>")
     return f"<div class=wide><table>{head}{''.join(rows)}</table></div>"
 
