@@ -235,7 +235,7 @@ def study_neuron(model, neuron: Neuron, options: StudyOptions, corpus: Path, ind
     result = trace(model, neuron, prompts, topts, settings=settings, drops=drops)
     record["trace"] = result
     record["ablation_samples"] = ablation_samples(result, drops)
-    record["histogram"] = index_histogram(model, neuron, result)
+    record["histogram"] = index_histogram(model, neuron, result, index)
     record["explanations"] = {} if explain else None
     test = None
     if explain and result["differential_heads"]:
