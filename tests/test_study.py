@@ -357,3 +357,18 @@ def test_max_calls_caps_the_whole_study_and_a_rerun_finishes_it(server, tmp_path
     study = json.loads((out / "study.json").read_text())
     assert study["complete"] and study["explanations"] == "done"
     assert not any(e.get("pending") for e in study["neurons"])
+
+
+def test_a_failing_llm_server_is_one_line_and_keeps_no_half_record(studies, server, tmp_path):
+    recs = records(studies["a"])
+    name = next(k for k, r in sorted(recs.items()) if r.get("trace", {}).get("differential_heads"))
+    (tmp_path / "list.txt").write_text(f"{name}  # one neuron with differential heads\n")
+    out = tmp_path / "s"
+    server.script = [("status", 401)]
+    try:
+        failed = run(study_cmd(out, server, tmp_path / "cache", "--neurons", str(tmp_path / "list.txt")))
+    finally:
+        server.script = []
+    one_line_error(failed, "HTTP 401")
+    assert not (out / "study.json").exists() and not (out / "neurons" / f"{name}.json").exists()
+    assert [p.name for p in (out / "neurons").iterdir()] == []  # no temporary file left either
