@@ -390,5 +390,65 @@ def index(model_spec, corpus, layers, split, k, workers, bos, index_dir, rebuild
             click.echo(f"  {a:8.3f}  doc {d:>6} pos {p:>4}  …{context}[[{model.token_str(ids[p])}]]")
 
 
+@main.command()
+@click.option("--out", required=True, type=click.Path(), help="Folder for study.json, the site and the resume state.")
+@model_option
+@click.option("--layer", "--layers", "layers", multiple=True, callback=_layer_list,
+              help="Layers to study (3,5 or 2-4) [default: all].")
+@click.option("--per-layer", default=20, show_default=True, type=int, help="Most congruent neurons per layer.")
+@click.option("--exclude", multiple=True, help="Neurons to leave out (L9N2322,L10N7; repeatable).")
+@click.option("--neurons", "neurons_file", type=click.Path(dir_okay=False),
+              help="Study exactly the neurons named in this file, one per line (then --layers/--per-layer are unused).")
+@click.option("--min-count", default=0, show_default=True, type=click.IntRange(0),
+              help="Neuron selection: only tokens seen ≥ N times in the corpus count (0: the paper's filter only).")
+@click.option("--corpus", type=click.Path(dir_okay=False), default=None,
+              help="Corpus to mine prompts from [default: the model's corpus.txt.gz].")
+@click.option("--split", type=click.Choice(["train", "test", "all"]), default="train", show_default=True)
+@click.option("--n-prompts", default=20, show_default=True, type=int, help="Top prompts per neuron.")
+@click.option("--rule", type=click.Choice(["sigma2", "top3"]), default="sigma2", show_default=True)
+@click.option("--scores", type=click.Choice(["paper", "exact"]), default="paper", show_default=True,
+              help="Head scores the rule selects by.")
+@click.option("--include-same-layer", is_flag=True, help="Candidates include the neuron's own layer.")
+@click.option("--ablate", default=0, show_default=True, type=click.IntRange(0, 1000),
+              help="Also ablate this many top heads per neuron (every differential head always is).")
+@click.option("--llm", "llm_model", default=None,
+              help="LLM for explanations [default: gpt-4o-mini when --base-url or OPENAI_API_KEY is set, else none].")
+@click.option("--base-url", default=None, help="OpenAI-compatible server [default: $OPENAI_BASE_URL or OpenAI].")
+@click.option("--max-calls", type=click.IntRange(0), default=None, help="At most this many LLM requests in all.")
+@click.option("--concurrency", type=click.IntRange(1, 64), default=4, show_default=True)
+@click.option("--timeout", type=click.FloatRange(0, min_open=True), default=60.0, show_default=True,
+              help="Seconds to wait for each LLM request.")
+@click.option("--max-retries", type=click.IntRange(0, 100), default=2, show_default=True,
+              help="Retries after a connection error, timeout, 429 or 5xx (the openai client's backoff).")
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
+              help="LLM cache [default: $MINITF_CACHE_DIR or ~/.cache/minitf].")
+@click.option("--restart", is_flag=True, help="Start over in --out, discarding an earlier study there.")
+@click.option("--no-progress", is_flag=True, help="No progress bar on stderr.")
+@json_option
+def study(out, model_spec, layers, per_layer, exclude, neurons_file, min_count, corpus, split, n_prompts, rule, scores,
+          include_same_layer, ablate, llm_model, base_url, max_calls, concurrency, timeout, max_retries, cache_dir, restart,
+          no_progress, as_json):
+    """The paper's experiments over many neurons: trace, ablate, explain and score; aggregates and a site (resumable)."""
+    from minitf.index import IndexInterrupted
+    from minitf.study import StudyInterrupted, StudyOptions, run_study, summary_lines
+
+    options = StudyOptions(layers=layers, per_layer=per_layer,
+                           exclude=[n for v in exclude for n in v.replace(" ", ",").split(",") if n],
+                           neurons_file=neurons_file, corpus=corpus, split=split, n_prompts=n_prompts, rule=rule,
+                           scores=scores, include_same_layer=include_same_layer, min_count=min_count, ablate=ablate,
+                           llm=llm_model, base_url=base_url, max_calls=max_calls, concurrency=concurrency,
+                           timeout=timeout, max_retries=max_retries, cache_dir=cache_dir)
+    try:
+        result = run_study(minitf.load(model_spec), out, options, restart=restart, progress=not no_progress,
+                           say=lambda line: click.echo(line, err=True))
+    except (StudyInterrupted, IndexInterrupted) as e:
+        click.echo(str(e), err=True)
+        raise
+    if as_json:
+        return _emit_json(result)
+    click.echo("\n".join(summary_lines(result)))
+    click.echo(f"{out}/study.json, {out}/index.html: {len(result['neurons'])} neurons", err=True)
+
+
 if __name__ == "__main__":
     main()

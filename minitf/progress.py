@@ -54,6 +54,7 @@ class Progress:
         self.label, self.total, self.done, self.start_done = label, total, done, done
         self.unit, self.amount, self.rate_of, self.every = unit, amount, rate_of, every
         self.counters = dict(counters or {})
+        self.status = ""  # what is being done now, shown after the numbers (``update(status=...)``)
         self.enabled = enabled
         self.file = file or sys.stderr
         self.live = enabled and live and self.file.isatty()
@@ -82,16 +83,19 @@ class Progress:
         unit_rate = (self.done - self.start_done) / elapsed
         if self.total and unit_rate > 0:
             text += f"  ETA {duration((self.total - self.done) / unit_rate)}"
-        return text
+        return text + (f"  {self.status}" if self.status else "")
 
     def line(self) -> str:
         """The plain-line form: ``index: 300 / 1,000 documents (30%)  51,200 tokens  9,000 tokens/s  ETA 0:07``."""
         return f"{self.label}: {self.info(percent=True)}"
 
-    def update(self, n: int = 0, resumed: bool = False, **counters: int) -> None:
+    def update(self, n: int = 0, resumed: bool = False, status: str | None = None, **counters: int) -> None:
         """Advance by ``n`` units and add to the named counters; redraw when due. ``resumed``: the ``n`` units
-        were done by an earlier run (e.g. a worker reporting its checkpoint), so they stay out of the rate."""
+        were done by an earlier run (e.g. a worker reporting its checkpoint), so they stay out of the rate.
+        ``status``: what is being done now (e.g. ``"L3N872: trace"``)."""
         self.done += n
+        if status is not None:
+            self.status = status
         if resumed:
             self.start_done += n
         for name, value in counters.items():

@@ -148,12 +148,16 @@ def shortest_suffixes(evaluate: Callable[[list[tuple[int, int]]], list[float]], 
 
 
 def mine_prompts(model, neuron: Neuron | str, corpus: str | Path, split: str | None = "train", k: int = 20,
-                 bos: bool = True, max_tokens: int = 100, progress: bool = True) -> list[MinedPrompt]:
+                 bos: bool = True, max_tokens: int = 100, progress: bool = True, index=None,
+                 docs: dict[int, list[int]] | None = None) -> list[MinedPrompt]:
     """The neuron's top-k documents of ``split``, each trimmed to its shortest suffix that keeps ≥ 80 % of the
     peak activation (see the module docstring), best first, without repeating a trimmed prompt; documents that
     do not fit in ``max_tokens``, peak at ≤ 0 or repeat a better prompt are dropped and the next candidates
     tried, so fewer than k prompts come back only when the candidates run out. Without an index, the scan of the
-    corpus shows ``progress`` on stderr."""
+    corpus shows ``progress`` on stderr.
+
+    Many neurons at once (``minitf.study``): ``index`` is an already loaded ``NeuronIndex`` and ``docs`` the
+    tokenized documents by doc_id read in one pass for all of them, so nothing is loaded or scanned per neuron."""
     n = neuron if isinstance(neuron, Neuron) else parse_neuron(neuron)
     check_neuron(n, model.cfg.n_layer, model.cfg.d_mlp, where=str(n))
     corpus = Path(corpus)
@@ -164,11 +168,13 @@ def mine_prompts(model, neuron: Neuron | str, corpus: str | Path, split: str | N
     if max_tokens < b + 2:
         raise MinitfError(f"max_tokens={max_tokens}: too small for a prompt")
 
-    top = _top_from_index(model, n, corpus, split, k, bos)
+    top = _top_from_index(model, n, corpus, split, k, bos, index)
     if top is None:
         top = scan_top_documents(model, n, corpus, split, scan_candidates(k), bos, progress)
     else:
-        docs = tokenized_documents(model, corpus, {d for d, _, _ in top}, bos, split)
+        wanted = {d for d, _, _ in top}
+        if docs is None or not wanted <= docs.keys():
+            docs = tokenized_documents(model, corpus, wanted, bos, split)
         top = [(d, p, a, docs[d]) for d, p, a in top]
     top = [t for t in top if t[2] > 0]
 
@@ -202,16 +208,17 @@ def mine_prompts(model, neuron: Neuron | str, corpus: str | Path, split: str | N
     return out
 
 
-def _top_from_index(model, neuron: Neuron, corpus: Path, split: str | None, k: int, bos: bool):
+def _top_from_index(model, neuron: Neuron, corpus: Path, split: str | None, k: int, bos: bool, index=None):
     """[(doc_id, position, activation)] from a fresh index that covers the request, else None (then scan):
-    all of the index's top list (≥ k entries), the ones past k as spares."""
+    all of the index's top list (≥ k entries), the ones past k as spares. ``index``: one already loaded."""
     from .index import load_index
 
-    try:
-        index = load_index(model, corpus)
-    except MinitfError as e:
-        warn(f"{e} — scanning the corpus instead")
-        return None
+    if index is None:
+        try:
+            index = load_index(model, corpus)
+        except MinitfError as e:
+            warn(f"{e} — scanning the corpus instead")
+            return None
     if index is None or not index.covers(neuron, split) or index.bos != bos or index.k < k:
         return None
     return index.top(neuron, split)

@@ -102,8 +102,9 @@ def report_extras(model, neuron, trace: dict, cache_dir=None) -> tuple[dict | No
     return explanations, index_histogram(model, neuron, trace)
 
 
-def index_histogram(model, neuron, trace: dict) -> dict | None:
-    """{"edges", "counts", "positions", "positive", "split"} from the neuron index, or {"note": why not}."""
+def index_histogram(model, neuron, trace: dict, index=None) -> dict | None:
+    """{"edges", "counts", "positions", "positive", "split"} from the neuron index, or {"note": why not}.
+    ``index``: the trace's corpus's index, already loaded (``minitf.study``)."""
     from .corpus import default_corpus
     from .index import load_index
 
@@ -113,7 +114,7 @@ def index_histogram(model, neuron, trace: dict) -> dict | None:
         return None
     split = s.get("split") if s.get("split") in ("train", "test") else None
     try:
-        index = load_index(model, corpus)
+        index = index if index is not None else load_index(model, corpus)
         if index is None:
             return {"note": f"no neuron index of {Path(corpus).name}; build it with the index command"}
         if neuron.layer not in index.layers:

@@ -49,6 +49,7 @@ class Prompt:
 class TraceOptions:
     rule: str = "sigma2"  # active heads: "sigma2" (mean + 2·std) or "top3"
     include_same_layer: bool = False  # candidates include the neuron's own layer
+    scores: str = "paper"
     top_heads: int = 5  # heads listed per prompt
     sources: int = 3  # source tokens shown per listed head
     ablate: int = 5  # heads ablated: the top ones by mean effect, plus every differential head
@@ -97,8 +98,9 @@ def read_prompt_file(path) -> list[str]:
 
 
 def trace(model: Model, neuron: Neuron, prompts: list[Prompt], options: TraceOptions = TraceOptions(),
-          card: dict | None = None, settings: dict | None = None) -> dict:
-    """Trace ``neuron`` over ``prompts``; returns the trace dict (see the README's schema)."""
+          card: dict | None = None, settings: dict | None = None, drops: dict | None = None) -> dict:
+    """Trace ``neuron`` over ``prompts``; returns the trace dict (see the README's schema). ``drops``: a dict
+    that receives each ablated head's per-prompt (Δpost [P], Δp [P]) (``minitf.study`` pools them)."""
     if not prompts:
         raise MinitfError("no prompts to trace")
     if options.scores not in SCORES:
@@ -128,6 +130,8 @@ def trace(model: Model, neuron: Neuron, prompts: list[Prompt], options: TraceOpt
     replace_with = ({h: head_value_constant(model, h.layer)[h.head] for h in to_ablate}
                     if options.scores == "paper" else None)
     ablations = ablate_heads(model, tokens, neuron, token, to_ablate, replace_with)
+    if drops is not None:
+        drops.update(ablations)
 
     errors = np.abs(fx.total() - fx.pre)  # [P]
     per_prompt = [_prompt_record(model, run, fx, neuron, candidates, effects, parts, active, post, i, prompts[i],

@@ -1,0 +1,559 @@
+"""``study``: the paper's experiments over many neurons in one resumable run, and their aggregates.
+
+For every studied neuron N = L{l}N{n} (per layer the top K by congruence after the authors' token filter,
+``minitf.neurons``; or a list of one's own), as the per-neuron commands do it:
+
+1. prompts: N's top prompts of ``split``, mined from the corpus index (built first if missing or stale; the
+   index is loaded once and the documents of all neurons are read in one pass over the corpus);
+2. trace (``minitf.trace``): every candidate head's direct effect, active and differential heads, and the
+   ablation check of the differential heads (and ``ablate`` top ones); for each differential head h the
+   trace's per-prompt drops Δp = p(token) − p(token | h zeroed) and Δpost are kept, with whether h is active;
+3. with an LLM: each differential head explained from the train-split trace and scored on the test-split
+   trace (``minitf.explain.evaluate_head``: balanced accuracy, ROC-AUC where logprobs come back);
+4. aggregates per layer and overall (``aggregate``): neurons, neurons with ≥ 1 differential head,
+   differential heads per neuron, layer distance l − l_h of each differential head, explanation scores
+   (mean ± std with N − 1, median, histogram over [0, 1], skipped), and over all (neuron, differential head)
+   pairs the pooled per-prompt Δp and Δpost on active vs inactive prompts: means, medians and the two-sample
+   KS statistic D = sup |F_active − F_inactive| with its p-value (``minitf.ablation.ks_2samp``).
+
+Files in ``out``: ``settings.json`` (what the study is; a rerun with other settings is refused unless
+``restart``), ``neurons/L{l}N{n}.json`` (one record per neuron, written atomically when it is finished:
+the resume unit), ``study.json`` (all records without per-prompt detail, the aggregates, settings and the
+model's and corpus's sha256) and the site (``minitf.study_site``). Everything that differs between two runs
+of the same study (times, LLM call counts) is under a ``"run"`` key, so a resumed study equals an
+uninterrupted one elsewhere. The LLM's on-disk cache (``minitf.llm``) answers every request made before,
+so resuming never sends a request twice.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from .ablation import ks_2samp
+from .errors import MinitfError
+from .names import Neuron, parse_head, parse_neuron
+
+FORMAT = "minitf-study"
+VERSION = 1
+SETTINGS_FILE = "settings.json"
+STUDY_FILE = "study.json"
+NEURONS_DIR = "neurons"
+SCORE_BINS = 10  # explanation-score histogram bins over [0, 1]
+
+
+class StudyInterrupted(KeyboardInterrupt):
+    """Ctrl-C: the finished neurons are saved; rerunning the same command continues."""
+
+
+@dataclass
+class StudyOptions:
+    """What a study is; every field but the ``NOT_SETTINGS`` ones must match to resume a partial study."""
+
+    layers: list[int] = field(default_factory=list)  # [] = every layer
+    per_layer: int = 20
+    exclude: list[str] = field(default_factory=list)
+    neurons_file: str | None = None  # study exactly these neurons (then layers / per_layer are unused)
+    corpus: str | None = None
+    split: str = "train"
+    n_prompts: int = 20
+    rule: str = "sigma2"
+    scores: str = "paper"
+    include_same_layer: bool = False
+    min_count: int = 0
+    ablate: int = 0  # top heads ablated besides the differential ones (for the neuron pages only)
+    llm: str | None = None  # LLM model name; None: no explanations
+    base_url: str | None = None
+    max_calls: int | None = None
+    concurrency: int = 4
+    timeout: float = 60.0  # seconds per LLM request (llm.DEFAULT_TIMEOUT)
+    max_retries: int = 2  # the openai client's retries (llm.DEFAULT_MAX_RETRIES)
+    cache_dir: str | None = None
+
+    NOT_SETTINGS = ("max_calls", "concurrency", "timeout", "max_retries", "cache_dir", "neurons_file")  # budget and plumbing only
+
+
+# ---- step 1: neurons -----------------------------------------------------------------------------------
+def read_neuron_list(model, path) -> list[Neuron]:
+    """Neuron names from a file, one per line (``L3N872``, ``3:872``, ``blocks.3.mlp.hook_pre[872]``);
+    blank lines and ``#`` comments are skipped."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise MinitfError(f"--neurons {path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise MinitfError(f"--neurons {path}: cannot read ({getattr(e, 'strerror', None) or e})") from None
+    out = []
+    for lineno, line in enumerate(lines, 1):
+        name = line.split("#", 1)[0].strip()
+        if name:
+            try:
+                out.append(parse_neuron(name, model.cfg.n_layer, model.cfg.d_mlp))
+            except (ValueError, MinitfError) as e:
+                raise MinitfError(f"--neurons {path}: line {lineno}: {e}") from None
+    if not out:
+        raise MinitfError(f"--neurons {path}: no neuron names in the file")
+    return out
+
+
+def select_neurons(model, options: StudyOptions) -> list[Neuron]:
+    """Per layer the top ``per_layer`` neurons by congruence (``neurons.layer_table``), or the file's list;
+    minus ``exclude``; in layer order, each layer's best first; no neuron twice."""
+    from .neurons import layer_table
+
+    L = model.cfg.n_layer
+    for layer in options.layers:
+        if not 0 <= layer < L:
+            raise MinitfError(f"--layers {layer}: the model has {L} layers (0–{L - 1})")
+    if options.per_layer < 1:
+        raise MinitfError(f"--per-layer {options.per_layer}: must be at least 1")
+    excluded = set()
+    for name in options.exclude:
+        try:
+            excluded.add(parse_neuron(name, L, model.cfg.d_mlp))
+        except (ValueError, MinitfError) as e:
+            raise MinitfError(f"--exclude {name}: {e}") from None
+    if options.neurons_file:
+        chosen = read_neuron_list(model, options.neurons_file)
+    else:
+        chosen = []
+        for layer in options.layers or range(L):
+            rows = layer_table(model, layer, top=options.per_layer + len(excluded), k=1,
+                               min_count=options.min_count, corpus=options.corpus)
+            chosen += [n for n in (Neuron(layer, r["index"]) for r in rows) if n not in excluded][:options.per_layer]
+    return list(dict.fromkeys(n for n in chosen if n not in excluded))
+
+
+# ---- step 2: prompts from the index ----------------------------------------------------------------------
+def ensure_index(model, corpus: Path, layers: set[int], k: int, progress: bool):
+    """The corpus's neuron index, loaded once; built first (with its progress bar) when it is missing, stale
+    or lacks a layer or enough documents per neuron."""
+    from .index import build_index, load_index
+
+    try:
+        index = load_index(model, corpus)
+    except MinitfError:  # stale or unreadable: build_index redoes it
+        index = None
+    if index is not None and layers <= set(index.layers) and index.k >= k and index.bos and index.split is None:
+        return index
+    have = set(index.layers) if index is not None else set()
+    build_index(model, corpus, layers=sorted(have | layers), k=max(30, k), progress=progress)
+    return load_index(model, corpus)
+
+
+def read_documents_once(model, corpus: Path, wanted: set[int]) -> dict[int, list[int]]:
+    """The tokenized documents (BOS first) with these doc_ids, in one pass over the corpus."""
+    from .corpus import documents, tokenize_document
+
+    found = {}
+    if wanted:
+        for doc in documents(corpus):
+            if doc.doc_id in wanted:
+                found[doc.doc_id] = tokenize_document(model, doc.text, True)
+                if len(found) == len(wanted):
+                    break
+    return found
+
+
+def _prompts(model, neuron: Neuron, corpus: Path, split: str, k: int, index, docs):
+    """N's mined prompts as trace prompts, and the trace settings that ``trace_neuron`` would record."""
+    from .prompts import mine_prompts
+    from .trace import Prompt
+
+    mined = mine_prompts(model, neuron, corpus, split=None if split == "all" else split, k=k, index=index,
+                         docs=docs)
+    prompts = [Prompt(m.tokens, mined={"doc_id": m.doc_id, "position": m.position, "activation": m.activation,
+                                       "trimmed_activation": m.trimmed_activation}) for m in mined]
+    settings = {"bos": True, "notes": [], "source": f"top {len(prompts)} mined from {corpus}, split {split}",
+                "corpus": str(corpus), "split": split}
+    return prompts, settings
+
+
+# ---- steps 3–5 for one neuron --------------------------------------------------------------------------
+def ablation_samples(trace: dict, drops: dict) -> dict:
+    """For each differential head: per-prompt Δp, Δpost (the trace's own ablation runs, ``drops``) and whether
+    the head is active on the prompt."""
+    out = {}
+    for h in trace["differential_heads"]:
+        d_post, d_p = drops[parse_head(h)]
+        out[h] = {"active": [h in p["active_heads"] for p in trace["prompts"]],
+                  "dp": [float(x) for x in d_p], "dpost": [float(x) for x in d_post]}
+    return out
+
+
+def explain_and_score(llm, train: dict, test: dict) -> tuple[dict, list[str]]:
+    """{head: HeadScore dict (with items)} for the train trace's differential heads, explained from ``train``
+    and scored on ``test`` (``explain.evaluate_head``), and the heads left undone because the ``--max-calls``
+    budget ran out (their answers so far are cached)."""
+    from .explain import evaluate_head, head_examples
+
+    done, pending = {}, []
+    for h in train["differential_heads"]:
+        try:
+            done[h] = evaluate_head(llm, head_examples(train, h), head_examples(test, h)).to_dict(items=True)
+        except MinitfError as e:
+            if llm.max_calls is not None and llm.calls_made >= llm.max_calls and "--max-calls" in str(e):
+                pending.append(h)
+            else:
+                raise
+    return done, pending
+
+
+def study_neuron(model, neuron: Neuron, options: StudyOptions, corpus: Path, index, docs, explain: bool,
+                 step) -> tuple[dict, dict | None]:
+    """One neuron's record without its explanations: its full trace, the per-prompt ablation samples of its
+    differential heads and its activation histogram from the index; and, when ``explain`` and it has
+    differential heads, the trace of its test-split prompts (for ``explain_and_score``), else None."""
+    from .report import index_histogram
+    from .trace import TraceOptions, trace
+
+    t0 = time.monotonic()
+    record: dict = {"neuron": str(neuron), "layer": neuron.layer, "index": neuron.index}
+    step("prompts")
+    prompts, settings = _prompts(model, neuron, corpus, options.split, options.n_prompts, index, docs)
+    if not prompts:
+        from .neurons import neuron_card
+        from .trace import card_record
+
+        record["card"] = card_record(neuron_card(model, neuron), model.cfg.d_mlp)
+        record["skipped"] = f"no document activates {neuron} above 0 in the {options.split} split"
+        record["run"] = {"seconds": round(time.monotonic() - t0, 3)}
+        return record, None
+    step("trace")
+    topts = TraceOptions(rule=options.rule, include_same_layer=options.include_same_layer, scores=options.scores,
+                         ablate=options.ablate, per_position=True)
+    drops: dict = {}
+    result = trace(model, neuron, prompts, topts, settings=settings, drops=drops)
+    record["trace"] = result
+    record["ablation_samples"] = ablation_samples(result, drops)
+    record["histogram"] = index_histogram(model, neuron, result, index)
+    record["explanations"] = {} if explain else None
+    test = None
+    if explain and result["differential_heads"]:
+        step("test-split trace")
+        test_prompts, test_settings = _prompts(model, neuron, corpus, "test", options.n_prompts, index, docs)
+        if test_prompts:
+            test_opts = TraceOptions(rule=options.rule, include_same_layer=options.include_same_layer,
+                                     scores=options.scores, ablate=0)
+            test = trace(model, neuron, test_prompts, test_opts, card=result["neuron"], settings=test_settings)
+        else:
+            test = {"prompts": [], "heads": result["heads"], "neuron": result["neuron"]}
+    record["run"] = {"seconds": round(time.monotonic() - t0, 3)}
+    return record, test
+
+
+# ---- step 5: aggregates --------------------------------------------------------------------------------
+def _dist(values) -> dict:
+    """count, mean, std (N − 1), median of a list of numbers (None where undefined)."""
+    x = np.asarray(values, np.float64)
+    return {"count": int(x.size), "mean": float(x.mean()) if x.size else None,
+            "std": float(x.std(ddof=1)) if x.size >= 2 else None,
+            "median": float(np.median(x)) if x.size else None}
+
+
+def _scores(values: list[float], n_skipped: int) -> dict:
+    from .explain import summarize
+
+    s = summarize(values, n_bins=SCORE_BINS, n_skipped=n_skipped)
+    return {**_dist(values), "n_skipped": n_skipped,
+            "histogram": [{"low": lo, "high": hi, "count": c} for lo, hi, c in s.bins]}
+
+
+def _drops(active: list[float], inactive: list[float]) -> dict:
+    out = {"active": _dist(active), "inactive": _dist(inactive), "ks": None}
+    if active and inactive:
+        d, p = ks_2samp(np.array(active), np.array(inactive))
+        out["ks"] = {"statistic": d, "p_value": p}
+    return out
+
+
+def aggregate(records: list[dict], explained: bool) -> dict:
+    """The study's numbers over a group of neuron records (see the module docstring)."""
+    traced = [r for r in records if "trace" in r]
+    n_diff = [len(r["trace"]["differential_heads"]) for r in traced]
+    distance: dict[int, int] = {}
+    samples = {"dp": ([], []), "dpost": ([], [])}
+    ba, auc, n_skip_ba, n_skip_auc = [], [], 0, 0
+    for r in traced:
+        for h in r["trace"]["differential_heads"]:
+            gap = r["layer"] - parse_head(h).layer
+            distance[gap] = distance.get(gap, 0) + 1
+            s = r["ablation_samples"][h]
+            for key, (act, inact) in samples.items():
+                act += [v for v, a in zip(s[key], s["active"]) if a]
+                inact += [v for v, a in zip(s[key], s["active"]) if not a]
+            e = (r.get("explanations") or {}).get(h)
+            if e is not None and not e["skipped"] and e["balanced_accuracy"] is not None:
+                ba.append(e["balanced_accuracy"])
+            else:
+                n_skip_ba += 1
+            if e is not None and not e["skipped"] and e["roc_auc"] is not None:
+                auc.append(e["roc_auc"])
+            else:
+                n_skip_auc += 1
+    counts: dict[int, int] = {}
+    for n in n_diff:
+        counts[n] = counts.get(n, 0) + 1
+    return {
+        "neurons": len(records), "neurons_traced": len(traced), "neurons_without_prompts": len(records) - len(traced),
+        "neurons_with_differential_heads": sum(1 for n in n_diff if n > 0),
+        "differential_heads": sum(n_diff),
+        "differential_heads_per_neuron": {**_dist(n_diff), "counts": {str(k): counts[k] for k in sorted(counts)}},
+        "layer_distance": {str(k): distance[k] for k in sorted(distance)},
+        "scores": {"balanced_accuracy": _scores(ba, n_skip_ba), "roc_auc": _scores(auc, n_skip_auc)}
+        if explained else None,
+        "ablation": {"pairs": sum(n_diff), "dp": _drops(*samples["dp"]), "dpost": _drops(*samples["dpost"])},
+    }
+
+
+def aggregates(records: list[dict], explained: bool) -> dict:
+    layers = sorted({r["layer"] for r in records})
+    return {"layers": {str(layer): aggregate([r for r in records if r["layer"] == layer], explained)
+                       for layer in layers},
+            "all": aggregate(records, explained)}
+
+
+def summary_entry(record: dict) -> dict:
+    """A neuron's entry in study.json: everything but the per-prompt detail (kept in neurons/<name>.json)."""
+    out = {k: v for k, v in record.items() if k not in ("trace", "histogram")}
+    if "trace" in record:
+        t = record["trace"]
+        out["card"] = t["neuron"]
+        out |= {"n_prompts": len(t["prompts"]), "settings": t["settings"], "heads": t["heads"],
+                "differential_heads": t["differential_heads"], "identity_check": t["identity_check"]}
+    return out
+
+
+# ---- the run -------------------------------------------------------------------------------------------
+def _atomic_json(path: Path, obj) -> None:
+    from .files import atomic_write
+
+    atomic_write(path, json.dumps(obj, indent=1, ensure_ascii=False) + "\n")
+
+
+def _prepare_out(out: Path, settings: dict, restart: bool) -> None:
+    """Create ``out``; refuse an earlier study there made with other settings (unless ``restart``)."""
+    if out.exists() and not out.is_dir():
+        raise MinitfError(f"--out {out}: is a file, not a folder")
+    try:
+        (out / NEURONS_DIR).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise MinitfError(f"--out {out}: cannot create the folder ({e.strerror})") from None
+    if not os.access(out, os.W_OK) or not os.access(out / NEURONS_DIR, os.W_OK):
+        raise MinitfError(f"--out {out}: not writable")
+    path = out / SETTINGS_FILE
+    if path.is_file() and not restart:
+        try:
+            before = json.loads(path.read_text(encoding="utf-8"))["settings"]
+        except (OSError, ValueError, KeyError, TypeError):
+            raise MinitfError(f"{path}: unreadable study settings; rerun with --restart to start over") from None
+        for key in list(settings) + [k for k in before if k not in settings]:
+            if before.get(key) != settings.get(key):
+                raise MinitfError(f"--out {out} holds a study made with {key} = {_short(before.get(key))}, "
+                                  f"not {_short(settings.get(key))}; rerun with --restart to start over, "
+                                  "or choose another --out")
+    if restart:
+        for old in [out / STUDY_FILE, out / "index.html", *(out / NEURONS_DIR).glob("L*N*.json"),
+                    *(out / NEURONS_DIR).glob("L*N*.html")]:
+            old.unlink(missing_ok=True)
+    _atomic_json(path, {"format": FORMAT, "version": VERSION, "settings": settings})
+
+
+def _short(value) -> str:
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= 60 else text[:57] + "…"
+
+
+def _load_record(path: Path, name: str) -> dict | None:
+    """A finished neuron record, or None (missing, unreadable, or waiting for LLM calls)."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if record.get("neuron") == name and not record.get("pending") else None
+
+
+def run_study(model, out, options: StudyOptions, restart: bool = False, progress: bool = True,
+              say=lambda line: print(line, file=sys.stderr)) -> dict:
+    """Run (or resume) the study in ``out``; returns study.json's content. ``say`` prints one-line notes."""
+    from .corpus import check_split, default_corpus
+    from .files import file_sha256
+    from .index import model_sha256
+
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    t0 = time.monotonic()
+    out = Path(out)
+    corpus = Path(options.corpus) if options.corpus else default_corpus(model)
+    if corpus is None:
+        raise MinitfError(f"--corpus: required ({model.folder} has no corpus.txt.gz)")
+    if not corpus.is_file():
+        raise MinitfError(f"--corpus {corpus}: no such file")
+    check_split(None if options.split == "all" else options.split)
+    if options.n_prompts < 2:
+        raise MinitfError(f"--n-prompts {options.n_prompts}: must be at least 2")
+    neurons = select_neurons(model, options)
+    if not neurons:
+        raise MinitfError("no neuron left to study (every one is in --exclude)")
+
+    llm, skipped_reason = _make_llm(options)
+    settings = {k: v for k, v in asdict(options).items() if k not in StudyOptions.NOT_SETTINGS}
+    settings |= {"layers": sorted({n.layer for n in neurons}), "neurons": [str(n) for n in neurons],
+                 "corpus": str(corpus), "llm": options.llm if llm is not None else None,
+                 "base_url": options.base_url if llm is not None else None,
+                 "model": {"folder": str(model.folder), "sha256": model_sha256(model)},
+                 "corpus_sha256": file_sha256(corpus)}
+    _prepare_out(out, settings, restart)
+    if skipped_reason:
+        say(f"explanations skipped: {skipped_reason}")
+
+    records: dict[str, dict] = {}
+    partial: dict[str, dict] = {}  # neurons whose LLM step ran out of --max-calls (redone by a rerun)
+    for n in neurons:
+        if (r := _load_record(out / NEURONS_DIR / f"{n}.json", str(n))) is not None:
+            records[str(n)] = r
+    todo = [n for n in neurons if str(n) not in records]
+    if records and todo:
+        say(f"study: resuming: {len(records)} of {len(neurons)} neurons already done in {out}")
+
+    index = docs = None
+    if todo:
+        layers = {n.layer for n in todo}
+        index = ensure_index(model, corpus, layers, options.n_prompts, progress)
+        splits = [None if options.split == "all" else options.split] + (["test"] if llm is not None else [])
+        wanted = {d for n in todo for s in splits for d, _, _ in index.top(n, s)}
+        docs = read_documents_once(model, corpus, wanted)
+
+    from .progress import Progress
+
+    bar = Progress("study", len(neurons), len(records), unit="neurons", enabled=progress, every=15.0)
+    stop = threading.Event()
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        def on_sigint(signum, frame):
+            if stop.is_set():
+                raise KeyboardInterrupt
+            stop.set()
+            bar.note("study: stopping after the current neuron (Ctrl-C again to quit now)")
+        previous = signal.signal(signal.SIGINT, on_sigint)
+    pending_heads = 0
+    # The LLM step of a neuron runs on one background thread while the next neurons are computed (it waits on
+    # the server, the rest on the CPU); records are finished in neuron order, at most two neurons ahead.
+    llm_thread = ThreadPoolExecutor(1, thread_name_prefix="minitf-study-llm") if llm is not None else None
+    waiting: deque = deque()  # (record, future of explain_and_score) in neuron order
+
+    def finish(record: dict) -> None:
+        nonlocal pending_heads
+        _atomic_json(out / NEURONS_DIR / f"{record['neuron']}.json", record)
+        pending_heads += len(record.get("pending", []))
+        (partial if record.get("pending") else records)[record["neuron"]] = record
+        bar.update(len(records) - bar.done, status=f"{record['neuron']}: done")
+
+    def collect(block: bool) -> None:
+        while waiting and (block or len(waiting) > 2 or waiting[0][1].done()):
+            record, future = waiting.popleft()
+            record["explanations"], pending = future.result()
+            if pending:
+                record["pending"] = pending
+            finish(record)
+
+    try:
+        for n in todo:
+            if stop.is_set():
+                break
+            record, test = study_neuron(model, n, options, corpus, index, docs, llm is not None,
+                                        lambda step, n=n: bar.update(status=f"{n}: {step}"))
+            if test is None:
+                collect(block=True)  # keep the order of the records
+                finish(record)
+            else:
+                waiting.append((record, llm_thread.submit(explain_and_score, llm, record["trace"], test)))
+                collect(block=False)
+        collect(block=True)
+    finally:
+        if llm_thread is not None:
+            llm_thread.shutdown(wait=True, cancel_futures=True)
+        bar.end_line()
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    if stop.is_set() and len(records) < len(neurons):
+        raise StudyInterrupted(f"study: interrupted after {len(records)} of {len(neurons)} neurons; "
+                               f"rerun the same command to continue (saved in {out / NEURONS_DIR})")
+    if pending_heads:
+        say(f"--max-calls {options.max_calls} reached: {pending_heads} differential heads left unexplained; "
+            "rerun with a higher --max-calls to finish (answers so far are cached)")
+
+    finished = [records.get(str(n)) or partial[str(n)] for n in neurons if str(n) in records or str(n) in partial]
+    study = {"format": FORMAT, "version": VERSION, "settings": settings,
+             "explanations": "done" if llm is not None and not pending_heads else
+             f"{pending_heads} differential heads left unexplained (--max-calls)" if llm is not None else
+             f"skipped: {skipped_reason}",
+             "complete": len(records) == len(neurons),
+             "aggregates": aggregates(finished, llm is not None),
+             "neurons": [summary_entry(r) for r in finished],
+             "run": {"started": started, "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                     "seconds": round(time.monotonic() - t0, 3),
+                     "llm": llm.stats() if llm is not None else None}}
+    from .study_site import write_site
+
+    write_site(out, study, finished)
+    _atomic_json(out / STUDY_FILE, study)
+    return study
+
+
+def _make_llm(options: StudyOptions):
+    """(LLM or None, why explanations are skipped or None). An LLM is used with --llm or --base-url, or
+    when OPENAI_API_KEY is set (then the default model)."""
+    from .explain import llm_client
+    from .llm import MISSING_KEY_MESSAGE
+
+    key, env_url = os.environ.get("OPENAI_API_KEY"), os.environ.get("OPENAI_BASE_URL")
+    if options.llm is None and options.base_url is None and not key:
+        return None, "no --llm, no --base-url and OPENAI_API_KEY is not set"
+    if not key and not (options.base_url or env_url):
+        raise MinitfError(f"--llm {options.llm}: {MISSING_KEY_MESSAGE}")
+    if options.llm is None:
+        options.llm = "gpt-4o-mini"
+    return llm_client(options.llm, options.base_url, options.cache_dir, options.max_calls, options.concurrency,
+                      options.timeout, options.max_retries), None
+
+
+# ---- text ----------------------------------------------------------------------------------------------
+def _fmt(x, spec: str = ".3f") -> str:
+    return "–" if x is None else format(x, spec)
+
+
+def summary_lines(study: dict) -> list[str]:
+    """The printed table: one row per layer and one for all neurons."""
+    s = study["settings"]
+    lines = [f"study of {len(study['neurons'])} neurons of {s['model']['folder']}: top {s['n_prompts']} "
+             f"{s['split']} prompts each, rule {s['rule']}, explanations {study['explanations'].split(':')[0]}",
+             f"{'layer':<6}{'neurons':>8}{'w/ diff':>8}{'diff/n':>7}  {'distance 1,2,…':<15}"
+             f"{'score ± std (n)':<20}{'Δp active / inactive':<22}KS D (p)"]
+    groups = list(study["aggregates"]["layers"].items()) + [("all", study["aggregates"]["all"])]
+    for name, a in groups:
+        dist = ",".join(str(a["layer_distance"].get(str(d), 0))
+                        for d in range(1, 1 + max([int(k) for k in a["layer_distance"]] or [0])))
+        sc = a["scores"]["balanced_accuracy"] if a["scores"] else None
+        score = "–" if sc is None else f"{_fmt(sc['mean'])}±{_fmt(sc['std'])} ({sc['count']})"
+        dp = a["ablation"]["dp"]
+        ks = dp["ks"]
+        drops = f"{_fmt(dp['active']['mean'], '+.1e')} / {_fmt(dp['inactive']['mean'], '+.1e')}"
+        lines.append(f"{name:<6}{a['neurons']:>8}{a['neurons_with_differential_heads']:>8}"
+                     f"{_fmt(a['differential_heads_per_neuron']['mean'], '.2f'):>7}  {dist or '–':<15}{score:<20}"
+                     f"{drops:<22}{'–' if ks is None else format(ks['statistic'], '.2f') + ' (' + format(ks['p_value'], '.1e') + ')'}")
+    return [line.rstrip() for line in lines]
+
+
+__all__ = ["StudyOptions", "StudyInterrupted", "run_study", "select_neurons", "aggregate", "aggregates",
+           "summary_lines", "read_neuron_list"]
