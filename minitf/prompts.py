@@ -151,7 +151,8 @@ def mine_prompts(model, neuron: Neuron | str, corpus: str | Path, split: str | N
                  bos: bool = True, max_tokens: int = 100, progress: bool = True, index=None,
                  docs: dict[int, list[int]] | None = None) -> list[MinedPrompt]:
     """The neuron's top-k documents of ``split``, each trimmed to its shortest suffix that keeps ≥ 80 % of the
-    peak activation (see the module docstring), best first, without repeating a trimmed prompt; documents that
+    peak activation (see the module docstring), without repeating a trimmed prompt, listed by the activation
+    each prompt shows (highest first); documents that
     do not fit in ``max_tokens``, peak at ≤ 0 or repeat a better prompt are dropped and the next candidates
     tried, so fewer than k prompts come back only when the candidates run out. Without an index, the scan of the
     corpus shows ``progress`` on stderr.
@@ -205,6 +206,7 @@ def mine_prompts(model, neuron: Neuron | str, corpus: str | Path, split: str | N
                 continue
             seen.add(tuple(tokens))
             out.append(MinedPrompt(tokens, doc_id, p, a, a if f is None else f))
+    out.sort(key=lambda m: -m.trimmed_activation)  # listed by the activation the prompt shows, highest first
     return out
 
 

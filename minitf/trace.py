@@ -204,10 +204,7 @@ def trace_neuron(model: Model, neuron: Neuron, source: PromptSource | None = Non
                                            "trimmed_activation": m.trimmed_activation}) for m in mined]
         settings |= {"source": f"top {len(prompts)} mined from {corpus}, split {split}", "corpus": str(corpus),
                      "split": split}
-    result = trace(model, neuron, prompts, options, settings=settings)
-    if not (texts or prompt_file):  # mined prompts are listed by the activation they show, highest first
-        result["prompts"].sort(key=lambda p: -p["activation"])
-    return result
+    return trace(model, neuron, prompts, options, settings=settings)
 
 
 def card_record(card: dict, layer_size: int) -> dict:

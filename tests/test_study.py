@@ -179,10 +179,12 @@ def test_aggregates_are_recomputed_from_the_neuron_records(studies):
     assert study["aggregates"]["all"]["differential_heads"] > 0  # the test means something
 
 
-def test_ablation_samples_are_the_drops_when_the_head_is_zeroed(studies):
+def test_ablation_samples_are_the_drops_when_the_head_is_removed(studies):
     """Each differential head's per-prompt Δp and Δpost, recomputed here one prompt at a time with plain runs
-    (the head's output zeroed or not), and their means against the trace's own ablation summary."""
+    (the head's z replaced by its constant part, as --scores paper removes a head, or not), and their means
+    against the trace's own ablation summary."""
     import minitf
+    from minitf.attribution import head_value_constant
 
     model = minitf.load("tiny")
     n = 0
@@ -201,7 +203,9 @@ def test_ablation_samples_are_the_drops_when_the_head_is_zeroed(studies):
                     ids = [model.bos] + model.encode(p["text"])
                     assert len(ids) == len(p["tokens"])
                     got = []
-                    for zero in ([], [minitf.Intervention(head["head"])]):
+                    assert r["trace"]["settings"]["scores"] == "paper"
+                    removed = minitf.Intervention(head["head"], head_value_constant(model, head["layer"])[head["index"]])
+                    for zero in ([], [removed]):
                         run_ = model.run([ids], logits="last", keep={("post", r["layer"])}, interventions=zero)
                         logits = run_.logits[0].astype(np.float64)
                         prob = np.exp(logits - logits.max())
