@@ -278,6 +278,8 @@ def _layer_list(ctx, param, values) -> list[int]:
             for part in str(value).replace(" ", ",").split(","):
                 if "-" in part.strip("-"):
                     a, b = part.split("-", 1)
+                    if int(a) > int(b):
+                        raise MinitfError(f"--layer {part}: reversed range (write {b}-{a})")
                     out |= set(range(int(a), int(b) + 1))
                 elif part:
                     out.add(int(part))
@@ -349,8 +351,11 @@ def neurons(model_spec, layers, top, n_tokens, no_filter, min_count, corpus, as_
 @click.option("--show", "show", multiple=True, callback=lambda c, p, v: [_neuron_arg(c, p, x) for x in v],
               help="Print this neuron's top documents (repeatable).")
 @click.option("--no-progress", is_flag=True, help="No progress bar on stderr.")
+@click.option("--ray", "ray_address", default=None, metavar="auto|ADDRESS",
+              help="Run the shards on a Ray cluster (one actor per CPU; needs the cluster extra).")
 @json_option
-def index(model_spec, corpus, layers, split, k, workers, bos, index_dir, rebuild, show, no_progress, as_json):
+def index(model_spec, corpus, layers, split, k, workers, bos, index_dir, rebuild, show, no_progress, ray_address,
+          as_json):
     """Index a corpus: each neuron's top-k documents, positive count and activation histogram (resumable)."""
     from minitf.corpus import default_corpus, documents, tokenize_document
     from minitf.index import IndexInterrupted, build_index, load_index
@@ -362,7 +367,8 @@ def index(model_spec, corpus, layers, split, k, workers, bos, index_dir, rebuild
             raise MinitfError(f"--corpus: required ({model.folder} has no corpus.txt.gz)")
     try:
         path = build_index(model, corpus, layers=layers or None, k=k, split=split, workers=workers,
-                           progress=not no_progress, bos=bos, index_dir=index_dir, rebuild=rebuild)
+                           progress=not no_progress, bos=bos, index_dir=index_dir, rebuild=rebuild,
+                           ray=ray_address)
     except IndexInterrupted as e:
         click.echo(str(e), err=True)
         raise
@@ -374,7 +380,7 @@ def index(model_spec, corpus, layers, split, k, workers, bos, index_dir, rebuild
                                                                         for name, rows in tops.items()}})
     docs, tokens = sum(m["documents"].values()), sum(m["tokens"].values())
     click.echo(f"{path}: {docs} documents ({m['documents']['train']} train, {m['documents']['test']} test), "
-               f"{tokens:,} tokens, layers {m['layers']}, top {m['k']} per neuron; built in {m['seconds']:.1f} s")
+               f"{tokens:,} tokens, layers {m['layers']}, top {m['k']} per neuron; built in {m['build']['seconds']:.1f} s")
     if not show:
         return
     wanted = {d for rows in tops.values() for d, _, _ in rows}

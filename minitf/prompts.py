@@ -22,7 +22,6 @@ only the first, highest-activation one is kept, and further candidates (all of t
 """
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -211,11 +210,7 @@ def _top_from_index(model, neuron: Neuron, corpus: Path, split: str | None, k: i
     all of the index's top list (≥ k entries), the ones past k as spares."""
     from .index import load_index
 
-    try:
-        index = load_index(model, corpus)
-    except MinitfError as e:
-        warnings.warn(f"{e} — scanning the corpus instead", stacklevel=3)
-        return None
+    index = load_index(model, corpus)  # a stale or unreadable index is refused (MinitfError), as everywhere
     if index is None or not index.covers(neuron, split) or index.bos != bos or index.k < k:
         return None
     return index.top(neuron, split)

@@ -147,12 +147,11 @@ def test_index_and_scan_give_the_same_prompts(setup, tmp_path):
     indexed = mine_prompts(model, neuron, corpus, split="test", k=5)
     assert [(p.doc_id, p.position, p.tokens) for p in indexed] == [(p.doc_id, p.position, p.tokens) for p in scanned]
     np.testing.assert_allclose([p.activation for p in indexed], [p.activation for p in scanned], atol=1e-5)
-    # a stale index is not used: the scan takes over, with a warning
+    # a stale index is refused (one line saying how to rebuild), as by every command
     with corpus.open("a") as f:
         f.write("\nGod said let there be light.\n")
-    with pytest.warns(UserWarning, match="stale index"):
-        again = mine_prompts(model, neuron, corpus, split="test", k=5)
-    assert len(again) >= 1
+    with pytest.raises(MinitfError, match="stale index: .*rebuild it with `minitf index"):
+        mine_prompts(model, neuron, corpus, split="test", k=5)
 
 
 def test_scan_top_documents_and_activations(setup):
