@@ -13,6 +13,7 @@ Ray is optional: ``pip install -e ".[cluster]"`` (ray==2.60.0).
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Iterator
 
 from .errors import MinitfError
@@ -30,13 +31,33 @@ def connect(address: str):
         raise MinitfError(f"--ray: {INSTALL}") from None
     if ray.is_initialized():
         return ray
-    os.environ.setdefault("RAY_gcs_rpc_server_connect_timeout_s", "10")  # a dead address fails in seconds
+    if (why := _unreachable(address)) is not None:  # Ray itself would retry for minutes, logging on stderr
+        raise MinitfError(f"--ray {address}: no Ray cluster answers there ({why})")
     try:
         ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     except Exception as e:  # noqa: BLE001 — Ray raises ConnectionError, RuntimeError, ValueError …
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise MinitfError(f"--ray {address}: no Ray cluster answers there ({first})") from None
     return ray
+
+
+def _unreachable(address: str) -> str | None:
+    """Why nothing listens at the cluster's address (a TCP connect, 5 s at most), or None."""
+    import socket
+
+    if address == "auto":  # where ``ray start`` wrote it (or RAY_ADDRESS); none: ray.init says so itself
+        current = Path(os.environ.get("RAY_TMPDIR", "/tmp")) / "ray" / "ray_current_cluster"
+        address = os.environ.get("RAY_ADDRESS") or (current.read_text().strip() if current.is_file() else "")
+        if not address or address == "auto":
+            return None
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return "write it as host:port"
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as e:
+        return e.strerror or str(e) or type(e).__name__
+    return None
 
 
 class _Actor:

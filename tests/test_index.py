@@ -465,3 +465,21 @@ def test_a_plain_script_without_a_main_guard_builds_with_two_workers(setup, tmp_
         same_index(load_index(model, corpus, tmp_path / "idx"), build(model, corpus, tmp_path / "ref", k=4, workers=1))
     finally:
         I.SHARD_CHARS = old
+
+
+def test_without_ray_the_ray_option_says_how_to_install(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+
+    corpus = write_corpus(tmp_path / "c.txt", n_docs=5)
+    folder = write_model(tmp_path / "tiny")
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "ray.py").write_text("raise ImportError('no ray here')\n")  # as if not installed
+    res = subprocess.run([sys.executable, str(root / "cli.py"), "index", "--model", str(folder), "--corpus",
+                          str(corpus), "--ray", "auto"], capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path / "site"), str(root)])))
+    assert res.returncode == 1 and res.stderr.count("\n") == 1
+    assert 'pip install -e ".[cluster]"' in res.stderr and not Path(str(corpus) + ".index").exists()
