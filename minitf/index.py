@@ -197,29 +197,50 @@ def _batches(items: list, tokens_per_batch: int) -> Iterator[list]:
 
 
 def _run_batch(model, spec: ShardSpec, state: TopkState, batch: list) -> None:
-    s = batch[0][0]
+    s, first = batch[0][0], 1 if spec.bos else 0
     lengths = np.array([len(x[2]) for x in batch])  # [B]
     run = model.run([x[2] for x in batch], logits=None, keep={"post"}, stop_at_layer=max(spec.layers))
-    T = run.tokens.shape[1]
-    pos = np.arange(T)  # [T]
-    valid = (pos[None, :] < lengths[:, None]) & (pos[None, :] >= (1 if spec.bos else 0))  # [B, T]
     doc_ids = np.array([x[1] for x in batch], np.int64)  # [B]
+    n_valid = int(lengths.sum()) - first * len(batch)
     for li, layer in enumerate(spec.layers):
-        _update(state, s, li, run.cache.pop(("post", layer)), valid, doc_ids)
+        post = run.cache.pop(("post", layer))  # [B, T, M]
+        post[:, :first] = -np.inf  # BOS and padded positions never count
+        for b in np.flatnonzero(lengths < post.shape[1]):
+            post[b, lengths[b]:] = -np.inf
+        _update(state, s, li, post, n_valid, doc_ids)
     run.cache.clear()
-    state.seen[s] += int(valid.sum())
+    state.seen[s] += n_valid
     state.docs[s] += len(batch)
     state.tokens[s] += int(lengths.sum())
 
 
-def _update(state: TopkState, s: int, li: int, post: np.ndarray, valid: np.ndarray, doc_ids: np.ndarray) -> None:
-    """Add one batch's activations post [B, T, M] of layer li (split s) to the state.
+def _count_above(rows: np.ndarray, edge: float) -> np.ndarray:
+    """[M] count of rows [N, M] above ``edge``: bytes summed 255 rows at a time (no int64 [N, M] temporary)."""
+    above = np.greater(rows, np.float32(edge)).view(np.uint8)  # [N, M] 0/1
+    total = np.zeros(rows.shape[1], np.int64)  # [M]
+    for i in range(0, rows.shape[0], 255):
+        total += np.add.reduce(above[i:i + 255], axis=0, dtype=np.uint8)
+    return total
 
-    valid [B, T] marks real, non-BOS positions; post is overwritten with −∞ elsewhere.
-    """
-    post[~valid] = -np.inf  # [B, T, M] padded and BOS positions never count
-    n_valid = int(valid.sum())
-    above = [np.count_nonzero(post > e, axis=(0, 1)) for e in HIST_EDGES]  # 6 × [M] counts above each edge
+
+def _first_argmax(post: np.ndarray, doc_max: np.ndarray, rows: int = 64) -> np.ndarray:
+    """[B, M] int32: the first t with post[b, t, m] == doc_max[b, m], found ``rows`` positions at a time
+    (``argmax`` along a middle axis would copy all of post [B, T, M]; a gather per pair is a cache miss each)."""
+    B, T, M = post.shape
+    first = np.full((B, M), -1, np.int32)  # [B, M]
+    for t0 in range(0, T, rows):
+        hit = post[:, t0:t0 + rows] == doc_max[:, None, :]  # [B, r, M]
+        new = hit.any(1) & (first < 0)  # [B, M]
+        if new.any():
+            first[new] = t0 + hit.argmax(1)[new]
+    return first
+
+
+def _update(state: TopkState, s: int, li: int, post: np.ndarray, n_valid: int, doc_ids: np.ndarray) -> None:
+    """Add one batch's activations post [B, T, M] of layer li (split s) to the state; positions that do not
+    count (BOS, padding) hold −∞, and n_valid is how many do count."""
+    B, T, M = post.shape
+    above = [_count_above(post.reshape(B * T, M), e) for e in HIST_EDGES]  # 6 × [M] counts above each edge
     state.positive[s, li] += above[0]
     hist = state.hist[s, li]  # [nb, M]
     hist[0] += n_valid - above[0]
@@ -229,14 +250,14 @@ def _update(state: TopkState, s: int, li: int, post: np.ndarray, valid: np.ndarr
 
     doc_max = post.max(1)  # [B, M] each document's maximum
     kth = state.top_act[s, li, -1]  # [M] current k-th best (−∞ while not full)
-    cols = np.flatnonzero((doc_max >= kth).any(0))  # [C] neurons with a candidate (a tie may win on doc_id)
+    is_cand = (doc_max >= kth) & (doc_max > -np.inf)  # [B, M] could enter the top-k (a tie may win on doc_id)
+    cols = np.flatnonzero(is_cand.any(0))  # [C]
     if cols.size == 0:
         return
-    cand = doc_max[:, cols]  # [B, C]
-    where = post[:, :, cols].argmax(1).astype(np.int32)  # [B, C] first argmax position
-    has = cand > -np.inf  # [B, C] documents with a real position
-    docs = np.where(has, doc_ids[:, None], -1)  # [B, C]
-    state.add_candidates(s, li, cand, docs, np.where(has, where, -1).astype(np.int32), cols)
+    where = _first_argmax(post, doc_max)  # [B, M]
+    cand = np.where(is_cand, doc_max, -np.inf)[:, cols]  # [B, C]
+    docs = np.where(is_cand, doc_ids[:, None], -1)[:, cols]  # [B, C]
+    state.add_candidates(s, li, cand, docs, where[:, cols], cols)
 
 
 # ---- executors: who runs the shards -----------------------------------------------------------------
@@ -299,19 +320,24 @@ def _processes(model, spec: ShardSpec, shards: Iterator, workers: int) -> Iterat
     try:
         pending = set()
         shards = iter(shards)
-        while True:
-            while len(pending) < 2 * workers and (nxt := next(shards, None)) is not None:
-                pending.add(pool.submit(_worker_shard, *nxt))
+        broken = False
+        while not broken:
+            try:
+                while len(pending) < 2 * workers and (nxt := next(shards, None)) is not None:
+                    pending.add(pool.submit(_worker_shard, *nxt))
+            except BrokenProcessPool:
+                broken = True
             if not pending:
-                return
+                break
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for f in done:
-                try:
+            for f in done:  # the shards that did finish are kept even when a worker died
+                if isinstance(f.exception(), BrokenProcessPool):
+                    broken = True
+                else:
                     sid, arrays = f.result()
-                except BrokenProcessPool:
-                    raise MinitfError("an index worker died (out of memory?); finished shards are saved, "
-                                      "rerun to resume") from None
-                yield sid, TopkState.from_arrays(arrays)
+                    yield sid, TopkState.from_arrays(arrays)
+        if broken:
+            raise MinitfError("an index worker died (out of memory?); finished shards are saved, rerun to resume")
     finally:
         for name, value in saved.items():
             os.environ.pop(name, None) if value is None else os.environ.__setitem__(name, value)

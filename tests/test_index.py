@@ -311,7 +311,7 @@ def test_a_worker_that_dies_is_reported_and_a_rerun_resumes(setup, tmp_path, mon
     with pytest.raises(MinitfError, match="an index worker died.*rerun to resume"):
         build_index(model, corpus, k=4, workers=2, progress=False, index_dir=tmp_path / "d")
     saved = json.loads(str(np.load(tmp_path / "d" / "tiny.partial" / "state.npz")["manifest"]))["shards"]
-    assert len(saved) >= 2
+    assert len(saved) >= 1
     monkeypatch.setattr(index_mod, "index_shard", real)
     same_index(build(model, corpus, tmp_path / "d", k=4, workers=2), build(model, corpus, tmp_path / "r", k=4, workers=1))
 
