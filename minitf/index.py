@@ -70,7 +70,7 @@ from .topk import HIST_EDGES, TopkState, merge_topk
 FORMAT = "minitf-neuron-index"
 VERSION = 2  # 2: the total order on ties, fixed shards, manifest "build"
 TOKENS_PER_BATCH = 4096  # padded B·T of one forward pass
-SHARD_CHARS = 1 << 16  # characters of consecutive documents per shard: the unit of work and of resuming
+SHARD_CHARS = 1 << 15  # characters of consecutive documents per shard: the unit of work and of resuming
 STOP_AFTER_ENV = "MINITF_INDEX_STOP_AFTER"
 _BLAS_ENV = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
