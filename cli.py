@@ -335,7 +335,7 @@ def neurons(model_spec, layers, top, n_tokens, no_filter, min_count, corpus, as_
 
 @main.command()
 @model_option
-@click.option("--corpus", type=click.Path(dir_okay=False), default=None,
+@click.option("--corpus", default=None,  # checked by build_index: one line, exit 1
               help="Corpus (.txt, .jsonl, .gz of either) [default: the model's corpus.txt.gz].")
 @click.option("--layer", "--layers", "layers", multiple=True, callback=_layer_list,
               help="Layers to index (repeatable; 3,5 or 2-4) [default: all].")

@@ -204,6 +204,25 @@ def profile(model: Model, corpus: Path, layers: list[int]) -> dict:
     return {"seconds": total, "forward": fwd, "statistics": stats}
 
 
+def bench_neurons(model: Model, tmp: Path, ceiling: float) -> dict:
+    """``neurons.layer_scores`` (filter on) for every layer, uncached (memory and disk), vs the GEMM ceiling of
+    its W_out W_U′ products: n_layer · 2·M·D·V FLOPs."""
+    from minitf import neurons
+
+    os.environ["MINITF_CACHE_DIR"] = str(tmp / "neurons-cache")
+    neurons._cache(model).allowed  # the token filter (the vocabulary tokenized) is built once per model
+    cached = neurons._CACHE[model]
+    t = time.perf_counter()
+    for layer in range(model.cfg.n_layer):
+        cached.layers.pop(layer, None)
+        neurons.layer_scores(model, layer, filter=True)
+    seconds = time.perf_counter() - t
+    cfg = model.cfg
+    flops = cfg.n_layer * 2.0 * cfg.d_mlp * cfg.d_model * cfg.d_vocab
+    return {"seconds": round(seconds, 2), "gflop_per_s": round(flops / seconds / 1e9, 1),
+            "fraction_of_ceiling": round(flops / seconds / ceiling, 3)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", help="a model folder or name (default: a random GPT-2-small-shaped model)")
@@ -213,6 +232,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--no-torch", action="store_true", help="skip the transformers + hooks + torch.topk peer")
+    ap.add_argument("--no-neurons", action="store_true", help="skip timing neurons.layer_scores")
     ap.add_argument("--profile", action="store_true", help="also split one worker's time: forward vs statistics")
     args = ap.parse_args()
 
@@ -261,6 +281,11 @@ def main() -> None:
             print(f"transformers GPT2Model + MLP hooks + streaming torch.topk, 2 threads: {tokens} tokens in "
                   f"{seconds:.1f} s = {tokens / seconds:,.0f} tokens/s; minitf (workers={best['workers']}) is "
                   f"{out['torch']['minitf_speedup']:.2f}× that")
+        if not args.no_neurons:
+            n = bench_neurons(model, tmp, ceiling)
+            out["neurons"] = n
+            print(f"neurons, all {cfg.n_layer} layers (uncached): {n['seconds']:.1f} s, {n['gflop_per_s']} GFLOP/s = "
+                  f"{n['fraction_of_ceiling']:.0%} of the GEMM ceiling")
         if args.profile:
             p = profile(model, corpus, layers)
             out["profile"] = p

@@ -446,6 +446,8 @@ def build_index(model, corpus: str | Path, layers: Iterable[int] | None = None, 
     if workers < 1:
         raise MinitfError(f"--workers {workers}: must be at least 1")
     npz, manifest_path, partial = index_paths(model, corpus, index_dir)
+    if corpus.is_dir():
+        raise MinitfError(f"{corpus}: is a directory, not a corpus file")
     corpus_format(corpus)
     known = _read_manifest(npz) if npz.is_file() else None
     corpus_info = _corpus_info(corpus, (known or {}).get("corpus")) if corpus.is_file() else None

@@ -127,6 +127,7 @@ class _NeuronCache:
     def __init__(self, model):
         self.W_U = processed_unembed(model)  # [D, V]
         self.inv_W_U_norm = 1.0 / np.sqrt((self.W_U * self.W_U).sum(0))  # [V] 1 / |W_U′[:, t]|
+        self.mean_direction = self.W_U @ self.inv_W_U_norm  # [D] W_out[n] · this / V = mean_t of the cosines × |w|
         self._allowed = None
         self.layers: dict[int, LayerScores] = {}
         self.counts: dict[tuple, np.ndarray] = {}  # (corpus path, size, mtime_ns) → [V] token counts
@@ -300,7 +301,7 @@ def layer_scores(model, layer: int, filter: bool = True, min_count: int = 0,
 def _paper_scores(model, layer: int, filter: bool) -> LayerScores:
     """``layer_scores`` without the count filter: the paper's filter (or none) and the moments.
 
-    One [CHUNK, D] @ [D, V] product per block of neurons bounds memory to CHUNK·V floats. Layers of big
+    ``_scan_layer`` computes it a cache-sized block of scores at a time (memory: a few MiB). Layers of big
     models (GPT-2 small: ~3 s each on 2 cores) are also kept on disk, keyed by the weights' sha256.
     ``filter=False`` skips the tokenizer; the filtered columns are then filled in on a later filtered call.
     """
@@ -311,28 +312,7 @@ def _paper_scores(model, layer: int, filter: bool) -> LayerScores:
     if have is not None and (not filter or not np.isnan(have.congruence).any()):
         cache.layers[layer] = have
         return have
-    W_out = model.W_out[layer]  # [M, D]
-    M = W_out.shape[0]
-    out = {name: np.empty(M, np.float32) for name in ("congruence", "congruence_all")}
-    out |= {name: np.empty(M, np.int64) for name in ("token", "token_all")}
-    out |= {name: np.empty(M, np.float64) for name in ("kurtosis", "skew")}
-    for start in range(0, M, CHUNK):
-        rows = slice(start, min(start + CHUNK, M))
-        w = W_out[rows]  # [C, D]
-        s = w @ cache.W_U  # [C, V] s_n[t]
-        best = s.argmax(1)  # [C]
-        out["token_all"][rows] = best
-        out["congruence_all"][rows] = s[np.arange(len(best)), best]
-        if allowed is not None:
-            masked = np.where(allowed, s, -np.inf)  # [C, V]
-            best = masked.argmax(1)  # [C]
-            out["token"][rows] = best
-            out["congruence"][rows] = masked[np.arange(len(best)), best]
-            del masked
-        # cos = s / (|W_out_c[n]| |W_U′[:, t]|); a positive factor per row leaves kurtosis and skew unchanged,
-        # so only the per-token norm is divided out.
-        s *= cache.inv_W_U_norm  # [C, V] cosines × |W_out_c[n]|
-        out["kurtosis"][rows], out["skew"][rows] = vocab_moments(s, inplace=True)
+    out = _scan_layer(model.W_out[layer], cache, allowed)
     if allowed is None:
         out["congruence"][:] = np.nan
         out["token"][:] = -1
@@ -340,6 +320,69 @@ def _paper_scores(model, layer: int, filter: bool) -> LayerScores:
     cache.layers[layer] = scores
     _write_disk(model, scores)
     return scores
+
+
+ROWS, COLS = 64, 2048  # one [ROWS, COLS] block of scores (512 KiB) stays in cache through every statistic
+
+
+def _scan_layer(W_out: np.ndarray, cache: "_NeuronCache", allowed: np.ndarray | None) -> dict:
+    """Every statistic of ``layer_scores`` for W_out [M, D], one cache-sized block of s = W_out W_U′ at a time.
+
+    Per block [r, c] of s: running max/argmax (all tokens and allowed ones; a later block wins only when
+    strictly greater, so the argmax is the first one, as over the whole row) and the central power sums of
+    x = s · (1 / |W_U′[:, t]|) about the row mean μ_n, known before the scan from one product:
+
+        μ_n = (1/V) Σ_t s_n[t] / |W_U′[:, t]| = W_out[n] · (W_U′ inv_norm) / V
+
+    (block sums in float32, accumulated in float64). Blocks of rows are shared among the threads, each
+    running its products on one BLAS thread.
+    """
+    from .parallel import Par, threads
+
+    M, V = W_out.shape[0], cache.W_U.shape[1]
+    mu = (W_out @ cache.mean_direction) / np.float32(V)  # [M] row means of x
+    out = {name: np.empty(M, np.float32) for name in ("congruence", "congruence_all")}
+    out |= {name: np.empty(M, np.int64) for name in ("token", "token_all")}
+    power = np.zeros((3, M), np.float64)  # [3, M] Σ (x − μ)², ³, ⁴
+    blocks = list(range(0, M, ROWS))
+    par = Par(threads())
+
+    def share(i):
+        for start in blocks[i::par.n]:
+            rows = slice(start, min(start + ROWS, M))
+            r = rows.stop - rows.start
+            best = np.full((2, r), -np.inf, np.float32)  # [2, r] running max: all tokens, allowed ones
+            arg = np.zeros((2, r), np.int64)  # [2, r]
+            s = np.empty((r, COLS), np.float32)  # [r, COLS]
+            c2 = np.empty((r, COLS), np.float32)  # [r, COLS]
+            for j in range(0, V, COLS):
+                cols = slice(j, min(j + COLS, V))
+                n = cols.stop - j
+                sb, c2b = s[:, :n], c2[:, :n]
+                np.matmul(W_out[rows], cache.W_U[:, cols], out=sb)  # [r, n] s_n[t]
+                for which, scores in ((0, sb), (1, None if allowed is None else np.where(allowed[cols], sb, -np.inf))):
+                    if scores is None:
+                        continue
+                    a = scores.argmax(1)  # [r]
+                    v = scores[np.arange(r), a]  # [r]
+                    better = v > best[which]
+                    best[which][better], arg[which][better] = v[better], a[better] + j
+                sb *= cache.inv_W_U_norm[cols]  # [r, n] x: cosines × |W_out_c[n]|
+                sb -= mu[rows, None]  # [r, n] x − μ
+                np.multiply(sb, sb, out=c2b)  # [r, n] (x − μ)²
+                power[0, rows] += c2b.sum(1)
+                sb *= c2b  # [r, n] (x − μ)³
+                power[1, rows] += sb.sum(1)
+                c2b *= c2b  # [r, n] (x − μ)⁴
+                power[2, rows] += c2b.sum(1)
+            out["congruence_all"][rows], out["token_all"][rows] = best[0], arg[0]
+            out["congruence"][rows], out["token"][rows] = best[1], arg[1]
+
+    par(share, min(par.n, len(blocks)), blas_one=True)
+    var, m3, m4 = power / V  # [M] each
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out["kurtosis"], out["skew"] = m4 / (var * var), m3 / var ** 1.5
+    return out
 
 
 def _disk_path(model, layer: int) -> Path | None:
