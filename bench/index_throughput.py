@@ -180,10 +180,11 @@ def torch_peer(model: Model, corpus: Path, n_layer: int, threads: int = 2, k: in
 def profile(model: Model, corpus: Path, layers: list[int]) -> dict:
     """Seconds of the forward pass and of the statistics for the corpus's batches, on one BLAS thread."""
     import minitf.index as I
+    import minitf.shard as S
 
     spec = I.ShardSpec(tuple(layers), 30, True, TOKENS_PER_BATCH)
     fwd = stats = 0.0
-    real_update = I._update
+    real_update = S._update
 
     def timed_update(*args):
         nonlocal stats
@@ -191,7 +192,7 @@ def profile(model: Model, corpus: Path, layers: list[int]) -> dict:
         real_update(*args)
         stats += time.perf_counter() - t
 
-    I._update = timed_update
+    S._update = timed_update
     try:
         with I.one_blas_thread():
             t = time.perf_counter()
@@ -199,7 +200,7 @@ def profile(model: Model, corpus: Path, layers: list[int]) -> dict:
                 I.index_shard(model, spec, docs)
             total = time.perf_counter() - t
     finally:
-        I._update = real_update
+        S._update = real_update
     fwd = total - stats
     return {"seconds": total, "forward": fwd, "statistics": stats}
 

@@ -64,19 +64,17 @@ class _Actor:
     """Holds the model once; indexes shards on one BLAS thread."""
 
     def __init__(self, shared):
-        from . import parallel
         from .model import Model
+        from .shard import use_one_blas_thread
 
         cfg, weights, tokenizer, spec = shared  # resolved from the object store (weights zero-copy)
         self.model = Model(cfg, weights, None)
         self.model._tokenizer = tokenizer
         self.spec = spec
-        parallel.threads()
-        if parallel._BLAS.set is not None:
-            parallel._BLAS.set(1)
+        use_one_blas_thread()
 
     def run(self, sid: int, docs: list) -> tuple[int, dict]:
-        from .index import index_shard
+        from .shard import index_shard
 
         return sid, index_shard(self.model, self.spec, docs).arrays()
 

@@ -9,6 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 import minitf.index as index_mod
+import minitf.shard as shard_mod
 from minitf import Model
 from minitf.corpus import documents, split_of, tokenize_document
 from minitf.errors import MinitfError
@@ -127,10 +128,10 @@ def test_one_layer_no_bos_and_a_split(setup, tmp_path):
 
 def same_index(a, b):
     """Every array equal (np.array_equal, so bit for bit), and the manifests equal but for "build"."""
-    for name in index_mod.TopkState.ARRAYS + ("layers", "hist_edges"):
-        x = getattr(a.state, name, None) if name in index_mod.TopkState.ARRAYS else getattr(a, name.replace("layers", "layers"))
-        y = getattr(b.state, name, None) if name in index_mod.TopkState.ARRAYS else getattr(b, name)
-        assert np.array_equal(np.asarray(x), np.asarray(y)), name
+    for name in index_mod.TopkState.ARRAYS:
+        x, y = getattr(a.state, name), getattr(b.state, name)
+        assert x.dtype == y.dtype and np.array_equal(x, y), name
+    assert a.layers == b.layers and np.array_equal(a.hist_edges, b.hist_edges)
     strip = lambda m: {key: v for key, v in m.items() if key not in ("build", "corpus")}  # noqa: E731
     assert strip(a.manifest) == strip(b.manifest)
     assert a.manifest["corpus"]["sha256"] == b.manifest["corpus"]["sha256"]
@@ -270,7 +271,7 @@ def test_bad_corpus_is_one_error_and_leaves_nothing(setup, tmp_path, case):
         corpus.write_text('{"text": "fine"}\n' * 5 + '{oops\n')
     elif case == "no-test-docs":
         corpus.write_text("Only one document.\n")
-        split = "train" if index_mod.split_of("Only one document.") == "test" else "test"
+        split = "train" if split_of("Only one document.") == "test" else "test"
     message = {"missing": "no such corpus file", "directory": "is a directory", "not-utf8": "line 3: not UTF-8",
                "empty": "the corpus is empty", "bad-json": "c.jsonl: line 6", "no-test-docs": f"no {split} documents"}
     for workers in (1, 2):
@@ -348,16 +349,16 @@ def test_cli_trace_refuses_a_stale_index_in_one_line(setup, tmp_path):
 
 SLOW_SITECUSTOMIZE = """
 import os, pathlib, time
-import minitf.index as I
+import minitf.index as I, minitf.shard as S
 I.SHARD_CHARS, I.TOKENS_PER_BATCH = 400, 200  # many small shards (forked workers inherit them)
-_run_batch, _calls = I._run_batch, []
+_run_batch, _calls = S._run_batch, []
 def _slow(*args):
     _calls.append(1)
     if len(_calls) == 5 and os.environ.get("MARKER"):  # a few batches done: tell the test
         pathlib.Path(os.environ["MARKER"]).touch()
     time.sleep(0.05)
     return _run_batch(*args)
-I._run_batch = _slow
+S._run_batch = _slow
 """
 
 
@@ -414,7 +415,7 @@ def test_ctrl_c_in_process_keeps_finished_shards_and_resumes_exactly(setup, tmp_
     monkeypatch.setattr(index_mod, "TOKENS_PER_BATCH", 100)
     reference = build(model, corpus, tmp_path / "ref", k=4, workers=1)
 
-    run_batch, calls = index_mod._run_batch, []
+    run_batch, calls = shard_mod._run_batch, []
 
     def interrupting(*args):
         calls.append(1)
@@ -422,14 +423,14 @@ def test_ctrl_c_in_process_keeps_finished_shards_and_resumes_exactly(setup, tmp_
             signal.raise_signal(signal.SIGINT)  # as a terminal's Ctrl-C, delivered to this (main) thread
         return run_batch(*args)
 
-    monkeypatch.setattr(index_mod, "_run_batch", interrupting)
+    monkeypatch.setattr(shard_mod, "_run_batch", interrupting)
     d = tmp_path / "resumed"
     with pytest.raises(IndexInterrupted, match="rerun to resume"):
         build_index(model, corpus, index_dir=d, k=4, workers=1, progress=False)
     assert len(calls) == 10
     shards = json.loads(str(np.load(d / "tiny.partial" / "state.npz")["manifest"]))["shards"]
     assert 0 < len(shards) < reference.manifest["shards"]
-    monkeypatch.setattr(index_mod, "_run_batch", run_batch)
+    monkeypatch.setattr(shard_mod, "_run_batch", run_batch)
     same_index(build(model, corpus, d, k=4, workers=1), reference)
 
 
