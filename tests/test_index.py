@@ -446,16 +446,19 @@ print(build_index(model, {corpus!r}, k=4, workers=2, progress=False, index_dir={
 """
 
 
-def test_a_plain_script_without_a_main_guard_builds_with_two_workers(setup, tmp_path):
+@pytest.mark.parametrize("how", ["file", "stdin"])
+def test_a_plain_script_without_a_main_guard_builds_with_two_workers(setup, tmp_path, how):
+    """A script file with no __main__ guard, and code with no file at all (as a notebook's cells, or python -)."""
     import subprocess
     import sys
 
     _, model, corpus = setup
     root = str(Path(__file__).resolve().parent.parent)
+    code = PLAIN_SCRIPT.format(root=root, model=str(model.folder), corpus=str(corpus), out=str(tmp_path / "idx"))
     script = tmp_path / "plain.py"
-    script.write_text(PLAIN_SCRIPT.format(root=root, model=str(model.folder), corpus=str(corpus),
-                                          out=str(tmp_path / "idx")))
-    res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    script.write_text(code)
+    res = subprocess.run([sys.executable, str(script) if how == "file" else "-"], input=None if how == "file" else code,
+                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert res.returncode == 0 and res.stderr == "", res.stderr
     assert res.stdout.strip() == str(tmp_path / "idx" / "tiny.npz")
     import minitf.index as I
