@@ -353,9 +353,12 @@ def neurons(model_spec, layers, top, n_tokens, no_filter, min_count, corpus, as_
 @click.option("--no-progress", is_flag=True, help="No progress bar on stderr.")
 @click.option("--ray", "ray_address", default=None, metavar="auto|ADDRESS",
               help="Run the shards on a Ray cluster (one actor per CPU; needs the cluster extra).")
+@click.option("--shard-kib", default=None, type=click.IntRange(1, 1 << 20),
+              help="KiB of text per shard (the unit of work and of resuming; equal builds need equal values) "
+                   "[default: 32].")
 @json_option
 def index(model_spec, corpus, layers, split, k, workers, bos, index_dir, rebuild, show, no_progress, ray_address,
-          as_json):
+          shard_kib, as_json):
     """Index a corpus: each neuron's top-k documents, positive count and activation histogram (resumable)."""
     from minitf.corpus import default_corpus, documents, tokenize_document
     from minitf.index import IndexInterrupted, build_index, load_index
@@ -368,7 +371,7 @@ def index(model_spec, corpus, layers, split, k, workers, bos, index_dir, rebuild
     try:
         path = build_index(model, corpus, layers=layers or None, k=k, split=split, workers=workers,
                            progress=not no_progress, bos=bos, index_dir=index_dir, rebuild=rebuild,
-                           ray=ray_address)
+                           ray=ray_address, shard_chars=shard_kib and shard_kib * 1024)
     except IndexInterrupted as e:
         click.echo(str(e), err=True)
         raise

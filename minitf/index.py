@@ -291,12 +291,15 @@ def _check_corpus(corpus: Path, split: str | None, shard_chars: int) -> tuple[in
 
 def build_index(model, corpus: str | Path, layers: Iterable[int] | None = None, k: int = 30,
                 split: str | None = None, workers: int = 2, progress: bool = True, bos: bool = True,
-                index_dir: str | Path | None = None, rebuild: bool = False, ray: str | None = None) -> Path:
+                index_dir: str | Path | None = None, rebuild: bool = False, ray: str | None = None,
+                shard_chars: int | None = None) -> Path:
     """Index ``corpus`` for ``model`` (see the module docstring) and return the path of the .npz.
 
     An up-to-date index with the same settings is returned as is (``rebuild=True`` redoes it); a partial
     build with the same settings is resumed. ``ray="auto"`` or an address runs the shards on a Ray cluster
-    (``minitf.cluster``; ``workers`` is then ignored: one actor per CPU of the cluster). Raises
+    (``minitf.cluster``; ``workers`` is then ignored: one actor per CPU of the cluster). ``shard_chars``
+    (default ``SHARD_CHARS``) sets the shards, and so the batches: equal builds need equal values; bigger shards
+    suit big corpora on many workers (the driver merges and checkpoints once per shard). Raises
     ``IndexInterrupted`` (a KeyboardInterrupt) when stopped.
     """
     corpus = Path(corpus)
@@ -306,6 +309,9 @@ def build_index(model, corpus: str | Path, layers: Iterable[int] | None = None, 
         raise MinitfError(f"--top-k {k}: must be at least 1")
     if workers < 1:
         raise MinitfError(f"--workers {workers}: must be at least 1")
+    shard_chars = SHARD_CHARS if shard_chars is None else int(shard_chars)
+    if shard_chars < 1:
+        raise MinitfError(f"--shard-kib: shards need at least one character, not {shard_chars}")
     npz, manifest_path, partial = index_paths(model, corpus, index_dir)
     if corpus.is_dir():
         raise MinitfError(f"{corpus}: is a directory, not a corpus file")
@@ -327,7 +333,6 @@ def build_index(model, corpus: str | Path, layers: Iterable[int] | None = None, 
                    else "other settings or format")
             print(f"index: {npz} is out of date ({why}); rebuilding it", file=sys.stderr, flush=True)
 
-    shard_chars = SHARD_CHARS
     n_shards, n_docs = _check_corpus(corpus, split, shard_chars)
     params = {"format": FORMAT, "version": VERSION, "model_sha256": model_info["sha256"],
               "corpus_sha256": corpus_info["sha256"], "tokens_per_batch": TOKENS_PER_BATCH,

@@ -322,7 +322,7 @@ def _paper_scores(model, layer: int, filter: bool) -> LayerScores:
     return scores
 
 
-ROWS, COLS = 64, 2048  # one [ROWS, COLS] block of scores (512 KiB) stays in cache through every statistic
+ROWS, COLS = 128, 2048  # one [ROWS, COLS] block of scores (1 MiB) stays in cache through every statistic
 
 
 def _scan_layer(W_out: np.ndarray, cache: "_NeuronCache", allowed: np.ndarray | None) -> dict:

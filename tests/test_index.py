@@ -387,9 +387,9 @@ def test_ctrl_c_then_rerun_gives_the_uninterrupted_result(setup, tmp_path):
     marker = tmp_path / "indexing"
     p = cli(d, start_new_session=True, env=dict(env, MARKER=str(marker)))
     deadline = time.monotonic() + 60
-    while not marker.exists() and time.monotonic() < deadline:  # a worker is at its 5th batch
+    state = d / "tiny.partial" / "state.npz"
+    while not (marker.exists() and state.exists()) and time.monotonic() < deadline:  # shards done and saved
         time.sleep(0.01)
-    time.sleep(0.5)
     os.killpg(p.pid, signal.SIGINT)
     out, err = p.communicate(timeout=60)
     assert p.returncode == 130, (out, err)
