@@ -203,6 +203,8 @@ def _processes(model, spec: ShardSpec, shards: Iterator, workers: int) -> Iterat
         for name, value in saved.items():
             os.environ.pop(name, None) if value is None else os.environ.__setitem__(name, value)
         processes = list((pool._processes or {}).values())
+        if getattr(pool, "_call_queue", None) is not None:  # shards still queued for a stopped worker must not
+            pool._call_queue.cancel_join_thread()          # keep this process from exiting
         pool.shutdown(wait=False, cancel_futures=True)
         for p in processes:
             if p.is_alive():

@@ -72,12 +72,15 @@ class TopkState:
         """Add ``other`` (a disjoint set of documents) into this state, in place."""
         for name in self.COUNTS:
             getattr(self, name)[...] += getattr(other, name)
-        cols = np.arange(self.top_act.shape[-1])
         for s in range(2):
             if other.docs[s] == 0:
                 continue
             for li in range(self.top_act.shape[1]):
-                self.add_candidates(s, li, other.top_act[s, li], other.top_doc[s, li], other.top_pos[s, li], cols)
+                # only neurons where other's best (its first entry) reaches our k-th can change
+                cols = np.flatnonzero(other.top_act[s, li, 0] >= self.top_act[s, li, -1])  # [C]
+                if cols.size:
+                    self.add_candidates(s, li, other.top_act[s, li][:, cols], other.top_doc[s, li][:, cols],
+                                        other.top_pos[s, li][:, cols], cols)
 
 
 def merge_states(states: list[TopkState]) -> TopkState:
