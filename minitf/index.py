@@ -10,13 +10,10 @@ Documents are ``tokenize_document(model, text, bos)`` (BOS + tokens, truncated t
 position is not text and is left out of every statistic. Train and test documents (``corpus.split_of``)
 are kept apart: every array has a leading split axis (0 train, 1 test), so one index serves both.
 
-Shards make the build reproducible and parallel. The corpus (the documents of the split) is cut into
-shards of consecutive documents of about ``SHARD_CHARS`` characters; a shard's documents are sorted by
-(length, doc_id) and cut into batches of at most ``TOKENS_PER_BATCH`` padded tokens, each run on ONE BLAS
-thread. So every float depends on the corpus alone, and a shard's statistics (``topk.TopkState``) are the
-same bytes whichever worker — a local process or a Ray actor (``minitf.cluster``) — ran it; the driver
-merges finished shards with ``topk`` (order-free), so the index is byte-identical for any number of workers
-and either executor.
+Shards (``minitf.shard``: consecutive documents, ``SHARD_CHARS`` characters, batched by length, run on ONE
+BLAS thread) make every float depend on the corpus alone, whichever worker — a local process or a Ray actor
+(``minitf.cluster``) — ran it; the driver merges finished shards with ``topk`` (order-free), so the index
+is byte-identical for any number of workers and either executor.
 
 Files, next to the corpus by default (``<corpus>.index/``), named after the model folder:
 
@@ -36,9 +33,8 @@ finished shards). Interrupting (Ctrl-C), a dead worker or a killed driver loses 
 flight; rerunning the same command — with any number of workers, locally or on Ray — resumes there.
 ``MINITF_INDEX_STOP_AFTER=N`` stops the build after N more shards as if interrupted (tests).
 
-Local workers (``workers`` ≥ 2) are processes forked from the caller (spawned where fork does not exist),
-so a plain script needs no ``if __name__ == "__main__":`` guard and a notebook works; ``workers=1`` runs
-in the calling process.
+Local workers (``workers`` ≥ 2) are forked (spawned where fork does not exist), so a plain script needs
+no ``if __name__ == "__main__":`` guard and a notebook works; ``workers=1`` runs in the calling process.
 """
 from __future__ import annotations
 
@@ -276,9 +272,6 @@ def _check_layers(model, layers) -> list[int]:
 
 def _check_corpus(corpus: Path, split: str | None, shard_chars: int) -> tuple[int, int]:
     """(shards, documents) of the corpus, reading all of it: a bad corpus fails here, before any file is made."""
-    corpus_format(corpus)
-    if corpus.is_dir():
-        raise MinitfError(f"{corpus}: is a directory, not a corpus file")
     if not corpus.is_file():
         raise MinitfError(f"{corpus}: no such corpus file")
     n_shards = n_docs = 0
