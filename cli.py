@@ -340,7 +340,7 @@ def neurons(model_spec, layers, top, n_tokens, no_filter, min_count, corpus, as_
 
 @main.command()
 @model_option
-@click.option("--corpus", type=click.Path(dir_okay=False), default=None,
+@click.option("--corpus", default=None,  # checked by build_index: one line, exit 1
               help="Corpus (.txt, .jsonl, .gz of either) [default: the model's corpus.txt.gz].")
 @click.option("--layer", "--layers", "layers", multiple=True, callback=_layer_list,
               help="Layers to index (repeatable; 3,5 or 2-4) [default: all].")
@@ -356,8 +356,14 @@ def neurons(model_spec, layers, top, n_tokens, no_filter, min_count, corpus, as_
 @click.option("--show", "show", multiple=True, callback=lambda c, p, v: [_neuron_arg(c, p, x) for x in v],
               help="Print this neuron's top documents (repeatable).")
 @click.option("--no-progress", is_flag=True, help="No progress bar on stderr.")
+@click.option("--ray", "ray_address", default=None, metavar="auto|ADDRESS",
+              help="Run the shards on a Ray cluster (one actor per CPU; needs the cluster extra).")
+@click.option("--shard-kib", default=None, type=click.IntRange(1, 1 << 20),
+              help="KiB of text per shard (the unit of work and of resuming; equal builds need equal values) "
+                   "[default: 32].")
 @json_option
-def index(model_spec, corpus, layers, split, k, workers, bos, index_dir, rebuild, show, no_progress, as_json):
+def index(model_spec, corpus, layers, split, k, workers, bos, index_dir, rebuild, show, no_progress, ray_address,
+          shard_kib, as_json):
     """Index a corpus: each neuron's top-k documents, positive count and activation histogram (resumable)."""
     from minitf.corpus import default_corpus, tokenized_documents
     from minitf.index import IndexInterrupted, build_index, load_index
@@ -366,7 +372,8 @@ def index(model_spec, corpus, layers, split, k, workers, bos, index_dir, rebuild
     corpus = default_corpus(model, corpus, needed_for="give --corpus FILE")
     try:
         path = build_index(model, corpus, layers=layers or None, k=k, split=split, workers=workers,
-                           progress=not no_progress, bos=bos, index_dir=index_dir, rebuild=rebuild)
+                           progress=not no_progress, bos=bos, index_dir=index_dir, rebuild=rebuild,
+                           ray=ray_address, shard_chars=shard_kib and shard_kib * 1024)
     except IndexInterrupted as e:
         click.echo(str(e), err=True)
         raise
@@ -378,7 +385,7 @@ def index(model_spec, corpus, layers, split, k, workers, bos, index_dir, rebuild
                                                                         for name, rows in tops.items()}})
     docs, tokens = sum(m["documents"].values()), sum(m["tokens"].values())
     click.echo(f"{path}: {count(docs, 'document')} ({m['documents']['train']} train, {m['documents']['test']} test), "
-               f"{tokens:,} tokens, layers {m['layers']}, top {m['k']} per neuron; built in {m['seconds']:.1f} s")
+               f"{tokens:,} tokens, layers {m['layers']}, top {m['k']} per neuron; built in {m['build']['seconds']:.1f} s")
     if not show:
         return
     docs = tokenized_documents(model, corpus, {d for rows in tops.values() for d, _, _ in rows}, idx.bos)

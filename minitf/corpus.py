@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Iterator, NamedTuple
 
 from .errors import MinitfError
-from .files import file_sha256  # noqa: F401  (index.py, neurons.py import it from here until the merge)
 
 SPLITS = ("train", "test")
 TEST_PERCENT = 20

@@ -30,7 +30,6 @@ from urllib.parse import urlsplit
 
 from minitf.errors import MinitfError
 from minitf.files import file_sha256
-from minitf.files import default_cache_dir  # noqa: F401  (neurons.py imports it from here until the merge)
 from minitf.progress import Progress, megabytes
 
 FILES = ("config.json", "vocab.json", "merges.txt", "model.safetensors")

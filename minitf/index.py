@@ -2,7 +2,7 @@
 
 * its top-k documents: (doc_id, position, activation) where activation = max over the document's positions
   of the post-GELU activation and position its first argmax — each document counts once (the paper keeps
-  k = 30 per neuron);
+  k = 30 per neuron), in the total order (activation desc, doc_id, position) of ``minitf.topk``;
 * how many positions it was positive at, out of how many positions were seen;
 * a coarse histogram of its activations over fixed bins (−∞,0] (0,½] (½,1] (1,2] (2,4] (4,8] (8,∞).
 
@@ -10,62 +10,63 @@ Documents are ``tokenize_document(model, text, bos)`` (BOS + tokens, truncated t
 position is not text and is left out of every statistic. Train and test documents (``corpus.split_of``)
 are kept apart: every array has a leading split axis (0 train, 1 test), so one index serves both.
 
-Memory is bounded whatever the corpus size: per batch, each neuron's per-document maxima [B, M] are merged
-into the running top-k [k, M] (only columns where some document beats the current k-th value), and the
-counts are sums. The forward pass stops after the last requested layer (``stop_at_layer``), no logits.
+Shards (``minitf.shard``: consecutive documents, ``SHARD_CHARS`` characters, batched by length, run on ONE
+BLAS thread) make every float depend on the corpus alone, whichever worker — a local process or a Ray actor
+(``minitf.cluster``) — ran it; the driver merges finished shards with ``topk`` (order-free), so the index
+is byte-identical for any number of workers and either executor.
 
 Files, next to the corpus by default (``<corpus>.index/``), named after the model folder:
 
-* ``<name>.npz`` — arrays ``top_act`` [2, L, k, M] float32 (descending along k; −inf where empty),
-  ``top_doc`` [2, L, k, M] int64 (−1 where empty), ``top_pos`` [2, L, k, M] int32, ``positive`` [2, L, M]
-  int64, ``hist`` [2, L, 7, M] int64, ``seen`` [2] int64 (positions), ``docs`` [2] int64, ``tokens`` [2]
-  int64 (tokens run, BOS included), ``layers`` [L], ``hist_edges`` [6] float32, and ``manifest`` (JSON text);
+* ``<name>.npz`` — arrays ``top_act`` [2, L, k, M] float32 (−inf where empty), ``top_doc`` [2, L, k, M]
+  int64 (−1 where empty), ``top_pos`` [2, L, k, M] int32, ``positive`` [2, L, M] int64, ``hist`` [2, L, 7, M]
+  int64, ``seen`` [2] int64 (positions), ``docs`` [2] int64, ``tokens`` [2] int64 (tokens run, BOS
+  included), ``layers`` [L], ``hist_edges`` [6] float32, and ``manifest`` (JSON text);
 * ``<name>.json`` — the same manifest for people: format, version, model (name, sha256 of the float32
-  weights and tokenizer files), corpus (path, sha256, size, mtime), layers, k, split, bos, n_ctx, counts.
+  weights and tokenizer files), corpus (path, sha256, size, mtime), layers, k, split, bos, n_ctx, counts,
+  and ``build`` (executor, workers, seconds, created: the only fields that differ between equal builds).
 
-An index whose model or corpus sha256 differs from the current ones is stale: ``load_index`` refuses it.
+An index whose model or corpus sha256 differs from the current ones is stale: ``load_index`` refuses it
+(every command but ``index`` says so in one line); ``build_index`` rebuilds it, saying why.
 
-Interrupting (Ctrl-C) or a crash leaves ``<name>.partial/``: each worker's state at its last block of
-documents, saved atomically (every ``CHECKPOINT_SECONDS`` and when stopped). Rerunning the same command
-resumes there; blocks, batches and the merge are deterministic, so the result equals an uninterrupted
-run's exactly. ``MINITF_INDEX_STOP_AFTER=N`` stops each worker after N blocks as if interrupted (tests).
+Every finished shard is merged into ``<name>.partial/state.npz`` (written atomically, with the list of
+finished shards). Interrupting (Ctrl-C), a dead worker or a killed driver loses at most the shards in
+flight; rerunning the same command — with any number of workers, locally or on Ray — resumes there.
+``MINITF_INDEX_STOP_AFTER=N`` stops the build after N more shards as if interrupted (tests).
 
-Two worker processes (``workers=2``) each take every other document (doc_id mod workers) with NumPy's
-BLAS limited to one thread each (OPENBLAS/OMP/MKL_NUM_THREADS=1 in the spawned process's environment), so
-the non-BLAS work (softmax, GELU, LayerNorm, top-k) runs on both cores too; the parent merges their states.
+Local workers (``workers`` ≥ 2) are forked (spawned where fork does not exist), so a plain script needs
+no ``if __name__ == "__main__":`` guard and a notebook works; ``workers=1`` runs in the calling process.
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
-import math
 import multiprocessing as mp
 import os
-import queue
 import shutil
 import signal
 import sys
-import threading
 import time
 import weakref
-from dataclasses import dataclass
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 
-from .corpus import SPLITS, check_split, corpus_format, file_sha256, read_documents, split_of, tokenize_document
+from .corpus import SPLITS, check_split, corpus_format
 from .errors import MinitfError
-from .names import Neuron, parse_neuron
+from .files import atomic_write, file_sha256
+from .progress import Progress
+from .names import Neuron, check_layer, parse_neuron
+from .shard import ShardSpec, index_shard, iter_shards, one_blas_thread, use_one_blas_thread
+from .topk import HIST_EDGES, TopkState, merge_topk
 
 FORMAT = "minitf-neuron-index"
-VERSION = 1
-HIST_EDGES = np.array([0.0, 0.5, 1.0, 2.0, 4.0, 8.0], np.float32)  # bins: (−∞,0] (0,½] … (8,∞)
+VERSION = 2  # 2: the total order on ties, fixed shards, manifest "build"
 TOKENS_PER_BATCH = 4096  # padded B·T of one forward pass
-BLOCK_TOKENS = 2 * TOKENS_PER_BATCH  # documents read, sorted by length and batched together; the resume unit
-CHECKPOINT_SECONDS = 60.0
+SHARD_CHARS = 1 << 15  # characters of consecutive documents per shard: the unit of work and of resuming
 STOP_AFTER_ENV = "MINITF_INDEX_STOP_AFTER"
 _BLAS_ENV = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
@@ -119,432 +120,80 @@ def _corpus_info(corpus: Path, known: dict | None = None) -> dict:
     return info
 
 
-def _atomic_write(path: Path, write: Callable) -> None:
-    """Write with ``write(file)`` to a temp name in the same folder, then ``os.replace`` it onto ``path``."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise MinitfError(f"{path}: cannot write ({e.strerror or e})") from None
-
-
 def _save_npz(path: Path, arrays: dict, meta: dict) -> None:
-    _atomic_write(path, lambda f: np.savez(f, manifest=np.array(json.dumps(meta)), **arrays))
+    atomic_write(path, lambda f: np.savez(f, manifest=np.array(json.dumps(meta)), **arrays))
 
 
-# ---- the per-worker state -------------------------------------------------------------------------
-@dataclass
-class _State:
-    """Running statistics of one worker (or the merged index); the leading axis is the split (train, test)."""
-
-    top_act: np.ndarray  # [2, L, k, M] float32, descending along k
-    top_doc: np.ndarray  # [2, L, k, M] int64
-    top_pos: np.ndarray  # [2, L, k, M] int32
-    positive: np.ndarray  # [2, L, M] int64
-    hist: np.ndarray  # [2, L, nb, M] int64
-    seen: np.ndarray  # [2] int64 positions counted (BOS excluded)
-    docs: np.ndarray  # [2] int64 documents counted
-    tokens: np.ndarray  # [2] int64 tokens run (BOS included)
-
-    ARRAYS = ("top_act", "top_doc", "top_pos", "positive", "hist", "seen", "docs", "tokens")
-
-    @classmethod
-    def empty(cls, n_layers: int, k: int, d_mlp: int) -> "_State":
-        shape = (2, n_layers, k, d_mlp)
-        return cls(np.full(shape, -np.inf, np.float32), np.full(shape, -1, np.int64), np.full(shape, -1, np.int32),
-                   np.zeros((2, n_layers, d_mlp), np.int64),
-                   np.zeros((2, n_layers, len(HIST_EDGES) + 1, d_mlp), np.int64),
-                   np.zeros(2, np.int64), np.zeros(2, np.int64), np.zeros(2, np.int64))
-
-    def arrays(self) -> dict:
-        return {name: getattr(self, name) for name in self.ARRAYS}
-
-    @classmethod
-    def from_npz(cls, data) -> "_State":
-        return cls(**{name: data[name] for name in cls.ARRAYS})
+# ---- executors: who runs the shards -----------------------------------------------------------------
+def _in_process(model, spec: ShardSpec, shards: Iterator) -> Iterator[tuple[int, TopkState]]:
+    """workers=1: every shard in the calling process."""
+    with one_blas_thread():
+        for sid, docs in shards:
+            yield sid, index_shard(model, spec, docs)
 
 
-def _topk_order(act: np.ndarray, doc: np.ndarray, pos: np.ndarray) -> np.ndarray:
-    """Row order along axis 0 of [N, C] entries: activation descending, then doc_id, then position."""
-    return np.lexsort((pos, doc, -act), axis=0)  # [N, C]
+_WORKER: dict = {}  # in a local worker process: its model and spec
 
 
-def _merge_topk(state: _State, s: int, li: int, act: np.ndarray, doc: np.ndarray, pos: np.ndarray,
-                cols: np.ndarray) -> None:
-    """Merge candidates [N, C] (columns ``cols`` of the layer) into state's top-k of split s, layer li."""
-    k = state.top_act.shape[2]
-    all_act = np.concatenate([state.top_act[s, li][:, cols], act])  # [k + N, C]
-    all_doc = np.concatenate([state.top_doc[s, li][:, cols], doc])  # [k + N, C]
-    all_pos = np.concatenate([state.top_pos[s, li][:, cols], pos])  # [k + N, C]
-    order = _topk_order(all_act, all_doc, all_pos)[:k]  # [k, C]
-    state.top_act[s, li][:, cols] = np.take_along_axis(all_act, order, 0)
-    state.top_doc[s, li][:, cols] = np.take_along_axis(all_doc, order, 0)
-    state.top_pos[s, li][:, cols] = np.take_along_axis(all_pos, order, 0)
+def _worker_init(cfg, weights, folder, tokenizer, spec: ShardSpec) -> None:
+    from . import parallel
+    from .model import Model
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    parallel._POOL = None  # a forked child has none of the parent's threads
+    m = Model(cfg, weights, folder)
+    m._tokenizer = tokenizer
+    _WORKER.update(model=m, spec=spec)
+    use_one_blas_thread()
 
 
-def _update(state: _State, s: int, li: int, post: np.ndarray, valid: np.ndarray, doc_ids: np.ndarray) -> None:
-    """Add one batch's activations post [B, T, M] of layer li (split s) to the state.
+def _worker_shard(sid: int, docs: list) -> tuple[int, dict]:
+    return sid, index_shard(_WORKER["model"], _WORKER["spec"], docs).arrays()
 
-    valid [B, T] marks real, non-BOS positions; post is overwritten with −∞ elsewhere.
-    """
-    post[~valid] = -np.inf  # [B, T, M] padded and BOS positions never count
-    n_valid = int(valid.sum())
-    above = [np.count_nonzero(post > e, axis=(0, 1)) for e in HIST_EDGES]  # 6 × [M] counts above each edge
-    state.positive[s, li] += above[0]
-    hist = state.hist[s, li]  # [nb, M]
-    hist[0] += n_valid - above[0]
-    for b in range(1, len(HIST_EDGES)):
-        hist[b] += above[b - 1] - above[b]
-    hist[-1] += above[-1]
 
-    doc_max = post.max(1)  # [B, M] each document's maximum
-    kth = state.top_act[s, li, -1]  # [M] current k-th best (−∞ while not full)
-    cols = np.flatnonzero((doc_max > kth).any(0))  # [C] neurons with a new candidate (a tie keeps the earlier)
-    if cols.size == 0:
+def _processes(model, spec: ShardSpec, shards: Iterator, workers: int) -> Iterator[tuple[int, TopkState]]:
+    """``workers`` local processes, forked (no re-import of the caller's script) where fork exists."""
+    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    if method == "spawn" and not _can_spawn():
+        yield from _in_process(model, spec, shards)
         return
-    cand = doc_max[:, cols]  # [B, C]
-    where = post[:, :, cols].argmax(1).astype(np.int32)  # [B, C] first argmax position
-    docs = np.broadcast_to(doc_ids[:, None], cand.shape)  # [B, C]
-    has = cand > -np.inf  # [B, C] documents with a real position
-    where = np.where(has, where, -1)
-    _merge_topk(state, s, li, cand, np.where(has, docs, -1), where, cols)
-
-
-def _merge_states(states: list[_State]) -> _State:
-    """One state from several workers' states, by the same order (activation, then doc_id, then position)."""
-    out = _State(*(np.copy(getattr(states[0], name)) for name in _State.ARRAYS))
-    for st in states[1:]:
-        for name in ("positive", "hist", "seen", "docs", "tokens"):
-            getattr(out, name)[...] += getattr(st, name)
-        k = out.top_act.shape[2]
-        for s in range(2):
-            for li in range(out.top_act.shape[1]):
-                act = np.concatenate([out.top_act[s, li], st.top_act[s, li]])  # [2k, M]
-                doc = np.concatenate([out.top_doc[s, li], st.top_doc[s, li]])  # [2k, M]
-                pos = np.concatenate([out.top_pos[s, li], st.top_pos[s, li]])  # [2k, M]
-                order = _topk_order(act, doc, pos)[:k]  # [k, M]
-                out.top_act[s, li] = np.take_along_axis(act, order, 0)
-                out.top_doc[s, li] = np.take_along_axis(doc, order, 0)
-                out.top_pos[s, li] = np.take_along_axis(pos, order, 0)
-    return out
-
-
-# ---- one worker: a shard of the corpus --------------------------------------------------------------
-@dataclass
-class _Job:
-    """What a worker needs; picklable for spawned processes (``weights`` are sent separately, see _worker_main)."""
-
-    cfg: object
-    weights: dict
-    folder: Path | None
-    tokenizer: object  # a tiktoken Encoding when the model has no folder, else None (rebuilt from the folder)
-    corpus: Path
-    layers: list[int]
-    k: int
-    split: str | None
-    bos: bool
-    n_workers: int
-    partial: Path
-    params: dict
-    stop_after: int | None
-    tokens_per_batch: int
-    block_tokens: int
-    checkpoint_seconds: float
-
-    def model(self):
-        from .model import Model
-
-        m = Model(self.cfg, self.weights, self.folder)
-        if self.tokenizer is not None:
-            m._tokenizer = self.tokenizer
-        return m
-
-
-def _part_path(partial: Path, shard: int, n: int) -> Path:
-    return partial / f"worker{shard}of{n}.npz"
-
-
-def _load_part(job: _Job, shard: int) -> tuple[_State, int]:
-    """(state, documents of the shard done) from a worker checkpoint whose params match, else a fresh state."""
-    path = _part_path(job.partial, shard, job.n_workers)
-    if path.is_file():
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                meta = json.loads(str(data["manifest"]))
-                if meta.get("params") == job.params:
-                    return _State.from_npz(data), int(meta["docs_done"])
-        except (OSError, ValueError, KeyError, json.JSONDecodeError):
-            pass  # unreadable checkpoint: start this shard over
-    return _State.empty(len(job.layers), job.k, job.cfg.d_mlp), 0
-
-
-def _shard_documents(job: _Job, shard: int, skip: int) -> Iterator:
-    n = 0
-    for doc in read_documents(job.corpus):
-        if doc.doc_id % job.n_workers != shard:
-            continue
-        if job.split is not None and split_of(doc) != job.split:
-            continue
-        n += 1
-        if n > skip:
-            yield doc
-
-
-def _blocks(model, job: _Job, docs: Iterable) -> Iterator[tuple[int, list]]:
-    """(documents consumed, [(split slot, doc_id, tokens)]) blocks of about ``block_tokens`` tokens."""
-    block, consumed, n_tok = [], 0, 0
-    first = 1 if job.bos else 0
-    for doc in docs:
-        consumed += 1
-        ids = tokenize_document(model, doc.text, job.bos)
-        if len(ids) > first:
-            block.append((SPLITS.index(split_of(doc)), doc.doc_id, ids))
-            n_tok += len(ids)
-        if n_tok >= job.block_tokens:
-            yield consumed, block
-            block, consumed, n_tok = [], 0, 0
-    if consumed:
-        yield consumed, block
-
-
-def _batches(block: list, tokens_per_batch: int) -> Iterator[list]:
-    """Sort a block by (split, length, doc_id) and cut it into batches of at most ``tokens_per_batch`` padded
-    tokens (a longer document goes alone), never mixing splits."""
-    items = sorted(block, key=lambda x: (x[0], len(x[2]), x[1]))
-    batch: list = []
-    for item in items:
-        if batch and (item[0] != batch[0][0] or (len(batch) + 1) * len(item[2]) > tokens_per_batch):
-            yield batch
-            batch = []
-        batch.append(item)
-    if batch:
-        yield batch
-
-
-def _run_batch(model, job: _Job, state: _State, batch: list) -> int:
-    s = batch[0][0]
-    lengths = np.array([len(x[2]) for x in batch])  # [B]
-    run = model.run([x[2] for x in batch], logits=None, keep={"post"}, stop_at_layer=max(job.layers))
-    T = run.tokens.shape[1]
-    pos = np.arange(T)  # [T]
-    valid = (pos[None, :] < lengths[:, None]) & (pos[None, :] >= (1 if job.bos else 0))  # [B, T]
-    doc_ids = np.array([x[1] for x in batch], np.int64)  # [B]
-    for li, layer in enumerate(job.layers):
-        _update(state, s, li, run.cache.pop(("post", layer)), valid, doc_ids)
-    run.cache.clear()
-    state.seen[s] += int(valid.sum())
-    state.docs[s] += len(batch)
-    state.tokens[s] += int(lengths.sum())
-    return int(lengths.sum())
-
-
-def _index_shard(job: _Job, shard: int, report: Callable[[int, int], None], stop: Callable[[], bool]) -> bool:
-    """Index shard ``shard`` of ``n_workers``; returns True when finished, False when stopped early.
-
-    report(documents done in this shard, tokens run since the last report) after each batch. A stop asked
-    for in the middle of a block saves the state as it was when the block began (a copy of the arrays).
-    """
-    model = job.model()
-    state, done = _load_part(job, shard)
-    path = _part_path(job.partial, shard, job.n_workers)
-    report(done, 0)
-    last_save, blocks = time.monotonic(), 0
-
-    def save(st: _State, docs_done: int):
-        _save_npz(path, st.arrays(), {"params": job.params, "docs_done": docs_done})
-
-    for consumed, block in _blocks(model, job, _shard_documents(job, shard, done)):
-        at_start = _State(*(a.copy() for a in state.arrays().values()))
-        for batch in _batches(block, job.tokens_per_batch):
-            if stop():
-                save(at_start, done)
-                return False
-            report(done, _run_batch(model, job, state, batch))
-        done += consumed
-        blocks += 1
-        report(done, 0)
-        if stop() or (job.stop_after is not None and blocks >= job.stop_after):
-            save(state, done)
-            return False
-        if time.monotonic() - last_save >= job.checkpoint_seconds:
-            save(state, done)
-            last_save = time.monotonic()
-    save(state, done)
-    return True
-
-
-def _worker_main(job: _Job, shard: int, messages, stop_event, weights) -> None:
-    """Entry point of a spawned worker: Ctrl-C is the parent's to handle (it sets ``stop_event``).
-
-    The weights come through the ``weights`` queue, not with the process object: CPython's spawn writes that
-    object to the child's pipe from ``Process.start``, which would block forever if a child died early.
-    """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    saved = {name: os.environ.get(name) for name in _BLAS_ENV}
+    os.environ.update({name: "1" for name in _BLAS_ENV})  # a spawned child's BLAS starts with one thread
+    pool = ProcessPoolExecutor(workers, mp.get_context(method), initializer=_worker_init,
+                               initargs=(model.cfg, model.w, model.folder, model.tokenizer, spec))
     try:
-        job.weights = weights.get()
-        finished = _index_shard(job, shard, lambda d, t: messages.put(("progress", shard, d, t)), stop_event.is_set)
-        messages.put(("done" if finished else "stopped", shard, None, None))
-    except MinitfError as e:
-        messages.put(("error", shard, str(e), None))
-    except BaseException as e:  # noqa: BLE001 — report anything to the parent, then die
-        messages.put(("error", shard, f"index worker {shard} failed: {type(e).__name__}: {e}", None))
-        raise
-
-
-# ---- progress ---------------------------------------------------------------------------------------
-class _Progress:
-    """A one-line progress bar on stderr: documents, tokens, tokens/s and ETA."""
-
-    label = "index"  # the line's first word (prompts.py's corpus scan says "scan for L3N157")
-
-    def __init__(self, total_docs: int, enabled: bool):
-        self.total, self.enabled = total_docs, enabled
-        self.tty = enabled and sys.stderr.isatty()
-        self.start = time.monotonic()
-        self.last = time.monotonic()  # the first line after 0.5 s (tty) / 15 s
-        self.done: dict[int, int] = {}
-        self.resumed = 0  # documents already done when this run started
-        self.tokens = 0
-
-    def update(self, shard: int, done: int, tokens: int, force: bool = False) -> None:
-        if shard not in self.done:
-            self.resumed += done
-        self.done[shard] = done
-        self.tokens += tokens
-        now = time.monotonic()
-        if not self.enabled or (not force and now - self.last < (0.5 if self.tty else 15.0)):
-            return
-        self.last = now
-        docs = sum(self.done.values())
-        elapsed = max(now - self.start, 1e-9)
-        rate_docs = (docs - self.resumed) / elapsed
-        eta = (self.total - docs) / rate_docs if rate_docs > 0 else float("nan")
-        pct = 100.0 * docs / self.total if self.total else 100.0
-        line = (f"{self.label}: {docs}/{self.total} documents ({pct:.0f}%)  {self.tokens:,} tokens  "
-                f"{self.tokens / elapsed:,.0f} tokens/s  ETA {_fmt_seconds(eta)}")
-        print(("\r" + line + "\x1b[K") if self.tty else line, end="" if self.tty else "\n", file=sys.stderr, flush=True)
-
-    def note(self, text: str) -> None:
-        if self.enabled:
-            print(("\n" if self.tty else "") + text, file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self.enabled and self.done:
-            self.update(next(iter(self.done)), self.done[next(iter(self.done))], 0, force=True)
-        if self.tty:
-            print(file=sys.stderr, flush=True)
-
-
-def _fmt_seconds(s: float) -> str:
-    if not math.isfinite(s):
-        return "?"
-    s = int(s)
-    return f"{s // 3600}h{s // 60 % 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
-
-
-# ---- building ---------------------------------------------------------------------------------------
-def _check_layers(model, layers) -> list[int]:
-    L = model.cfg.n_layer
-    layers = list(range(L)) if not layers else sorted(set(int(x) for x in layers))
-    for layer in layers:
-        if not 0 <= layer < L:
-            raise MinitfError(f"--layers {layer}: the model has {L} layers (0–{L - 1})")
-    return layers
-
-
-def _count_documents(corpus: Path, split: str | None) -> int:
-    return sum(1 for doc in read_documents(corpus) if split is None or split_of(doc) == split)
-
-
-def build_index(model, corpus: str | Path, layers: Iterable[int] | None = None, k: int = 30,
-                split: str | None = None, workers: int = 2, progress: bool = True, bos: bool = True,
-                index_dir: str | Path | None = None, rebuild: bool = False) -> Path:
-    """Index ``corpus`` for ``model`` (see the module docstring) and return the path of the .npz.
-
-    An up-to-date index with the same settings is returned as is (``rebuild=True`` redoes it); a partial
-    build with the same settings is resumed. Raises ``IndexInterrupted`` (a KeyboardInterrupt) when stopped.
-    """
-    corpus = Path(corpus)
-    corpus_format(corpus)
-    split = check_split(split)
-    layers = _check_layers(model, layers)
-    if k < 1:
-        raise MinitfError(f"--top-k {k}: must be at least 1")
-    if workers < 1:
-        raise MinitfError(f"--workers {workers}: must be at least 1")
-    if not _can_spawn():
-        workers = 1
-    npz, manifest_path, partial = index_paths(model, corpus, index_dir)
-    try:
-        partial.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise MinitfError(f"{partial.parent}: cannot create the index folder ({e.strerror}); pass index_dir") from None
-
-    known = _read_manifest(npz) if npz.is_file() else None
-    corpus_info = _corpus_info(corpus, (known or {}).get("corpus"))
-    settings = {"layers": layers, "k": k, "split": split, "bos": bos, "n_ctx": model.cfg.n_ctx}
-    model_info = {"name": model_name(model), "sha256": model_sha256(model), "n_layer": model.cfg.n_layer,
-                  "d_mlp": model.cfg.d_mlp}
-    if known and not rebuild and known.get("complete") and known.get("model") == model_info \
-            and known["corpus"]["sha256"] == corpus_info["sha256"] \
-            and all(known.get(key) == value for key, value in settings.items()):
-        shutil.rmtree(partial, ignore_errors=True)
-        return npz
-
-    params = {"format": FORMAT, "version": VERSION, "model_sha256": model_info["sha256"],
-              "corpus_sha256": corpus_info["sha256"], "workers": workers, "tokens_per_batch": TOKENS_PER_BATCH,
-              "block_tokens": BLOCK_TOKENS, **settings}
-    counts_path = partial / "documents.json"
-    total = None
-    if counts_path.is_file():
-        try:
-            saved = json.loads(counts_path.read_text())
-            total = saved["documents"] if saved.get("params") == params else None
-        except (OSError, ValueError, KeyError):
-            total = None
-    if total is None:
-        for old in partial.glob("worker*.npz"):
-            old.unlink()
-        total = _count_documents(corpus, split)
-        _atomic_write(counts_path, lambda f: f.write(json.dumps({"params": params, "documents": total}).encode()))
-
-    stop_after = int(os.environ[STOP_AFTER_ENV]) if os.environ.get(STOP_AFTER_ENV) else None
-    job = _Job(model.cfg, model.w, model.folder, None if model.folder is not None else model._tokenizer,
-               corpus, layers, k, split, bos, workers, partial, params, stop_after,
-               TOKENS_PER_BATCH, BLOCK_TOKENS, CHECKPOINT_SECONDS)
-    bar = _Progress(total, progress)
-    t0 = time.monotonic()
-    try:
-        finished = (_run_in_process if workers == 1 else _run_workers)(job, bar)
-    except KeyboardInterrupt:
-        raise IndexInterrupted(f"index: interrupted; rerun to resume from the last checkpoint in {partial}") from None
+        pending = set()
+        shards = iter(shards)
+        broken = False
+        while not broken:
+            try:
+                while len(pending) < 2 * workers and (nxt := next(shards, None)) is not None:
+                    pending.add(pool.submit(_worker_shard, *nxt))
+            except BrokenProcessPool:
+                broken = True
+            if not pending:
+                break
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for f in done:  # the shards that did finish are kept even when a worker died
+                if isinstance(f.exception(), BrokenProcessPool):
+                    broken = True
+                else:
+                    sid, arrays = f.result()
+                    yield sid, TopkState.from_arrays(arrays)
+        if broken:
+            raise MinitfError("an index worker died (out of memory?); finished shards are saved, rerun to resume")
     finally:
-        bar.close()
-    if not finished:
-        raise IndexInterrupted(f"index: stopped; progress saved in {partial} (rerun to resume)")
-
-    parts = []
-    for shard in range(workers):
-        with np.load(_part_path(partial, shard, workers), allow_pickle=False) as data:
-            parts.append(_State.from_npz(data))
-    state = _merge_states(parts)
-    manifest = {"format": FORMAT, "version": VERSION, "complete": True, "model": model_info, "corpus": corpus_info,
-                **settings, "hist_edges": HIST_EDGES.tolist(),
-                "documents": dict(zip(SPLITS, state.docs.tolist())),
-                "positions": dict(zip(SPLITS, state.seen.tolist())),
-                "tokens": dict(zip(SPLITS, state.tokens.tolist())), "workers": workers,
-                "seconds": round(time.monotonic() - t0, 3),
-                "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    arrays = state.arrays() | {"layers": np.array(layers, np.int64), "hist_edges": HIST_EDGES}
-    _save_npz(npz, arrays, manifest)
-    _atomic_write(manifest_path, lambda f: f.write((json.dumps(manifest, indent=2) + "\n").encode()))
-    shutil.rmtree(partial, ignore_errors=True)
-    return npz
+        for name, value in saved.items():
+            os.environ.pop(name, None) if value is None else os.environ.__setitem__(name, value)
+        processes = list((pool._processes or {}).values())
+        if getattr(pool, "_call_queue", None) is not None:  # shards still queued for a stopped worker must not
+            pool._call_queue.cancel_join_thread()          # keep this process from exiting
+        pool.shutdown(wait=False, cancel_futures=True)
+        for p in processes:
+            if p.is_alive():
+                p.terminate()
+        for p in processes:
+            p.join()
 
 
 def _can_spawn() -> bool:
@@ -553,82 +202,147 @@ def _can_spawn() -> bool:
     return main_file is None or Path(main_file).is_file()
 
 
-def _run_in_process(job: _Job, bar: _Progress) -> bool:
-    """workers=1: index here; the first Ctrl-C stops after the current block (saved), a second one at once."""
-    stopping = threading.Event()
-    previous = None
-    if threading.current_thread() is threading.main_thread():
-        def on_sigint(signum, frame):
-            if stopping.is_set():
-                raise KeyboardInterrupt
-            stopping.set()
-            bar.note("index: stopping after the current batch (Ctrl-C again to quit now)")
-        previous = signal.signal(signal.SIGINT, on_sigint)
-    try:
-        return _index_shard(job, 0, lambda d, t: bar.update(0, d, t), stopping.is_set)
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
+# ---- building ---------------------------------------------------------------------------------------
+def _check_layers(model, layers) -> list[int]:
+    L = model.cfg.n_layer
+    return [check_layer(layer, L, where="--layers") for layer in
+            (range(L) if not layers else sorted(set(int(x) for x in layers)))]
 
 
-def _run_workers(job: _Job, bar: _Progress) -> bool:
-    """Spawn ``job.n_workers`` processes (one BLAS thread each) and follow their progress."""
-    ctx = mp.get_context("spawn")
-    messages, stop_event, weights = ctx.Queue(), ctx.Event(), ctx.Queue()
-    weights.cancel_join_thread()  # a dead child must not keep the parent from exiting
-    light = dataclasses.replace(job, weights=None)
-    procs = [ctx.Process(target=_worker_main, args=(light, shard, messages, stop_event, weights), daemon=True)
-             for shard in range(job.n_workers)]
-    saved = {name: os.environ.get(name) for name in _BLAS_ENV}
-    main_thread = threading.current_thread() is threading.main_thread()
-    handler = signal.signal(signal.SIGINT, signal.SIG_IGN) if main_thread else None  # children are born ignoring
-    try:                                                                          # Ctrl-C: the parent stops them
-        os.environ.update({name: "1" for name in _BLAS_ENV})
-        for p in procs:
-            p.start()
-            weights.put(job.weights)  # pickled by the queue's feeder thread
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-        if main_thread:
-            signal.signal(signal.SIGINT, handler)
-    status: dict[int, str] = {}
-    dead_since: dict[int, float] = {}
-    interrupted = False
+def _check_corpus(corpus: Path, split: str | None, shard_chars: int) -> tuple[int, int]:
+    """(shards, documents) of the corpus, reading all of it: a bad corpus fails here, before any file is made."""
+    if not corpus.is_file():
+        raise MinitfError(f"{corpus}: no such corpus file")
+    n_shards = n_docs = 0
+    for _, docs in iter_shards(corpus, split, shard_chars):
+        n_shards += 1
+        n_docs += len(docs)
+    if n_docs == 0:
+        raise MinitfError(f"{corpus}: the corpus is empty (no documents)" if split is None
+                          else f"{corpus}: no {split} documents in the corpus")
+    return n_shards, n_docs
+
+
+def build_index(model, corpus: str | Path, layers: Iterable[int] | None = None, k: int = 30,
+                split: str | None = None, workers: int = 2, progress: bool = True, bos: bool = True,
+                index_dir: str | Path | None = None, rebuild: bool = False, ray: str | None = None,
+                shard_chars: int | None = None) -> Path:
+    """Index ``corpus`` for ``model`` (see the module docstring) and return the path of the .npz.
+
+    An up-to-date index with the same settings is returned as is (``rebuild=True`` redoes it); a partial
+    build with the same settings is resumed. ``ray="auto"`` or an address runs the shards on a Ray cluster
+    (``minitf.cluster``; ``workers`` is then ignored: one actor per CPU of the cluster). ``shard_chars``
+    (default ``SHARD_CHARS``) sets the shards, and so the batches: equal builds need equal values; bigger shards
+    suit big corpora on many workers (the driver merges and checkpoints once per shard). Raises
+    ``IndexInterrupted`` (a KeyboardInterrupt) when stopped.
+    """
+    corpus = Path(corpus)
+    split = check_split(split)
+    layers = _check_layers(model, layers)
+    if k < 1:
+        raise MinitfError(f"--top-k {k}: must be at least 1")
+    if workers < 1:
+        raise MinitfError(f"--workers {workers}: must be at least 1")
+    shard_chars = SHARD_CHARS if shard_chars is None else int(shard_chars)
+    if shard_chars < 1:
+        raise MinitfError(f"--shard-kib: shards need at least one character, not {shard_chars}")
+    npz, manifest_path, partial = index_paths(model, corpus, index_dir)
+    if corpus.is_dir():
+        raise MinitfError(f"{corpus}: is a directory, not a corpus file")
+    corpus_format(corpus)
+    known = _read_manifest(npz) if npz.is_file() else None
+    corpus_info = _corpus_info(corpus, (known or {}).get("corpus")) if corpus.is_file() else None
+    settings = {"layers": layers, "k": k, "split": split, "bos": bos, "n_ctx": model.cfg.n_ctx}
+    model_info = {"name": model_name(model), "sha256": model_sha256(model), "n_layer": model.cfg.n_layer,
+                  "d_mlp": model.cfg.d_mlp}
+    if known and corpus_info and not rebuild:
+        if known.get("complete") and known.get("version") == VERSION and known.get("model") == model_info \
+                and known["corpus"]["sha256"] == corpus_info["sha256"] \
+                and all(known.get(key) == value for key, value in settings.items()):
+            shutil.rmtree(partial, ignore_errors=True)
+            return npz
+        if progress:
+            why = ("built for other weights" if known.get("model", {}).get("sha256") != model_info["sha256"]
+                   else "the corpus changed" if known.get("corpus", {}).get("sha256") != corpus_info["sha256"]
+                   else "other settings or format")
+            print(f"index: {npz} is out of date ({why}); rebuilding it", file=sys.stderr, flush=True)
+
+    n_shards, n_docs = _check_corpus(corpus, split, shard_chars)
+    params = {"format": FORMAT, "version": VERSION, "model_sha256": model_info["sha256"],
+              "corpus_sha256": corpus_info["sha256"], "tokens_per_batch": TOKENS_PER_BATCH,
+              "shard_chars": shard_chars, **settings}
+    spec = ShardSpec(tuple(layers), k, bos, TOKENS_PER_BATCH)
+    executor, n_workers = ("ray", None) if ray else ("local", workers)
+    if ray:
+        from .cluster import ray_shards  # connects before anything is written: a bad address leaves nothing
+        run_shards, n_workers = ray_shards(ray, model, spec)
+    else:
+        run_shards = (lambda it: _in_process(model, spec, it)) if workers == 1 else \
+            (lambda it: _processes(model, spec, it, workers))
+
+    made_dir = not npz.parent.exists()
     try:
-        while len(status) < len(procs):
-            try:
-                kind, shard, a, b = messages.get(timeout=0.5)
-            except queue.Empty:
-                for shard, p in enumerate(procs):  # dead without a last word (after its queue drained): crashed
-                    if shard not in status and not p.is_alive():
-                        dead_since.setdefault(shard, time.monotonic())
-                        if time.monotonic() - dead_since[shard] > 3.0:
-                            status[shard] = "crashed"
-                continue
-            if kind == "progress":
-                bar.update(shard, a, b)
-            elif kind == "error":
-                stop_event.set()
-                raise MinitfError(a)
-            else:
-                status[shard] = kind
+        partial.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise MinitfError(f"{partial.parent}: cannot create the index folder ({e.strerror}); pass index_dir") from None
+    state_path = partial / "state.npz"
+    state, done = _load_checkpoint(state_path, params, len(layers), k, model.cfg.d_mlp)
+    stop_after = int(os.environ[STOP_AFTER_ENV]) if os.environ.get(STOP_AFTER_ENV) else None
+    bar = Progress("index", n_shards, len(done), unit="shards", counters={"documents": int(state.docs.sum()), "tokens": 0},
+                   rate_of="tokens", enabled=progress, every=15.0)
+    bar.draw(force=True)
+    t0, finished_now = time.monotonic(), 0
+    todo = ((sid, docs) for sid, docs in iter_shards(corpus, split, shard_chars) if sid not in done)
+    try:
+        for sid, part in run_shards(todo):
+            state.merge(part)
+            done.add(sid)
+            _save_npz(state_path, state.arrays(), {"params": params, "shards": sorted(done)})
+            finished_now += 1
+            bar.update(1, documents=int(part.docs.sum()), tokens=int(part.tokens.sum()))
+            if stop_after is not None and finished_now >= stop_after and len(done) < n_shards:
+                raise IndexInterrupted(f"index: stopped; progress saved in {partial} (rerun to resume)")
+        bar.finish()
+    except IndexInterrupted:
+        raise
     except KeyboardInterrupt:
-        interrupted = True
-        stop_event.set()
-        bar.note("index: stopping after the workers' current batch")
+        raise IndexInterrupted(f"index: interrupted; rerun to resume from the last finished shard in {partial}") \
+            from None
+    except BaseException:
+        if not done:  # nothing worth keeping: leave no empty folders behind
+            shutil.rmtree(partial, ignore_errors=True)
+            if made_dir:
+                shutil.rmtree(npz.parent, ignore_errors=True)
+        raise
     finally:
-        for p in procs:
-            p.join(timeout=None if interrupted else 60)
-            if p.is_alive():
-                p.terminate()
-                p.join()
-    if "crashed" in status.values():
-        raise MinitfError(f"an index worker died (out of memory?); progress saved in {job.partial}, rerun to resume")
-    return not interrupted and all(v == "done" for v in status.values())
+        bar.end_line()
+
+    manifest = {"format": FORMAT, "version": VERSION, "complete": True, "model": model_info, "corpus": corpus_info,
+                **settings, "hist_edges": HIST_EDGES.tolist(), "shard_chars": shard_chars,
+                "tokens_per_batch": TOKENS_PER_BATCH, "shards": n_shards,
+                "documents": dict(zip(SPLITS, state.docs.tolist())),
+                "positions": dict(zip(SPLITS, state.seen.tolist())),
+                "tokens": dict(zip(SPLITS, state.tokens.tolist())),
+                "build": {"executor": executor, "workers": n_workers, "seconds": round(time.monotonic() - t0, 3),
+                          "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}}
+    arrays = state.arrays() | {"layers": np.array(layers, np.int64), "hist_edges": HIST_EDGES}
+    _save_npz(npz, arrays, manifest)
+    atomic_write(manifest_path, json.dumps(manifest, indent=2) + "\n")
+    shutil.rmtree(partial, ignore_errors=True)
+    return npz
+
+
+def _load_checkpoint(path: Path, params: dict, n_layers: int, k: int, d_mlp: int) -> tuple[TopkState, set[int]]:
+    """(merged state, finished shard ids) from a checkpoint whose params match, else a fresh state."""
+    if path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                meta = json.loads(str(data["manifest"]))
+                if meta.get("params") == params:
+                    return TopkState.from_arrays(data), set(meta["shards"])
+        except (OSError, ValueError, KeyError, json.JSONDecodeError):
+            pass  # unreadable checkpoint: start over
+    return TopkState.empty(n_layers, k, d_mlp), set()
 
 
 # ---- loading ----------------------------------------------------------------------------------------
@@ -650,7 +364,7 @@ class NeuronIndex:
         self.split: str | None = manifest["split"]
         self.bos: bool = bool(manifest["bos"])
         self.hist_edges = arrays["hist_edges"]  # [6]
-        self.state = _State.from_npz(arrays)
+        self.state = TopkState.from_arrays(arrays)
 
     def _slots(self, split: str | None) -> list[int]:
         split = check_split(split)
@@ -677,8 +391,8 @@ class NeuronIndex:
         act = np.concatenate([self.state.top_act[s, li, :, n] for s in slots])  # [k·S]
         doc = np.concatenate([self.state.top_doc[s, li, :, n] for s in slots])  # [k·S]
         pos = np.concatenate([self.state.top_pos[s, li, :, n] for s in slots])  # [k·S]
-        order = np.lexsort((pos, doc, -act))[: self.k]
-        return [(int(doc[i]), int(pos[i]), float(act[i])) for i in order if doc[i] >= 0]
+        act, doc, pos = merge_topk(act, doc, pos, self.k)
+        return [(int(d), int(p), float(a)) for a, d, p in zip(act, doc, pos) if d >= 0]
 
     def histogram(self, neuron: Neuron | str, split: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(edges [6], counts [7]): counts of activations in (−∞,e₀], (e₀,e₁], …, (e₅,∞)."""
@@ -721,4 +435,5 @@ def load_index(model, corpus: str | Path, index_dir: str | Path | None = None) -
     return NeuronIndex(npz, manifest, arrays)
 
 
-__all__ = ["build_index", "load_index", "NeuronIndex", "IndexInterrupted", "model_sha256", "index_paths", "HIST_EDGES"]
+__all__ = ["build_index", "load_index", "NeuronIndex", "IndexInterrupted", "model_sha256", "index_paths", "HIST_EDGES",
+           "iter_shards", "index_shard", "ShardSpec", "TopkState"]

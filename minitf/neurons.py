@@ -45,8 +45,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import MinitfError
-from .hub import default_cache_dir
-from .names import Neuron, parse_neuron
+from .files import atomic_write, default_cache_dir, file_sha256
+from .names import Neuron, check_layer, check_neuron, parse_neuron
 
 CHUNK = 512  # neurons per [CHUNK, V] block of scores: 100 MiB for GPT-2's 50257 tokens
 KURTOSIS_THRESHOLD = 10.0
@@ -127,6 +127,7 @@ class _NeuronCache:
     def __init__(self, model):
         self.W_U = processed_unembed(model)  # [D, V]
         self.inv_W_U_norm = 1.0 / np.sqrt((self.W_U * self.W_U).sum(0))  # [V] 1 / |W_U′[:, t]|
+        self.mean_direction = self.W_U @ self.inv_W_U_norm  # [D] W_out[n] · this / V = mean_t of the cosines × |w|
         self._allowed = None
         self.layers: dict[int, LayerScores] = {}
         self.counts: dict[tuple, np.ndarray] = {}  # (corpus path, size, mtime_ns) → [V] token counts
@@ -168,9 +169,7 @@ def _cache(model) -> _NeuronCache:
 
 
 def _check_layer(model, layer: int) -> None:
-    if not 0 <= layer < model.cfg.n_layer:
-        raise MinitfError(f"layer {layer} is out of range: the model has {model.cfg.n_layer} layers "
-                          f"(0–{model.cfg.n_layer - 1})")
+    check_layer(layer, model.cfg.n_layer)
 
 
 def _allowed_mask(model, filter: bool) -> np.ndarray | None:
@@ -206,7 +205,7 @@ def token_counts(model, corpus: str | Path | None = None) -> np.ndarray:
     per (model, corpus file) in memory; corpora over ``COUNTS_DISK_MIN_BYTES`` are also kept on disk next to
     the layer cache, keyed by the model's and the corpus's sha256.
     """
-    from .corpus import file_sha256, read_documents
+    from .corpus import read_documents
 
     path = _corpus_path(model, corpus)
     if not _has_tokenizer(model):
@@ -236,11 +235,10 @@ def token_counts(model, corpus: str | Path | None = None) -> np.ndarray:
             pending = []
     counts += np.bincount(np.asarray(pending, np.int64), minlength=V)[:V]
     if disk is not None:
-        from .index import _atomic_write
 
         try:
             disk.parent.mkdir(parents=True, exist_ok=True)
-            _atomic_write(disk, lambda f: np.save(f, counts))
+            atomic_write(disk, lambda f: np.save(f, counts))
         except (OSError, MinitfError):
             pass
     cache.counts[key] = counts
@@ -300,7 +298,7 @@ def layer_scores(model, layer: int, filter: bool = True, min_count: int = 0,
 def _paper_scores(model, layer: int, filter: bool) -> LayerScores:
     """``layer_scores`` without the count filter: the paper's filter (or none) and the moments.
 
-    One [CHUNK, D] @ [D, V] product per block of neurons bounds memory to CHUNK·V floats. Layers of big
+    ``_scan_layer`` computes it a cache-sized block of scores at a time (memory: a few MiB). Layers of big
     models (GPT-2 small: ~3 s each on 2 cores) are also kept on disk, keyed by the weights' sha256.
     ``filter=False`` skips the tokenizer; the filtered columns are then filled in on a later filtered call.
     """
@@ -311,28 +309,7 @@ def _paper_scores(model, layer: int, filter: bool) -> LayerScores:
     if have is not None and (not filter or not np.isnan(have.congruence).any()):
         cache.layers[layer] = have
         return have
-    W_out = model.W_out[layer]  # [M, D]
-    M = W_out.shape[0]
-    out = {name: np.empty(M, np.float32) for name in ("congruence", "congruence_all")}
-    out |= {name: np.empty(M, np.int64) for name in ("token", "token_all")}
-    out |= {name: np.empty(M, np.float64) for name in ("kurtosis", "skew")}
-    for start in range(0, M, CHUNK):
-        rows = slice(start, min(start + CHUNK, M))
-        w = W_out[rows]  # [C, D]
-        s = w @ cache.W_U  # [C, V] s_n[t]
-        best = s.argmax(1)  # [C]
-        out["token_all"][rows] = best
-        out["congruence_all"][rows] = s[np.arange(len(best)), best]
-        if allowed is not None:
-            masked = np.where(allowed, s, -np.inf)  # [C, V]
-            best = masked.argmax(1)  # [C]
-            out["token"][rows] = best
-            out["congruence"][rows] = masked[np.arange(len(best)), best]
-            del masked
-        # cos = s / (|W_out_c[n]| |W_U′[:, t]|); a positive factor per row leaves kurtosis and skew unchanged,
-        # so only the per-token norm is divided out.
-        s *= cache.inv_W_U_norm  # [C, V] cosines × |W_out_c[n]|
-        out["kurtosis"][rows], out["skew"][rows] = vocab_moments(s, inplace=True)
+    out = _scan_layer(model.W_out[layer], cache, allowed)
     if allowed is None:
         out["congruence"][:] = np.nan
         out["token"][:] = -1
@@ -340,6 +317,69 @@ def _paper_scores(model, layer: int, filter: bool) -> LayerScores:
     cache.layers[layer] = scores
     _write_disk(model, scores)
     return scores
+
+
+ROWS, COLS = 128, 2048  # one [ROWS, COLS] block of scores (1 MiB) stays in cache through every statistic
+
+
+def _scan_layer(W_out: np.ndarray, cache: "_NeuronCache", allowed: np.ndarray | None) -> dict:
+    """Every statistic of ``layer_scores`` for W_out [M, D], one cache-sized block of s = W_out W_U′ at a time.
+
+    Per block [r, c] of s: running max/argmax (all tokens and allowed ones; a later block wins only when
+    strictly greater, so the argmax is the first one, as over the whole row) and the central power sums of
+    x = s · (1 / |W_U′[:, t]|) about the row mean μ_n, known before the scan from one product:
+
+        μ_n = (1/V) Σ_t s_n[t] / |W_U′[:, t]| = W_out[n] · (W_U′ inv_norm) / V
+
+    (block sums in float32, accumulated in float64). Blocks of rows are shared among the threads, each
+    running its products on one BLAS thread.
+    """
+    from .parallel import Par, threads
+
+    M, V = W_out.shape[0], cache.W_U.shape[1]
+    mu = (W_out @ cache.mean_direction) / np.float32(V)  # [M] row means of x
+    out = {name: np.empty(M, np.float32) for name in ("congruence", "congruence_all")}
+    out |= {name: np.empty(M, np.int64) for name in ("token", "token_all")}
+    power = np.zeros((3, M), np.float64)  # [3, M] Σ (x − μ)², ³, ⁴
+    blocks = list(range(0, M, ROWS))
+    par = Par(threads())
+
+    def share(i):
+        for start in blocks[i::par.n]:
+            rows = slice(start, min(start + ROWS, M))
+            r = rows.stop - rows.start
+            best = np.full((2, r), -np.inf, np.float32)  # [2, r] running max: all tokens, allowed ones
+            arg = np.zeros((2, r), np.int64)  # [2, r]
+            s = np.empty((r, COLS), np.float32)  # [r, COLS]
+            c2 = np.empty((r, COLS), np.float32)  # [r, COLS]
+            for j in range(0, V, COLS):
+                cols = slice(j, min(j + COLS, V))
+                n = cols.stop - j
+                sb, c2b = s[:, :n], c2[:, :n]
+                np.matmul(W_out[rows], cache.W_U[:, cols], out=sb)  # [r, n] s_n[t]
+                for which, scores in ((0, sb), (1, None if allowed is None else np.where(allowed[cols], sb, -np.inf))):
+                    if scores is None:
+                        continue
+                    a = scores.argmax(1)  # [r]
+                    v = scores[np.arange(r), a]  # [r]
+                    better = v > best[which]
+                    best[which][better], arg[which][better] = v[better], a[better] + j
+                sb *= cache.inv_W_U_norm[cols]  # [r, n] x: cosines × |W_out_c[n]|
+                sb -= mu[rows, None]  # [r, n] x − μ
+                np.multiply(sb, sb, out=c2b)  # [r, n] (x − μ)²
+                power[0, rows] += c2b.sum(1)
+                sb *= c2b  # [r, n] (x − μ)³
+                power[1, rows] += sb.sum(1)
+                c2b *= c2b  # [r, n] (x − μ)⁴
+                power[2, rows] += c2b.sum(1)
+            out["congruence_all"][rows], out["token_all"][rows] = best[0], arg[0]
+            out["congruence"][rows], out["token"][rows] = best[1], arg[1]
+
+    par(share, min(par.n, len(blocks)), blas_one=True)
+    var, m3, m4 = power / V  # [M] each
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out["kurtosis"], out["skew"] = m4 / (var * var), m3 / var ** 1.5
+    return out
 
 
 def _disk_path(model, layer: int) -> Path | None:
@@ -369,12 +409,11 @@ def _write_disk(model, scores: LayerScores) -> None:
     path = _disk_path(model, scores.layer)
     if path is None:
         return
-    from .index import _atomic_write
 
     arrays = {f.name: getattr(scores, f.name) for f in fields(LayerScores) if f.name != "layer"}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(path, lambda f: np.savez(f, **arrays))
+        atomic_write(path, lambda f: np.savez(f, **arrays))
     except (OSError, MinitfError):
         pass  # the cache is an optimisation: a read-only home just means recomputing
 
@@ -382,9 +421,7 @@ def _write_disk(model, scores: LayerScores) -> None:
 def neuron_scores(model, neuron: Neuron | str) -> np.ndarray:
     """s_n [V] = W_out[n] · W_U′ for one neuron (vocab-centred direct logit effect per unit activation)."""
     n = neuron if isinstance(neuron, Neuron) else parse_neuron(neuron, model.cfg.n_layer, model.cfg.d_mlp)
-    _check_layer(model, n.layer)
-    if not 0 <= n.index < model.cfg.d_mlp:
-        raise MinitfError(f"neuron {n.index} is out of range: layer {n.layer} has {model.cfg.d_mlp} neurons")
+    check_neuron(n, model.cfg.n_layer, model.cfg.d_mlp)
     return model.W_out[n.layer][n.index] @ _cache(model).W_U  # [V]
 
 

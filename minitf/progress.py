@@ -135,9 +135,11 @@ class Progress:
             if summary is None:
                 self.draw(force=True)
                 self.bar.render_finish()
+                self.drawn = False  # the line is ended
                 return
             text = f"{self.label}: {summary}"
             click.echo("\r" + text.ljust(self.bar.max_width or 0) + "\x1b[?25h", file=self.file)
+            self.drawn = False
         elif summary is not None:
             click.echo(f"{self.label}: {summary}", file=self.file)
         elif self.every is not None:

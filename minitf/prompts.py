@@ -29,7 +29,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .corpus import check_split, documents, tokenize_document, tokenized_documents
-from .errors import MinitfError, warn
+from .errors import MinitfError
 from .names import Neuron, check_neuron, parse_neuron
 
 THRESHOLD = 0.8  # the trimmed prompt keeps ≥ 80 % of the activation
@@ -80,12 +80,11 @@ def scan_top_documents(model, neuron: Neuron, corpus: str | Path, split: str | N
     """[(doc_id, peak position, peak activation, document tokens)] of the k documents where the neuron peaks
     highest, best first (ties: lower doc_id, then earlier position). BOS is never a peak. ``progress``: the
     index's progress bar on stderr (labelled "scan"), live on a terminal."""
-    from .index import _Progress
+    from .progress import Progress
 
     first = 1 if bos else 0
-    bar = _Progress(sum(1 for _ in documents(corpus, split)) if progress else 0, progress)
-    bar.label = f"scan for {neuron}"
-    bar.update(0, 0, 0)  # starts from 0 documents (the bar counts a shard's first report as resumed work)
+    bar = Progress(f"scan for {neuron}", sum(1 for _ in documents(corpus, split)) if progress else 0,
+                   unit="documents", counters={"tokens": 0}, rate_of="tokens", enabled=progress, every=15.0)
     n_docs = 0
     best: list[tuple[float, int, int, list[int]]] = []  # (−activation, doc_id, position, tokens)
     pending: list[tuple[int, list[int]]] = []
@@ -97,7 +96,7 @@ def scan_top_documents(model, neuron: Neuron, corpus: str | Path, split: str | N
             best.append((-float(a[p]), doc_id, p, ids))
         best.sort(key=lambda x: x[:3])
         del best[k:]
-        bar.update(0, n_docs, sum(len(ids) for _, ids in pending))
+        bar.update(n_docs - bar.done, tokens=sum(len(ids) for _, ids in pending))
 
     n_tok = 0
     for doc in documents(corpus, split):
@@ -111,7 +110,8 @@ def scan_top_documents(model, neuron: Neuron, corpus: str | Path, split: str | N
             pending, n_tok = [], 0
     if pending:
         flush()
-    bar.close()
+    bar.update(n_docs - bar.done)
+    bar.finish()
     return [(doc_id, p, -neg, ids) for neg, doc_id, p, ids in best]
 
 
@@ -215,12 +215,8 @@ def _top_from_index(model, neuron: Neuron, corpus: Path, split: str | None, k: i
     all of the index's top list (≥ k entries), the ones past k as spares. ``index``: one already loaded."""
     from .index import load_index
 
-    if index is None:
-        try:
-            index = load_index(model, corpus)
-        except MinitfError as e:
-            warn(f"{e} — scanning the corpus instead")
-            return None
+    if index is None:  # a stale or unreadable index is refused (MinitfError), as everywhere
+        index = load_index(model, corpus)
     if index is None or not index.covers(neuron, split) or index.bos != bos or index.k < k:
         return None
     return index.top(neuron, split)

@@ -1,4 +1,5 @@
-"""The neuron index against a brute-force pass (each document run alone), resuming, staleness, the CLI."""
+"""The neuron index against a brute-force pass (each document run alone), byte-identical builds whatever the
+workers, resuming, staleness, bad input, the CLI."""
 import json
 import shutil
 from pathlib import Path
@@ -8,6 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 import minitf.index as index_mod
+import minitf.shard as shard_mod
 from minitf import Model
 from minitf.corpus import documents, split_of, tokenize_document
 from minitf.errors import MinitfError
@@ -124,58 +126,113 @@ def test_one_layer_no_bos_and_a_split(setup, tmp_path):
         idx.top("L0N0")
 
 
-def test_two_workers_equal_one_worker(setup, tmp_path):
+def same_index(a, b):
+    """Every array equal (np.array_equal, so bit for bit), and the manifests equal but for "build"."""
+    for name in index_mod.TopkState.ARRAYS:
+        x, y = getattr(a.state, name), getattr(b.state, name)
+        assert x.dtype == y.dtype and np.array_equal(x, y), name
+    assert a.layers == b.layers and np.array_equal(a.hist_edges, b.hist_edges)
+    strip = lambda m: {key: v for key, v in m.items() if key not in ("build", "corpus")}  # noqa: E731
+    assert strip(a.manifest) == strip(b.manifest)
+    assert a.manifest["corpus"]["sha256"] == b.manifest["corpus"]["sha256"]
+
+
+def build(model, corpus, d, **kw):
+    return load_index(model, corpus, build_index(model, corpus, progress=False, index_dir=d, **kw).parent)
+
+
+def test_index_is_byte_identical_for_any_number_of_workers(setup, tmp_path, monkeypatch):
     _, model, corpus = setup
-    one = load_index(model, corpus, build_index(model, corpus, k=4, workers=1, progress=False,
-                                                index_dir=tmp_path / "one").parent)
-    two = load_index(model, corpus, build_index(model, corpus, k=4, workers=2, progress=False,
-                                                index_dir=tmp_path / "two").parent)
-    np.testing.assert_allclose(one.state.top_act, two.state.top_act, atol=1e-5)
-    assert (one.state.seen == two.state.seen).all() and (one.state.docs == two.state.docs).all()
-    assert np.abs(one.state.hist - two.state.hist).max() <= 2
-    assert two.manifest["workers"] == 2
+    monkeypatch.setattr(index_mod, "SHARD_CHARS", 700)  # several shards
+    one = build(model, corpus, tmp_path / "one", k=4, workers=1)
+    assert one.manifest["shards"] >= 5
+    for workers in (2, 3):
+        other = build(model, corpus, tmp_path / f"w{workers}", k=4, workers=workers)
+        same_index(one, other)
+        assert other.manifest["build"]["workers"] == workers
+    # the stored order is the total one: activation descending, then doc_id, then position
+    st = one.state
+    for s in range(2):
+        for li in range(st.top_act.shape[1]):
+            for n in range(st.top_act.shape[-1]):
+                rows = [(-a, d, p) for a, d, p in zip(st.top_act[s, li, :, n], st.top_doc[s, li, :, n],
+                                                      st.top_pos[s, li, :, n]) if d >= 0]
+                assert rows == sorted(rows)
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-def test_interrupted_build_resumes_to_the_same_result(setup, tmp_path, monkeypatch, workers):
+def test_ties_are_broken_by_document_then_position(setup, tmp_path, monkeypatch):
+    """Duplicated documents in different shards give equal maxima: the lower doc_id wins, whatever the split."""
+    tmp, model, _ = setup
+    corpus = tmp_path / "dups.txt"
+    corpus.write_text("\n\n".join(["God said let there be light", "The cat sat on a mat"] * 6) + "\n")
+    monkeypatch.setattr(index_mod, "SHARD_CHARS", 30)  # one document per shard
+    one = build(model, corpus, tmp_path / "one", k=3, workers=1)
+    two = build(model, corpus, tmp_path / "two", k=3, workers=2)
+    same_index(one, two)
+    for n in range(model.cfg.d_mlp):
+        top = one.top(f"L1N{n}")
+        assert [d for d, _, _ in top] in ([0, 2, 4], [1, 3, 5])  # equal activations: the first documents
+
+
+def test_the_shipped_index_is_what_the_code_builds():
+    """Shard 0 of weights/tiny's corpus, indexed again: its entries in the shipped index are, bit for bit, the
+    head of the shard's own top-k lists (the merge keeps a shard's best entries in its order)."""
+    root = Path(__file__).resolve().parent.parent
+    model = Model.load(root / "weights" / "tiny")
+    corpus = root / "weights" / "tiny" / "corpus.txt.gz"
+    idx = load_index(model, corpus)
+    assert idx is not None and idx.manifest["shard_chars"] == index_mod.SHARD_CHARS
+    sid, docs = next(index_mod.iter_shards(corpus, idx.split, index_mod.SHARD_CHARS))
+    spec = index_mod.ShardSpec(tuple(idx.layers), idx.k, idx.bos, idx.manifest["tokens_per_batch"])
+    with index_mod.one_blas_thread():
+        shard = index_mod.index_shard(model, spec, docs)
+    in_shard = np.isin(idx.state.top_doc, [d for d, _ in docs])  # [2, L, k, M]
+    m = in_shard.sum(2)  # [2, L, M] how many of each list come from shard 0
+    assert m.sum() > 1000
+    for name in ("top_act", "top_doc", "top_pos"):
+        full, part = getattr(idx.state, name), getattr(shard, name)
+        head = np.arange(idx.k)[None, None, :, None] < m[:, :, None, :]  # [2, L, k, M] the first m rows
+        np.testing.assert_array_equal(np.sort(full[in_shard]), np.sort(part[head]), err_msg=name)
+        assert np.array_equal(np.moveaxis(full, 2, -1)[np.moveaxis(in_shard, 2, -1)],
+                              np.moveaxis(part, 2, -1)[np.moveaxis(head, 2, -1)]), name
+
+
+@pytest.mark.parametrize("first,then", [(1, 2), (2, 1)])
+def test_interrupted_build_resumes_to_the_same_result(setup, tmp_path, monkeypatch, first, then):
     _, model, corpus = setup
-    monkeypatch.setattr(index_mod, "BLOCK_TOKENS", 150)  # many small blocks
-    monkeypatch.setattr(index_mod, "TOKENS_PER_BATCH", 100)
-    kw = dict(k=4, workers=workers, progress=False)
-    full = load_index(model, corpus, build_index(model, corpus, index_dir=tmp_path / "full", **kw).parent)
-
+    monkeypatch.setattr(index_mod, "SHARD_CHARS", 500)
+    full = build(model, corpus, tmp_path / "full", k=4, workers=1)
     d = tmp_path / "resumed"
     monkeypatch.setenv(index_mod.STOP_AFTER_ENV, "2")
     with pytest.raises(IndexInterrupted):
-        build_index(model, corpus, index_dir=d, **kw)
+        build_index(model, corpus, index_dir=d, k=4, workers=first, progress=False)
     npz, _, partial = index_paths(model, corpus, d)
-    assert not npz.exists() and sorted(p.name for p in partial.glob("worker*.npz")) == \
-        [f"worker{w}of{workers}.npz" for w in range(workers)]
-    with pytest.raises(IndexInterrupted):  # resumes, then stops again two blocks later
-        build_index(model, corpus, index_dir=d, **kw)
+    saved = json.loads(str(np.load(partial / "state.npz")["manifest"]))["shards"]
+    assert not npz.exists() and len(saved) == 2
     monkeypatch.delenv(index_mod.STOP_AFTER_ENV)
-    resumed = load_index(model, corpus, build_index(model, corpus, index_dir=d, **kw).parent)
+    ran = []
+    real = index_mod.index_shard
+    monkeypatch.setattr(index_mod, "index_shard", lambda m, spec, docs: ran.append(docs[0][0]) or real(m, spec, docs))
+    resumed = build(model, corpus, d, k=4, workers=then)  # resumes, with another number of workers
     assert not partial.exists()
-    for name in index_mod._State.ARRAYS:
-        np.testing.assert_array_equal(getattr(resumed.state, name), getattr(full.state, name), err_msg=name)
+    if then == 1:  # in-process: we see which shards ran again — none of the saved ones
+        first_docs = {docs[0][0] for sid, docs in index_mod.iter_shards(corpus, None, 500) if sid in saved}
+        assert ran and not first_docs & set(ran)
+    same_index(resumed, full)
 
 
 def test_changed_settings_start_the_partial_build_over(setup, tmp_path, monkeypatch):
     _, model, corpus = setup
-    monkeypatch.setattr(index_mod, "BLOCK_TOKENS", 150)
+    monkeypatch.setattr(index_mod, "SHARD_CHARS", 500)
     monkeypatch.setenv(index_mod.STOP_AFTER_ENV, "1")
     with pytest.raises(IndexInterrupted):
         build_index(model, corpus, k=4, workers=1, progress=False, index_dir=tmp_path)
     monkeypatch.delenv(index_mod.STOP_AFTER_ENV)
-    build_index(model, corpus, k=6, workers=1, progress=False, index_dir=tmp_path)  # other k: not a resume
-    ref = tmp_path / "ref"
-    build_index(model, corpus, k=6, workers=1, progress=False, index_dir=ref)
-    a, b = load_index(model, corpus, tmp_path), load_index(model, corpus, ref)
-    np.testing.assert_array_equal(a.state.top_act, b.state.top_act)
-    np.testing.assert_array_equal(a.state.docs, b.state.docs)
+    a = build(model, corpus, tmp_path, k=6, workers=1)  # other k: not a resume
+    same_index(a, build(model, corpus, tmp_path / "ref", k=6, workers=1))
 
 
-def test_up_to_date_index_is_reused_and_stale_ones_are_refused(setup, tmp_path):
+def test_up_to_date_index_is_reused_and_stale_ones_are_refused(setup, tmp_path, capsys):
     tmp, model, _ = setup
     corpus = write_corpus(tmp_path / "c.txt", n_docs=12)
     assert load_index(model, corpus) is None
@@ -190,10 +247,37 @@ def test_up_to_date_index_is_reused_and_stale_ones_are_refused(setup, tmp_path):
         load_index(other, corpus)
     with corpus.open("a") as f:
         f.write("\nA new document.\n")
-    with pytest.raises(MinitfError, match="stale index: .*c.txt changed"):
+    with pytest.raises(MinitfError, match="stale index: .*c.txt changed.*rebuild it with `minitf index"):
         load_index(model, corpus)
-    build_index(model, corpus, k=2, workers=1, progress=False)  # rebuilding replaces it
+    capsys.readouterr()
+    build_index(model, corpus, k=2, workers=1, progress=True)  # the index command rebuilds it, saying why
+    err = capsys.readouterr().err
+    assert "is out of date (the corpus changed); rebuilding it" in err and "1/1 shards" in err
     assert load_index(model, corpus).documents() == 13
+
+
+@pytest.mark.parametrize("case", ["missing", "directory", "not-utf8", "empty", "bad-json", "no-test-docs"])
+def test_bad_corpus_is_one_error_and_leaves_nothing(setup, tmp_path, case):
+    _, model, _ = setup
+    corpus = tmp_path / ("c.jsonl" if case == "bad-json" else "c.txt")
+    split = None
+    if case == "directory":
+        corpus.mkdir()
+    elif case == "not-utf8":
+        corpus.write_bytes(b"fine words\n\n\xff\xfe oops\n")
+    elif case == "empty":
+        corpus.write_text("\n  \n")
+    elif case == "bad-json":
+        corpus.write_text('{"text": "fine"}\n' * 5 + '{oops\n')
+    elif case == "no-test-docs":
+        corpus.write_text("Only one document.\n")
+        split = "train" if split_of("Only one document.") == "test" else "test"
+    message = {"missing": "no such corpus file", "directory": "is a directory", "not-utf8": "line 3: not UTF-8",
+               "empty": "the corpus is empty", "bad-json": "c.jsonl: line 6", "no-test-docs": f"no {split} documents"}
+    for workers in (1, 2):
+        with pytest.raises(MinitfError, match=message[case]):
+            build_index(model, corpus, split=split, workers=workers, progress=False)
+        assert not Path(str(corpus) + ".index").exists()  # no .partial, no empty folder
 
 
 def test_bad_arguments(setup, tmp_path):
@@ -206,18 +290,31 @@ def test_bad_arguments(setup, tmp_path):
         build_index(model, corpus, split="dev", progress=False, index_dir=tmp_path)
     with pytest.raises(MinitfError, match="--top-k 0"):
         build_index(model, corpus, k=0, progress=False, index_dir=tmp_path)
-    bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"text": "fine"}\n{oops\n')
-    with pytest.raises(MinitfError, match="bad.jsonl: line 2"):
-        build_index(model, bad, workers=1, progress=False, index_dir=tmp_path)
+    assert not any(tmp_path.iterdir())
 
 
-def test_worker_errors_surface_as_one_line(setup, tmp_path):
-    _, model, _ = setup
-    bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"text": "fine"}\n' * 5 + '{oops\n')
-    with pytest.raises(MinitfError, match="bad.jsonl: line 6"):
-        build_index(model, bad, workers=2, progress=False, index_dir=tmp_path)
+def test_a_worker_that_dies_is_reported_and_a_rerun_resumes(setup, tmp_path, monkeypatch):
+    """A worker killed mid-build (as by the OOM killer): one error line, finished shards kept, rerun resumes."""
+    import os
+
+    _, model, corpus = setup
+    monkeypatch.setattr(index_mod, "SHARD_CHARS", 500)
+    real = index_mod.index_shard
+    calls = []
+
+    def dying(m, spec, docs):  # runs in the forked worker: its 3rd shard kills it
+        calls.append(1)
+        if len(calls) == 3:
+            os._exit(9)
+        return real(m, spec, docs)
+
+    monkeypatch.setattr(index_mod, "index_shard", dying)
+    with pytest.raises(MinitfError, match="an index worker died.*rerun to resume"):
+        build_index(model, corpus, k=4, workers=2, progress=False, index_dir=tmp_path / "d")
+    saved = json.loads(str(np.load(tmp_path / "d" / "tiny.partial" / "state.npz")["manifest"]))["shards"]
+    assert len(saved) >= 1
+    monkeypatch.setattr(index_mod, "index_shard", real)
+    same_index(build(model, corpus, tmp_path / "d", k=4, workers=2), build(model, corpus, tmp_path / "r", k=4, workers=1))
 
 
 def test_cli_index(setup, tmp_path):
@@ -229,24 +326,40 @@ def test_cli_index(setup, tmp_path):
                                     "--no-progress"])
     assert res.exit_code == 0, res.output
     assert "60 documents" in res.output and "L1N2: top documents" in res.output and "[[" in res.output
-    res = CliRunner().invoke(main, ["index", "--model", str(model.folder), "--corpus", str(tmp_path / "x.txt"),
-                                    "--workers", "1"])
-    assert res.exit_code == 1 and res.output.strip().count("\n") == 0 and "no such corpus file" in res.output
+    for args, message in ((["--corpus", str(tmp_path / "x.txt")], "no such corpus file"),
+                          (["--corpus", str(corpus), "--layer", "2-1"], "--layer 2-1: reversed range (write 1-2)")):
+        res = CliRunner().invoke(main, ["index", "--model", str(model.folder), "--workers", "1", *args])
+        assert res.exit_code == 1 and res.output.strip().count("\n") == 0 and message in res.output, res.output
+    assert not (tmp_path / "x.txt.index").exists()
 
 
-SLOW_SITECUSTOMIZE = '''
+def test_cli_trace_refuses_a_stale_index_in_one_line(setup, tmp_path):
+    from cli import main
+
+    _, model, _ = setup
+    corpus = write_corpus(tmp_path / "c.txt", n_docs=20)
+    build_index(model, corpus, k=4, workers=1, progress=False)
+    with corpus.open("a") as f:
+        f.write("\nA new document.\n")
+    res = CliRunner().invoke(main, ["trace", "--model", str(model.folder), "--corpus", str(corpus), "--neuron", "L1N2",
+                                    "--n-prompts", "3"])
+    assert res.exit_code == 1, res.output
+    assert res.output.count("\n") == 1 and "stale index" in res.output and "rebuild it with `minitf index" in res.output
+
+
+SLOW_SITECUSTOMIZE = """
 import os, pathlib, time
-import minitf.index as I
-I.BLOCK_TOKENS, I.TOKENS_PER_BATCH = 400, 200  # many small blocks (the parent's values travel to the workers)
-_run_batch, _calls = I._run_batch, []
+import minitf.index as I, minitf.shard as S
+I.SHARD_CHARS, I.TOKENS_PER_BATCH = 400, 200  # many small shards (forked workers inherit them)
+_run_batch, _calls = S._run_batch, []
 def _slow(*args):
     _calls.append(1)
-    if len(_calls) == 5 and os.environ.get("MARKER"):  # a few blocks done: tell the test
+    if len(_calls) == 5 and os.environ.get("MARKER"):  # a few batches done: tell the test
         pathlib.Path(os.environ["MARKER"]).touch()
     time.sleep(0.05)
     return _run_batch(*args)
-I._run_batch = _slow
-'''
+S._run_batch = _slow
+"""
 
 
 def test_ctrl_c_then_rerun_gives_the_uninterrupted_result(setup, tmp_path):
@@ -274,75 +387,103 @@ def test_ctrl_c_then_rerun_gives_the_uninterrupted_result(setup, tmp_path):
     marker = tmp_path / "indexing"
     p = cli(d, start_new_session=True, env=dict(env, MARKER=str(marker)))
     deadline = time.monotonic() + 60
-    while not marker.exists() and time.monotonic() < deadline:  # a worker is at its 5th batch
+    state = d / "tiny.partial" / "state.npz"
+    while not (marker.exists() and state.exists()) and time.monotonic() < deadline:  # shards done and saved
         time.sleep(0.01)
     os.killpg(p.pid, signal.SIGINT)
     out, err = p.communicate(timeout=60)
     assert p.returncode == 130, (out, err)
     assert "rerun to resume" in err and not (d / "tiny.npz").exists()
-    parts = sorted((d / "tiny.partial").glob("worker*of2.npz"))
-    assert len(parts) == 2
-    done = [json.loads(str(np.load(part)["manifest"]))["docs_done"] for part in parts]
-    assert 0 < sum(done) < 150  # stopped part-way, with progress saved
+    shards = json.loads(str(np.load(d / "tiny.partial" / "state.npz")["manifest"]))["shards"]
+    assert 0 < len(shards)
 
     resumed, reference = cli(d), cli(tmp_path / "reference")
     for proc in (resumed, reference):
         out, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err
     a, b = load_index(model, corpus, d), load_index(model, corpus, tmp_path / "reference")
-    assert a.documents() == 150
-    for name in index_mod._State.ARRAYS:
-        np.testing.assert_array_equal(getattr(a.state, name), getattr(b.state, name), err_msg=name)
+    assert a.documents() == 150 and b.manifest["shards"] > len(shards)
+    same_index(a, b)
 
 
-def test_ctrl_c_in_process_stops_mid_block_and_resumes_exactly(setup, tmp_path, monkeypatch):
-    """workers=1: the first SIGINT stops after the current batch, saving the state from the block's start."""
+def test_ctrl_c_in_process_keeps_finished_shards_and_resumes_exactly(setup, tmp_path, monkeypatch):
+    """workers=1: a SIGINT in the middle of a shard stops at once; the shards finished before it are saved."""
     import signal
 
     _, model, corpus = setup
-    monkeypatch.setattr(index_mod, "BLOCK_TOKENS", 600)
+    monkeypatch.setattr(index_mod, "SHARD_CHARS", 600)
     monkeypatch.setattr(index_mod, "TOKENS_PER_BATCH", 100)
-    kw = dict(k=4, workers=1, progress=False)
-    reference = load_index(model, corpus, build_index(model, corpus, index_dir=tmp_path / "ref", **kw).parent)
+    reference = build(model, corpus, tmp_path / "ref", k=4, workers=1)
 
-    run_batch, calls = index_mod._run_batch, []
+    run_batch, calls = shard_mod._run_batch, []
 
     def interrupting(*args):
-        calls.append(len(args[3]))  # documents in this batch
+        calls.append(1)
         if len(calls) == 10:
             signal.raise_signal(signal.SIGINT)  # as a terminal's Ctrl-C, delivered to this (main) thread
         return run_batch(*args)
 
-    monkeypatch.setattr(index_mod, "_run_batch", interrupting)
+    monkeypatch.setattr(shard_mod, "_run_batch", interrupting)
     d = tmp_path / "resumed"
-    with pytest.raises(IndexInterrupted):
-        build_index(model, corpus, index_dir=d, **kw)
-    assert len(calls) == 10  # stopped right after the batch during which Ctrl-C came
-    part = np.load(d / "tiny.partial" / "worker0of1.npz")
-    assert 0 < json.loads(str(part["manifest"]))["docs_done"] < 60
-    assert 0 < part["docs"].sum() < sum(calls)  # mid-block: the saved state is the block's start, not batch 10
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
-    monkeypatch.setattr(index_mod, "_run_batch", run_batch)
-    resumed = load_index(model, corpus, build_index(model, corpus, index_dir=d, **kw).parent)
-    for name in index_mod._State.ARRAYS:
-        np.testing.assert_array_equal(getattr(resumed.state, name), getattr(reference.state, name), err_msg=name)
+    with pytest.raises(IndexInterrupted, match="rerun to resume"):
+        build_index(model, corpus, index_dir=d, k=4, workers=1, progress=False)
+    assert len(calls) == 10
+    shards = json.loads(str(np.load(d / "tiny.partial" / "state.npz")["manifest"]))["shards"]
+    assert 0 < len(shards) < reference.manifest["shards"]
+    monkeypatch.setattr(shard_mod, "_run_batch", run_batch)
+    same_index(build(model, corpus, d, k=4, workers=1), reference)
 
 
-def test_a_worker_that_dies_is_reported_not_waited_for(setup, tmp_path):
-    """A worker killed at birth (as by the OOM killer) gives one error line, and a rerun can resume."""
-    import os
+PLAIN_SCRIPT = """
+import sys
+sys.path.insert(0, {root!r})
+from minitf import Model
+from minitf.index import build_index
+import minitf.index as I
+I.SHARD_CHARS = 700
+model = Model.load({model!r})
+print(build_index(model, {corpus!r}, k=4, workers=2, progress=False, index_dir={out!r}))
+"""
+
+
+@pytest.mark.parametrize("how", ["file", "stdin"])
+def test_a_plain_script_without_a_main_guard_builds_with_two_workers(setup, tmp_path, how):
+    """A script file with no __main__ guard, and code with no file at all (as a notebook's cells, or python -)."""
     import subprocess
     import sys
 
     _, model, corpus = setup
-    (tmp_path / "site").mkdir()
-    (tmp_path / "site" / "sitecustomize.py").write_text(
-        "import os, sys\n"
-        "if '--multiprocessing-fork' in sys.argv:\n"  # only in the spawned workers
-        "    os._exit(9)\n")
+    root = str(Path(__file__).resolve().parent.parent)
+    code = PLAIN_SCRIPT.format(root=root, model=str(model.folder), corpus=str(corpus), out=str(tmp_path / "idx"))
+    script = tmp_path / "plain.py"
+    script.write_text(code)
+    res = subprocess.run([sys.executable, str(script) if how == "file" else "-"], input=None if how == "file" else code,
+                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert res.returncode == 0 and res.stderr == "", res.stderr
+    assert res.stdout.strip() == str(tmp_path / "idx" / "tiny.npz")
+    import minitf.index as I
+
+    old = I.SHARD_CHARS
+    try:
+        I.SHARD_CHARS = 700
+        same_index(load_index(model, corpus, tmp_path / "idx"), build(model, corpus, tmp_path / "ref", k=4, workers=1))
+    finally:
+        I.SHARD_CHARS = old
+
+
+def test_without_ray_the_ray_option_says_how_to_install(tmp_path):
+    import os
+    import subprocess
+    import sys
+
     root = Path(__file__).resolve().parent.parent
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path / "site"), str(root)]))
-    res = subprocess.run([sys.executable, str(root / "cli.py"), "index", "--model", str(model.folder), "--corpus",
-                          str(corpus), "--index-dir", str(tmp_path / "idx"), "--workers", "2", "--no-progress"],
-                         env=env, capture_output=True, text=True, timeout=120)
-    assert res.returncode == 1 and "an index worker died" in res.stderr and "rerun to resume" in res.stderr
+
+    corpus = write_corpus(tmp_path / "c.txt", n_docs=5)
+    folder = write_model(tmp_path / "tiny")
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "ray.py").write_text("raise ImportError('no ray here')\n")  # as if not installed
+    res = subprocess.run([sys.executable, str(root / "cli.py"), "index", "--model", str(folder), "--corpus",
+                          str(corpus), "--ray", "auto"], capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path / "site"), str(root)])))
+    assert res.returncode == 1 and res.stderr.count("\n") == 1
+    assert 'pip install -e ".[cluster]"' in res.stderr and not Path(str(corpus) + ".index").exists()

@@ -146,19 +146,17 @@ def test_index_and_scan_give_the_same_prompts(setup, tmp_path, capsys):
     n_test = sum(1 for _ in documents(corpus, "test"))
     scanned = mine_prompts(model, neuron, corpus, split="test", k=5)
     # the scan shows the index's progress bar (off a terminal: its final line)
-    assert capsys.readouterr().err.startswith(f"scan for L1N9: {n_test}/{n_test} documents (100%)")
+    assert capsys.readouterr().err.startswith(f"scan for L1N9: {n_test} / {n_test} documents (100%)")
     build_index(model, corpus, layers=[1], k=10, workers=1, progress=False)
     indexed = mine_prompts(model, neuron, corpus, split="test", k=5)
     assert capsys.readouterr().err == ""  # from the index: no scan
     assert [(p.doc_id, p.position, p.tokens) for p in indexed] == [(p.doc_id, p.position, p.tokens) for p in scanned]
     np.testing.assert_allclose([p.activation for p in indexed], [p.activation for p in scanned], atol=1e-5)
-    # a stale index is not used: the scan takes over, with a warning
+    # a stale index is refused (one line saying how to rebuild), as by every command
     with corpus.open("a") as f:
         f.write("\nGod said let there be light.\n")
-    again = mine_prompts(model, neuron, corpus, split="test", k=5, progress=False)
-    assert len(again) >= 1
-    err = capsys.readouterr().err  # one line of our own, not Python's "file:line: UserWarning: …" and source line
-    assert err.startswith("warning: ") and "stale index" in err and err.count("\n") == 1 and "UserWarning" not in err
+    with pytest.raises(MinitfError, match="stale index: .*rebuild it with `minitf index"):
+        mine_prompts(model, neuron, corpus, split="test", k=5)
 
 
 def test_scan_top_documents_and_activations(setup):
