@@ -252,7 +252,7 @@ def test_up_to_date_index_is_reused_and_stale_ones_are_refused(setup, tmp_path, 
     capsys.readouterr()
     build_index(model, corpus, k=2, workers=1, progress=True)  # the index command rebuilds it, saying why
     err = capsys.readouterr().err
-    assert "is out of date (the corpus changed); rebuilding it" in err and "1/1 shards" in err
+    assert "is out of date (the corpus changed); rebuilding it" in err and "1 / 1 shards" in err
     assert load_index(model, corpus).documents() == 13
 
 
@@ -282,7 +282,7 @@ def test_bad_corpus_is_one_error_and_leaves_nothing(setup, tmp_path, case):
 
 def test_bad_arguments(setup, tmp_path):
     _, model, corpus = setup
-    with pytest.raises(MinitfError, match="--layers 7"):
+    with pytest.raises(MinitfError, match="--layers: layer 7 is out of range"):
         build_index(model, corpus, layers=[7], progress=False, index_dir=tmp_path)
     with pytest.raises(MinitfError, match="unknown corpus format"):
         build_index(model, tmp_path / "c.csv", progress=False)
