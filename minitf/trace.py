@@ -102,7 +102,7 @@ def trace(model: Model, neuron: Neuron, prompts: list[Prompt], options: TraceOpt
         card = _card_record(neuron_card(model, neuron), model.cfg.d_mlp)
     token = card["token"]["id"]
     tokens = [p.tokens for p in prompts]
-    run = model.run(tokens, keep=NEEDED, stop_at_layer=neuron.layer)
+    run = model.run(tokens, keep=NEEDED | {"resid_pre"}, stop_at_layer=neuron.layer)  # resid_pre: ablation reruns from it
     fx = direct_effects(model, run, neuron)
     rows = np.arange(len(prompts))
     post = run.neuron(neuron)["post"][rows, run.lengths - 1]  # [P]
@@ -114,7 +114,7 @@ def trace(model: Model, neuron: Neuron, prompts: list[Prompt], options: TraceOpt
     mean_effect = effects.mean(0)  # [N]
     order = np.argsort(-mean_effect, kind="stable")  # heads by mean effect
     to_ablate = sorted(set(order[:options.ablate].tolist()) | set(np.flatnonzero(is_differential).tolist()))
-    ablations = ablate_heads(model, tokens, neuron, token, [candidates[i] for i in to_ablate])
+    ablations = ablate_heads(model, tokens, neuron, token, [candidates[i] for i in to_ablate], run=run)
 
     errors = np.abs(fx.total() - fx.pre)  # [P]
     per_prompt = [_prompt_record(model, run, fx, neuron, candidates, effects, active, post, i, prompts[i], options)
