@@ -142,13 +142,12 @@ class Model:
                 rec("resid_pre", l, x)
                 x = x + self.attention(l, x, heads.get(l, ()), rec)  # [B, T, D]
                 rec("resid_mid", l, x)
-                cols = stop_neurons if l == stop_at_layer else None
-                post = self.mlp_activation(l, x, cols, neurons.get(l, ()), rec)  # [B, T, M]
-                if l == stop_at_layer:
-                    if cols is not None:
-                        run.neuron_columns[l] = np.asarray(cols)
+                if l == stop_at_layer:  # the neurons' activations are all that is asked of this layer
+                    self.mlp(l, x, neurons.get(l, ()), rec, cols=stop_neurons, activation_only=True)
+                    if stop_neurons is not None:
+                        run.neuron_columns[l] = np.asarray(stop_neurons)
                     return run
-                x = x + rec("mlp_out", l, linear(post, self.W_out[l], self.w[f"h.{l}.mlp.c_proj.bias"]))  # [B, T, D]
+                x = x + self.mlp(l, x, neurons.get(l, ()), rec)  # [B, T, D]
                 rec("resid_post", l, x)
             run.logits = self.unembed(x, lengths, logits, rec)
         return run
@@ -172,28 +171,34 @@ class Model:
         for name, value in (("q", q), ("k", k), ("v", v)):
             rec(name, l, value)
         pattern = np.zeros((B, H, T, T), np.float32) if rec.wants("pattern", l) else None  # [B, H, T, T]
-        z = causal_attention(q, k, v, pattern)  # [B, T, H, Dh]  z_h = softmax(q_h k_hᵀ/√Dh + mask) v_h
+        z = causal_attention(q, k, v, pattern)  # [B, T, H, Dh]  each head's z_h = softmax(q_h k_hᵀ/√Dh + mask) v_h
         rec("pattern", l, pattern)
         for head, positions, value in patches:  # an intervention replaces z_h
             z[:, slice(None) if positions is None else positions, head] = value
         rec("z", l, z)
-        if rec.wants("head_out", l):
-            rec("head_out", l, np.einsum("bthd,hdD->bthD", z, self.W_O[l], optimize=True))  # [B, T, H, D] z_h W_O[h]
-        W_O = self.W_O[l].reshape(H * Dh, D)  # [H·Dh, D]: the heads' W_O[h] stacked, so z (heads side by side) @ W_O = Σ_h z_h W_O[h]
-        return rec("attn_out", l, linear(z.reshape(B, T, H * Dh), W_O, self.w[f"h.{l}.attn.c_proj.bias"]))  # [B, T, D]
+        if rec.wants("head_out", l):  # each head's output z_h W_O[h], kept apart
+            rec("head_out", l, np.einsum("bthd,hdD->bthD", z, self.W_O[l], optimize=True))  # [B, T, H, D]
+        # Σ_h z_h W_O[h] as one GEMM: z's heads side by side [B, T, H·Dh] times the W_O[h] stacked [H·Dh, D]
+        attn_out = linear(z.reshape(B, T, H * Dh), self.W_O[l].reshape(H * Dh, D), self.w[f"h.{l}.attn.c_proj.bias"])
+        return rec("attn_out", l, attn_out)  # [B, T, D]
 
-    def mlp_activation(self, l: int, x: np.ndarray, cols, patches, rec) -> np.ndarray:
-        """post = gelu_new(LN₂(x) W_in + b_in) of layer l [B, T, M] (only neurons ``cols`` when given)."""
+    def mlp(self, l: int, x: np.ndarray, patches, rec, cols=None, activation_only=False) -> np.ndarray | None:
+        """mlp_out = post W_out + b_out of layer l [B, T, D], post = gelu_new(LN₂(x) W_in + b_in) [B, T, M]
+        (with ``activation_only``: post only, for the neurons ``cols`` when given; returns None)."""
         a, sigma = self.ln(x, f"h.{l}.ln_2")  # [B, T, D], [B, T]
         rec("ln2_scale", l, sigma)
         W_in, b_in = self.W_in[l], self.w[f"h.{l}.mlp.c_fc.bias"]  # [D, M], [M]
         if cols is not None:
             W_in, b_in = W_in[:, cols], b_in[cols]  # [D, K], [K]
-        pre = rec("pre", l, linear(a, W_in, b_in))  # [B, T, M]  pre = LN₂(x) W_in + b_in
+        pre = linear(a, W_in, b_in)  # [B, T, M]  pre = LN₂(x) W_in + b_in: each neuron's pre-activation
+        rec("pre", l, pre)
         post = gelu_new(pre)  # [B, T, M]
         for neuron, positions, value in patches:  # an intervention replaces a neuron's activation
             post[:, slice(None) if positions is None else positions, neuron] = value
-        return rec("post", l, post)
+        rec("post", l, post)
+        if activation_only:
+            return None
+        return rec("mlp_out", l, linear(post, self.W_out[l], self.w[f"h.{l}.mlp.c_proj.bias"]))  # [B, T, D]
 
     def unembed(self, x: np.ndarray, lengths: np.ndarray, where, rec) -> np.ndarray | None:
         """logits = LN_f(x) W_U at the positions ``where`` asks for ("all", "last", [B] indices, None)."""
