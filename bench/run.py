@@ -445,6 +445,9 @@ def write_results(path: Path, r: dict) -> str:
     w(readme)
     w("```")
     text = "\n".join(L) + "\n"
+    kept = common.section(path.read_text(encoding="utf-8"), common.TRACE_SECTION) if path.is_file() else None
+    if kept:  # bench/trace_command.py's section, from its own run
+        text = common.splice_section(text, kept.rstrip("\n") + "\n")
     path.write_text(text, encoding="utf-8")
     return readme
 

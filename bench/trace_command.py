@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The trace *command's* whole work, minitf vs TransformerLens 3.9 vs transformers + hooks, in one run.
 
-    python bench/trace_command.py [--reps 3] [--folder CKPT]
+    python bench/trace_command.py [--reps 3] [--folder CKPT] [--skip-cli] [--write]
 
 A random GPT-2-small-shaped checkpoint (``common.make_checkpoint``), a layer-10 neuron (L10N1234), 32 prompts
 × 64 tokens. The work timed is what ``cli.py trace --prompts FILE --json`` does once the model is loaded and
@@ -208,6 +208,7 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--folder", type=Path, help="reuse this GPT-2-small-shaped checkpoint (with vocab.json, merges.txt)")
     ap.add_argument("--skip-cli", action="store_true")
+    ap.add_argument("--write", action="store_true", help=f"put the table into bench/RESULTS.md ({common.TRACE_SECTION!r})")
     args = ap.parse_args(argv)
     import shutil
 
@@ -265,18 +266,31 @@ def main(argv=None) -> int:
         return f"{min(x):.2f} s / {float(np.median(x)):.2f} s"
 
     mt = runs["minitf"][0]
-    print(f"trace command's work, {B} prompts × {T} tokens, {NEURON}, {len(ablated)} heads ablated "
-          f"(min / median of {args.reps}; others' CPU up to {max(max(v[1]) for v in runs.values()):.0f} %):")
-    print("| implementation | time min / median | minitf faster by (min, median) |")
-    print("|---|---:|---:|")
+    others = max(max(v[1]) for v in runs.values())
+    lines = [common.TRACE_SECTION, "",
+             f"`python bench/trace_command.py {' '.join(argv if argv is not None else sys.argv[1:])}` on "
+             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: what `cli.py trace --prompts FILE --json` does "
+             f"once the model is loaded and the neuron's card known — {B} prompts × {T} tokens, {NEURON}, every "
+             f"record the JSON carries, the source split of each prompt's top {TOP} heads, {len(ablated)} heads "
+             f"ablated ({', '.join(map(str, ablated))}) — against TransformerLens 3.9 the paper's way and "
+             f"transformers with hooks doing the same work (see the script's docstring), timed in turn, min / median "
+             f"of {args.reps}; other processes used up to {others:.0f} % of a core meanwhile.", "",
+             "| implementation | time min / median | its time over minitf's (min, median) |", "|---|---:|---:|"]
     for k, (ts, _) in runs.items():
-        print(f"| {k} | {s(ts)} | {min(ts) / min(mt):.1f}×, {np.median(ts) / np.median(mt):.1f}× |")
-    ts = attribution_only["minitf --ablate 0"][0]
-    print(f"| minitf, trace without ablation (--ablate 0) | {s(ts)} | |")
-    print(f"agreement with transformers+hooks over the ablated heads: max |Δ mean Δp| {dp:.1e} (of {scale_p:.1e}), "
-          f"max |Δ mean Δpost| {dpost:.1e} (of {scale_post:.1e})")
+        lines.append(f"| {k} | {s(ts)} | {min(ts) / min(mt):.1f}×, {np.median(ts) / np.median(mt):.1f}× |")
+    lines.append(f"| minitf, trace without ablation (`--ablate 0`) | {s(attribution_only['minitf --ablate 0'][0])} | |")
+    lines += ["", f"Agreement with transformers + hooks over the ablated heads: max |Δ mean Δpost| {dpost:.1e} "
+              f"(of {scale_post:.1e}), max |Δ mean Δp| {dp:.1e} (of {scale_p:.1e})."]
     if cli:
-        print(f"CLI process `{cli['cmd']}`: cold neuron-table cache {cli['cold']:.2f} s, warm {s(cli['warm'])}")
+        lines += ["", f"The whole CLI process, `{cli['cmd']}` (load, neuron card, trace, JSON): "
+                  f"{cli['cold']:.2f} s with minitf's neuron-table cache cold (the card's layer scores computed), "
+                  f"{s(cli['warm'])} warm."]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.write:
+        path = ROOT / "bench" / "RESULTS.md"
+        path.write_text(common.splice_section(path.read_text(encoding="utf-8"), text), encoding="utf-8")
+        log(f"wrote the section into {path}")
     return 0
 
 

@@ -121,6 +121,7 @@ class Model:
         """
         cfg = self.cfg
         tokens, lengths = pad(tokens, cfg.n_ctx)
+        B = len(lengths)
         keep = set(LAYER_INTERNALS) - {"head_out"} | {"ln_f_scale"} if keep == "all" else set(keep or ())
         if unknown := {k if isinstance(k, str) else k[0] for k in keep} - set(INTERNALS):
             raise ValueError(f"unknown internals {sorted(unknown)}; choose from {INTERNALS}")
@@ -136,9 +137,18 @@ class Model:
         heads, neurons = self._parse_interventions(interventions)
         run = Run(tokens, lengths, None)
         rec = Recorder(keep, run.cache)
+        top = cfg.n_layer - 1  # of the last layer, logits at one position per prompt need that position only
+        at = None if (stop_at_layer is not None or logits is None or isinstance(logits, str) and logits == "all"
+                      or top in heads or top in neurons or any(rec.wants(n, top) for n in INTERNALS)) else (
+            lengths - 1 if isinstance(logits, str) else np.asarray(logits))  # [B]
         with pool():  # the forward pass's kernels share the thread pool
             x = self.embed(tokens) if start_layer == 0 else resid_pre  # [B, T, D]
             for l in range(start_layer, last_layer + 1):
+                if l == top and at is not None:
+                    x = x[np.arange(B), at] + self.attention_at(l, x, at)  # [B, D]  resid_mid there
+                    x = (x + self.mlp(l, x[:, None], (), rec)[:, 0])[:, None]  # [B, 1, D]  resid_post there
+                    at = np.zeros(B, np.int64)  # [B]  the one position left
+                    break
                 rec("resid_pre", l, x)
                 x = x + self.attention(l, x, heads.get(l, ()), rec)  # [B, T, D]
                 rec("resid_mid", l, x)
@@ -149,7 +159,7 @@ class Model:
                     return run
                 x = x + self.mlp(l, x, neurons.get(l, ()), rec)  # [B, T, D]
                 rec("resid_post", l, x)
-            run.logits = self.unembed(x, lengths, logits, rec)
+            run.logits = self.unembed(x, lengths, logits if at is None else at, rec)
         return run
 
     def embed(self, tokens: np.ndarray) -> np.ndarray:
@@ -181,6 +191,20 @@ class Model:
         # Σ_h z_h W_O[h] as one GEMM: z's heads side by side [B, T, H·Dh] times the W_O[h] stacked [H·Dh, D]
         attn_out = linear(z.reshape(B, T, H * Dh), self.W_O[l].reshape(H * Dh, D), self.w[f"h.{l}.attn.c_proj.bias"])
         return rec("attn_out", l, attn_out)  # [B, T, D]
+
+    def attention_at(self, l: int, x: np.ndarray, at: np.ndarray) -> np.ndarray:
+        """attn_out of layer l at position at[b] of each prompt [B, D]: that query against keys 0…at[b]."""
+        B, T, D = x.shape
+        H, Dh = self.cfg.n_head, self.cfg.d_head
+        W, bias = self.w[f"h.{l}.attn.c_attn.weight"], self.w[f"h.{l}.attn.c_attn.bias"]  # [D, 3D], [3D]
+        a, _ = self.ln(x, f"h.{l}.ln_1")  # [B, T, D]
+        q = linear(a[np.arange(B), at], W[:, :D], bias[:D]).reshape(B, H, 1, Dh)  # [B, H, 1, Dh]
+        k, v = linear(a, W[:, D:], bias[D:]).reshape(B, T, 2, H, Dh).transpose(2, 0, 3, 1, 4)  # [B, H, T, Dh] each
+        s = q @ k.transpose(0, 1, 3, 2) / np.float32(np.sqrt(Dh))  # [B, H, 1, T]
+        s = np.where(np.arange(T) > at[:, None, None, None], np.float32(-np.inf), s)  # [B, H, 1, T] causal mask
+        p = np.exp(s - s.max(-1, keepdims=True))  # [B, H, 1, T]
+        z = (p / p.sum(-1, keepdims=True)) @ v  # [B, H, 1, Dh]
+        return linear(z.reshape(B, H * Dh), self.W_O[l].reshape(H * Dh, D), self.w[f"h.{l}.attn.c_proj.bias"])
 
     def mlp(self, l: int, x: np.ndarray, patches, rec, cols=None, activation_only=False) -> np.ndarray | None:
         """mlp_out = post W_out + b_out of layer l [B, T, D], post = gelu_new(LN₂(x) W_in + b_in) [B, T, M]
