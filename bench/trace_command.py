@@ -188,6 +188,7 @@ def hf_command(hf, tokens: np.ndarray, token: int, ablate: list[Head]):
 # ---- the CLI process -----------------------------------------------------------------------------------
 def cli_wall(folder: Path, model: Model, tokens: np.ndarray, reps: int, tmp: Path) -> dict:
     prompt_file = tmp / "prompts.txt"
+    # the same random tokens as text, one prompt a line (re-encoded they need not be 64 tokens each)
     prompt_file.write_text("\n".join(model.decode(t[1:]).replace("\n", " ") for t in tokens) + "\n")
     env = dict(os.environ, MINITF_CACHE_DIR=str(tmp / "cache"))
     cmd = [sys.executable, "cli.py", "trace", "--model", str(folder), "--neuron", str(NEURON), "--prompts",
@@ -200,7 +201,8 @@ def cli_wall(folder: Path, model: Model, tokens: np.ndarray, reps: int, tmp: Pat
         if p.returncode:
             raise SystemExit(f"cli.py trace failed: {p.stderr[-2000:]}")
         log(f"  cli.py trace ({'cold' if i == 0 else 'warm'} cache): {times[-1]:.2f} s")
-    return {"cold": times[0], "warm": times[1:], "cmd": " ".join(cmd)}
+    shown = ["python", "cli.py", "trace", "--model", "CKPT", "--neuron", str(NEURON), "--prompts", "FILE", "--json"]
+    return {"cold": times[0], "warm": times[1:], "cmd": " ".join(shown)}
 
 
 def main(argv=None) -> int:
@@ -254,10 +256,9 @@ def main(argv=None) -> int:
         ours()  # warm-ups (transformers was just run; TransformerLens on two prompts)
         tl_command(tl, tokens[:2], token, ablated[:1])()
         runs = timed(fns, args.reps)
-        prompts = [Prompt(t.tolist()) for t in tokens]
-        no_ablation = lambda: trace(model, NEURON, prompts, TraceOptions(top_heads=TOP, ablate=0), card=card)  # noqa: E731
-        no_ablation()
-        attribution_only = timed({"minitf --ablate 0": no_ablation}, args.reps)
+        attribution = wl.minitf_trace(model, tokens, NEURON)  # bench/run.py's trace row
+        attribution()
+        attribution_only = timed({"minitf attribution only": attribution}, args.reps)
         cli = None if args.skip_cli else cli_wall(folder, model, tokens, max(2, args.reps - 1), tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -278,7 +279,8 @@ def main(argv=None) -> int:
              "| implementation | time min / median | its time over minitf's (min, median) |", "|---|---:|---:|"]
     for k, (ts, _) in runs.items():
         lines.append(f"| {k} | {s(ts)} | {min(ts) / min(mt):.1f}×, {np.median(ts) / np.median(mt):.1f}× |")
-    lines.append(f"| minitf, trace without ablation (`--ablate 0`) | {s(attribution_only['minitf --ablate 0'][0])} | |")
+    lines.append(f"| minitf, attribution only (run to the neuron's layer + every head's direct effect: "
+                 f"bench/run.py's trace row) | {s(attribution_only['minitf attribution only'][0])} | |")
     lines += ["", f"Agreement with transformers + hooks over the ablated heads: max |Δ mean Δpost| {dpost:.1e} "
               f"(of {scale_post:.1e}), max |Δ mean Δp| {dp:.1e} (of {scale_p:.1e})."]
     if cli:

@@ -1,9 +1,13 @@
-"""The ablation check (paper step 5): zero a head's output everywhere and measure what the neuron loses.
+"""The ablation check (paper step 5): zero (or replace) a head's z everywhere and measure what the neuron loses.
 
 For each prompt, at its last position: Δpost = post(n) − post(n | head zeroed) and
 Δp = p(token) − p(token | head zeroed), where token is the neuron's promoted token. A head that switches the
 neuron on should show larger drops on the prompts where it is active than where it is not; the two-sample
 Kolmogorov–Smirnov statistic D = sup_x |F_active(x) − F_inactive(x)| says how different the drops are.
+
+An ablated head changes nothing before its own layer, so each ablated run starts there from the clean run's
+residual stream and unembeds only the last positions (``ablate_heads``); it equals a full rerun with the
+head ablated to float32 rounding (``tests/test_ablation.py``).
 """
 from __future__ import annotations
 
