@@ -136,11 +136,11 @@ _WORKER: dict = {}  # in a local worker process: its model and spec
 
 
 def _worker_init(cfg, weights, folder, tokenizer, spec: ShardSpec) -> None:
-    from . import parallel
+    from .kernels import after_fork
     from .model import Model
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    parallel._POOL = None  # a forked child has none of the parent's threads
+    after_fork()  # a forked child has none of the parent's threads
     m = Model(cfg, weights, folder)
     m._tokenizer = tokenizer
     _WORKER.update(model=m, spec=spec)
