@@ -346,3 +346,27 @@ def run_json(cmd: list[str], timeout: float = 300) -> dict:
     if out.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# ---- RESULTS.md sections written by other scripts ------------------------------------------------------
+TRACE_SECTION = "## The trace command as a whole"  # written by bench/trace_command.py, kept by bench/run.py
+
+
+def section(text: str, heading: str) -> str | None:
+    """The section of a markdown text that starts with ``heading`` (up to the next "## " heading), or None."""
+    start = text.find("\n" + heading + "\n")
+    if start < 0:
+        return None
+    end = text.find("\n## ", start + 1)
+    return text[start + 1:end + 1 if end >= 0 else len(text)]
+
+
+def splice_section(text: str, part: str, before: str = "## Lines for the README") -> str:
+    """``text`` with the section ``part`` (starting with its "## " heading) put in place of the old one, or
+    before the heading ``before`` (at the end if absent)."""
+    part = part.rstrip("\n") + "\n\n"
+    old = section(text, part.split("\n", 1)[0])
+    if old is not None:
+        return text.replace(old, part)
+    at = text.find("\n" + before + "\n")
+    return text.rstrip("\n") + "\n\n" + part if at < 0 else text[:at + 1] + part + text[at + 1:]

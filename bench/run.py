@@ -445,6 +445,9 @@ def write_results(path: Path, r: dict) -> str:
     w(readme)
     w("```")
     text = "\n".join(L) + "\n"
+    kept = common.section(path.read_text(encoding="utf-8"), common.TRACE_SECTION) if path.is_file() else None
+    if kept:  # bench/trace_command.py's section, from its own run
+        text = common.splice_section(text, kept.rstrip("\n") + "\n")
     path.write_text(text, encoding="utf-8")
     return readme
 
@@ -454,7 +457,7 @@ def analysis(r: dict) -> list[str]:
     cfg, g, fwd, tr = r["cfg"], r["gemm"], r["forward"], r["trace"]
     D, M, V, L = cfg.d_model, cfg.d_mlp, cfg.d_vocab, cfg.n_layer
     out = ["### Reading the profiles", "",
-           "* **GEMMs (`_matmul`) are most of minitf's time** (60–80 %). NumPy's bundled OpenBLAS (SkylakeX kernels "
+           "* **GEMMs (`kernels.linear`) are most of minitf's time** (60–80 %). NumPy's bundled OpenBLAS (SkylakeX kernels "
            "on this CPU) is slower at these float32 shapes than the MKL inside torch — see the GEMM table; the gap is "
            "largest at 128 rows. With the GEMM FLOPs of each forward (projections, MLP, unembedding) at each library's "
            "measured rate:", ""]
@@ -468,12 +471,12 @@ def analysis(r: dict) -> list[str]:
             "  So at 1×128 OpenBLAS's GEMMs alone take about as long as torch's whole forward: the ≤ 0.9× target "
             "cannot be met with this BLAS, whatever the rest does. GEMMs also run slower inside a forward than "
             "alone (cold weights, and the elementwise work between them), in minitf and torch alike.",
-            "* **Attention** (`attend_share`): blockwise and causal (a block of queries reads only the keys it may "
+            "* **Attention** (`kernels.causal_attention`): blockwise and causal (a block of queries reads only the keys it may "
             "see, so half of q·kᵀ, softmax and pattern·v is skipped at 1×1024), shared between two threads with "
             "one BLAS thread each. torch's SDPA is one fused kernel; NumPy needs five passes over each block of "
             "scores (scale and mask, max, exp, sum, divide), which is where minitf loses most at 1×1024.",
-            "* **Elementwise work** (`_gelu_into`, `_layer_norm_rows`, `reduce`): separate NumPy passes, done in "
-            "cache-sized row chunks on two threads. Two threads help less than they should: after each GEMM, "
+            "* **Elementwise work** (`kernels.gelu_new`, `kernels.layer_norm`, `reduce`): separate NumPy passes, done in "
+            "cache-sized chunks (LayerNorm on two threads, GELU on one: `bench/kernels.py`). Two threads help less than they should: after each GEMM, "
             "OpenBLAS's worker thread keeps spinning (sched_yield) for a while and shares the cores with them "
             "(measured apart: GELU over [2048, 3072] right after a GEMM takes 8.3 ms on 2 threads, 8.8 ms on 1, and "
             "6.7 ms on 2 when OpenBLAS's threads are shut down first).",

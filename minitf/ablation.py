@@ -1,9 +1,13 @@
-"""The ablation check (paper step 5): zero a head's output everywhere and measure what the neuron loses.
+"""The ablation check (paper step 5): zero (or replace) a head's z everywhere and measure what the neuron loses.
 
 For each prompt, at its last position: Δpost = post(n) − post(n | head zeroed) and
 Δp = p(token) − p(token | head zeroed), where token is the neuron's promoted token. A head that switches the
 neuron on should show larger drops on the prompts where it is active than where it is not; the two-sample
 Kolmogorov–Smirnov statistic D = sup_x |F_active(x) − F_inactive(x)| says how different the drops are.
+
+An ablated head changes nothing before its own layer, so each ablated run starts there from the clean run's
+residual stream and unembeds only the last positions (``ablate_heads``); it equals a full rerun with the
+head ablated to float32 rounding (``tests/test_ablation.py``).
 """
 from __future__ import annotations
 
@@ -11,14 +15,14 @@ import math
 
 import numpy as np
 
-from .info import softmax
-from .model import Intervention, Model
+from .runs import softmax
+from .model import Intervention, Model, Run
 from .names import Head, Neuron
 
 
 def neuron_and_token_prob(model: Model, prompts: list[list[int]], neuron: Neuron, token: int,
                           interventions=()) -> tuple[np.ndarray, np.ndarray]:
-    """(post-activation of ``neuron`` [P], p(token) [P]) at each prompt's last position."""
+    """(post-activation of ``neuron`` [P], p(token) [P]) at each prompt's last position, from a full run."""
     run = model.run(prompts, logits="last", keep={("post", neuron.layer)}, interventions=interventions)
     rows = np.arange(len(prompts))
     post = run["post", neuron.layer][rows, run.lengths - 1, neuron.index]  # [P]
@@ -26,16 +30,45 @@ def neuron_and_token_prob(model: Model, prompts: list[list[int]], neuron: Neuron
 
 
 def ablate_heads(model: Model, prompts: list[list[int]], neuron: Neuron, token: int, heads: list[Head],
-                 replace_with: dict[Head, np.ndarray] | None = None) -> dict[Head, tuple[np.ndarray, np.ndarray]]:
-    """Head → (Δpost [P], Δp [P]) when that head's z is zeroed at all positions, or replaced by
-    ``replace_with[head]`` [Dh] (the paper's way: its constant value part, ``attribution.head_value_constant``)."""
-    base_post, base_p = neuron_and_token_prob(model, prompts, neuron, token)
+                 run: Run | None = None, replace_with: dict[Head, np.ndarray] | None = None,
+                 ) -> dict[Head, tuple[np.ndarray, np.ndarray]]:
+    """Head → (Δpost [P], Δp [P]) when that head's z is zeroed at all positions, or, for a head in
+    ``replace_with``, replaced by that vector [Dh] (the paper's way: its constant value part,
+    ``attribution.head_value_constant``).
+
+    Only what changes is rerun: each head's run starts at the head's own layer from the clean residual stream
+    there (``Model.run(start_layer=…, resid_pre=…)``), records the neuron's activation when its layer is
+    reached and unembeds the last position only. ``run``: a clean run of ``prompts`` (e.g. the trace's own)
+    whose ``resid_pre`` of the heads' layers and of the neuron's layer, and the neuron's ``post``, are reused;
+    without them one clean run records them. Nothing is run when there is no head to ablate.
+    """
+    if not heads:
+        return {}
+    L = neuron.layer
+    needed = {("resid_pre", k) for k in {h.layer for h in heads} | {L}} | {("post", L)}
+    if run is None or not needed <= run.cache.keys():
+        run = model.run(prompts, logits="last", keep=needed)
+    rows, last = np.arange(len(run.lengths)), run.lengths - 1  # [P], [P]
+    base_post = run.neuron(neuron)["post"][rows, last]  # [P]
+    if run.logits is None or run.logits.shape != (len(rows), model.cfg.d_vocab):  # stopped early: finish it
+        base_logits = _rest(model, run, L).logits
+    else:
+        base_logits = run.logits
+    base_p = softmax(base_logits)[:, token]  # [P]
     out = {}
     for head in heads:
-        value = 0.0 if replace_with is None else replace_with[head]
-        post, p = neuron_and_token_prob(model, prompts, neuron, token, [Intervention(str(head), value)])
-        out[head] = (base_post - post, base_p - p)
+        value = 0.0 if replace_with is None or head not in replace_with else replace_with[head]
+        ablated = _rest(model, run, head.layer, [Intervention(str(head), value)], keep={("post", L)})
+        post = base_post if head.layer > L else ablated.neuron(neuron)["post"][rows, last]  # [P]
+        out[head] = (base_post - post, base_p - softmax(ablated.logits)[:, token])
     return out
+
+
+def _rest(model: Model, run: Run, layer: int, interventions=(), keep=None) -> Run:
+    """Rerun ``run``'s prompts from ``layer`` on, from its recorded resid_pre there; logits at each prompt's
+    last position only."""
+    return model.run(run.tokens, logits=run.lengths - 1, keep=keep, interventions=interventions,
+                     start_layer=layer, resid_pre=run["resid_pre", layer])
 
 
 def ks_2samp(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:

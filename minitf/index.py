@@ -136,11 +136,11 @@ _WORKER: dict = {}  # in a local worker process: its model and spec
 
 
 def _worker_init(cfg, weights, folder, tokenizer, spec: ShardSpec) -> None:
-    from . import parallel
+    from .kernels import after_fork
     from .model import Model
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    parallel._POOL = None  # a forked child has none of the parent's threads
+    after_fork()  # a forked child has none of the parent's threads
     m = Model(cfg, weights, folder)
     m._tokenizer = tokenizer
     _WORKER.update(model=m, spec=spec)
@@ -161,6 +161,7 @@ def _processes(model, spec: ShardSpec, shards: Iterator, workers: int) -> Iterat
     os.environ.update({name: "1" for name in _BLAS_ENV})  # a spawned child's BLAS starts with one thread
     pool = ProcessPoolExecutor(workers, mp.get_context(method), initializer=_worker_init,
                                initargs=(model.cfg, model.w, model.folder, model.tokenizer, spec))
+    finished = False
     try:
         pending = set()
         shards = iter(shards)
@@ -182,18 +183,36 @@ def _processes(model, spec: ShardSpec, shards: Iterator, workers: int) -> Iterat
                     yield sid, TopkState.from_arrays(arrays)
         if broken:
             raise MinitfError("an index worker died (out of memory?); finished shards are saved, rerun to resume")
+        finished = True
     finally:
         for name, value in saved.items():
             os.environ.pop(name, None) if value is None else os.environ.__setitem__(name, value)
-        processes = list((pool._processes or {}).values())
-        if getattr(pool, "_call_queue", None) is not None:  # shards still queued for a stopped worker must not
-            pool._call_queue.cancel_join_thread()          # keep this process from exiting
-        pool.shutdown(wait=False, cancel_futures=True)
-        for p in processes:
-            if p.is_alive():
-                p.terminate()
-        for p in processes:
-            p.join()
+        if finished:
+            pool.shutdown(wait=True)  # every worker idle: a clean exit
+        else:
+            _stop_pool(pool)
+
+
+def _stop_pool(pool: ProcessPoolExecutor) -> None:
+    """Stop a pool whose workers may be mid-shard (Ctrl-C, a dead worker, an error), without ever leaving a
+    thread that keeps this process from exiting."""
+    processes = list((pool._processes or {}).values())
+    results, manager = pool._result_queue, pool._executor_manager_thread
+    if getattr(pool, "_call_queue", None) is not None:  # shards still queued for a stopped worker must not
+        pool._call_queue.cancel_join_thread()          # keep this process from exiting
+    pool.shutdown(wait=False, cancel_futures=True)
+    for p in processes:
+        if p.is_alive():
+            p.terminate()
+    for p in processes:
+        p.join()
+    if manager is not None:
+        manager.join(timeout=2.0)
+        if manager.is_alive() and results is not None:
+            # it waits for the rest of a result that a terminated worker left half-written: with every worker
+            # gone, closing our copy of the pipe's write end gives it EOF, and it winds the pool down
+            results._writer.close()
+            manager.join(timeout=2.0)
 
 
 def _can_spawn() -> bool:

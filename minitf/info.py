@@ -5,6 +5,7 @@ import numpy as np
 
 from .errors import MinitfError
 from .model import Model
+from .runs import softmax
 from .weights import read_safetensors_header
 
 
@@ -24,12 +25,6 @@ def model_info(model: Model) -> dict:
         "unembedding": "lm_head" if "lm_head.weight" in model.w else "tied to wte",
         "tensors": {name: list(a.shape) for name, a in model.w.items()},
     }
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """exp(x − max x) / Σ exp(x − max x) over the last axis, float32."""
-    e = np.exp(logits - logits.max(-1, keepdims=True))  # [..., V]
-    return e / e.sum(-1, keepdims=True)
 
 
 def next_token_predictions(model: Model, text: str, top_k: int = 10, bos: bool = False) -> dict:

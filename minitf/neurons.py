@@ -334,7 +334,7 @@ def _scan_layer(W_out: np.ndarray, cache: "_NeuronCache", allowed: np.ndarray | 
     (block sums in float32, accumulated in float64). Blocks of rows are shared among the threads, each
     running its products on one BLAS thread.
     """
-    from .parallel import Par, threads
+    from .kernels import pool, run_on_threads
 
     M, V = W_out.shape[0], cache.W_U.shape[1]
     mu = (W_out @ cache.mean_direction) / np.float32(V)  # [M] row means of x
@@ -342,10 +342,9 @@ def _scan_layer(W_out: np.ndarray, cache: "_NeuronCache", allowed: np.ndarray | 
     out |= {name: np.empty(M, np.int64) for name in ("token", "token_all")}
     power = np.zeros((3, M), np.float64)  # [3, M] Σ (x − μ)², ³, ⁴
     blocks = list(range(0, M, ROWS))
-    par = Par(threads())
 
     def share(i):
-        for start in blocks[i::par.n]:
+        for start in blocks[i::n_threads]:
             rows = slice(start, min(start + ROWS, M))
             r = rows.stop - rows.start
             best = np.full((2, r), -np.inf, np.float32)  # [2, r] running max: all tokens, allowed ones
@@ -375,7 +374,8 @@ def _scan_layer(W_out: np.ndarray, cache: "_NeuronCache", allowed: np.ndarray | 
             out["congruence_all"][rows], out["token_all"][rows] = best[0], arg[0]
             out["congruence"][rows], out["token"][rows] = best[1], arg[1]
 
-    par(share, min(par.n, len(blocks)), blas_one=True)
+    with pool() as n_threads:  # share i takes blocks i, i + n_threads, …
+        run_on_threads(share, min(n_threads, len(blocks)), blas_one=True)
     var, m3, m4 = power / V  # [M] each
     with np.errstate(invalid="ignore", divide="ignore"):
         out["kurtosis"], out["skew"] = m4 / (var * var), m3 / var ** 1.5

@@ -104,6 +104,8 @@ class Progress:
             self.draw()
 
     def draw(self, force: bool = False) -> None:
+        if not self.enabled:
+            return
         now = time.monotonic()
         if self.bar is not None:
             if force or now - self.last >= REDRAW_SECONDS or self.done == self.total:

@@ -16,6 +16,7 @@ from typing import Iterator
 import numpy as np
 
 from .corpus import SPLITS, read_documents, split_of, tokenize_document
+from .kernels import set_blas_threads
 from .topk import HIST_EDGES, TopkState
 
 
@@ -139,24 +140,15 @@ def _update(state: TopkState, s: int, li: int, post: np.ndarray, n_valid: int, d
 
 def use_one_blas_thread() -> int | None:
     """Set NumPy's OpenBLAS (and so ``model.run``) to one thread; the previous count, None if not OpenBLAS."""
-    from . import parallel
-
-    parallel.threads()  # finds OpenBLAS
-    if parallel._BLAS.set is None:
-        return None
-    before = parallel._BLAS.threads()
-    parallel._BLAS.set(1)
-    return before
+    return set_blas_threads(1)
 
 
 @contextmanager
 def one_blas_thread():
     """The block runs on one BLAS thread: the same floats in every worker, whatever the machine's default."""
-    from . import parallel
-
     before = use_one_blas_thread()
     try:
         yield
     finally:
         if before is not None:
-            parallel._BLAS.set(before)
+            set_blas_threads(before)

@@ -111,7 +111,7 @@ def trace(model: Model, neuron: Neuron, prompts: list[Prompt], options: TraceOpt
         card = card_record(neuron_card(model, neuron), model.cfg.d_mlp)
     token = card["token"]["id"]
     tokens = [p.tokens for p in prompts]
-    run = model.run(tokens, keep=NEEDED, stop_at_layer=neuron.layer)
+    run = model.run(tokens, keep=NEEDED | {"resid_pre"}, stop_at_layer=neuron.layer)  # resid_pre: ablation reruns from it
     fx = direct_effects(model, run, neuron)
     rows = np.arange(len(prompts))
     post = run.neuron(neuron)["post"][rows, run.lengths - 1]  # [P]
@@ -129,7 +129,7 @@ def trace(model: Model, neuron: Neuron, prompts: list[Prompt], options: TraceOpt
                                                | set(np.flatnonzero(is_differential).tolist()))]
     replace_with = ({h: head_value_constant(model, h.layer)[h.head] for h in to_ablate}
                     if options.scores == "paper" else None)
-    ablations = ablate_heads(model, tokens, neuron, token, to_ablate, replace_with)
+    ablations = ablate_heads(model, tokens, neuron, token, to_ablate, run=run, replace_with=replace_with)
     if drops is not None:
         drops.update(ablations)
 

@@ -141,3 +141,28 @@ def test_bad_prompts():
         m.run([1, 40])
     with pytest.raises(MinitfError, match="the model has 2 layers"):
         m.run([1], interventions=[Intervention("L5H0")])
+
+
+@settings(max_examples=40, deadline=None)
+@given(args=model_args, data=st.data())
+def test_start_layer_from_resid_pre_matches_the_full_run(args, data):
+    m = random_model(**args)
+    start = data.draw(st.integers(0, args["n_layer"] - 1))
+    lengths = data.draw(st.lists(st.integers(1, args["n_ctx"]), min_size=1, max_size=3))
+    rng = np.random.default_rng(args["seed"])
+    prompts = [rng.integers(0, args["d_vocab"], n).tolist() for n in lengths]
+    full = m.run(prompts, keep={"resid_pre", "post", "z"})
+    part = m.run(prompts, keep={"post", "z"}, start_layer=start, resid_pre=full["resid_pre", start], logits="last")
+    assert ("post", start - 1) not in part.cache
+    for layer in range(start, args["n_layer"]):
+        np.testing.assert_allclose(part["post", layer], full["post", layer], rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(part["z", layer], full["z", layer], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(part.logits, full.logits[np.arange(len(prompts)), part.lengths - 1], rtol=1e-6, atol=1e-6)
+
+
+def test_start_layer_needs_a_matching_resid_pre():
+    m = random_model(n_layer=2)
+    with pytest.raises(ValueError, match="start_layer 1 needs a resid_pre"):
+        m.run([1, 2, 3], start_layer=1)
+    with pytest.raises(ValueError, match="start_layer 1 needs a resid_pre"):
+        m.run([1, 2, 3], start_layer=1, resid_pre=np.zeros((1, 2, m.cfg.d_model), np.float32))
