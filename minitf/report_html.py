@@ -144,6 +144,22 @@ def _token_bars(items, rgb, scale: float, k: int = CARD_TOKENS) -> str:
     return f'<div class=bars>{"".join(rows)}</div>'
 
 
+def svg_bar(x: float, slot: float, h: float, axis_y: float, tip: str, fill: str, gap: float, above: str,
+            label: str, mark: str = "") -> str:
+    """One bar of an SVG bar chart as a ``<g>``: its box (``gap`` from each side of the slot), ``tip`` on hover,
+    ``above`` it a number, under the axis ``label`` and a ``mark`` below that (each left out when empty)."""
+    mid = x + slot / 2
+    out = (f'<g><title>{_e(tip)}</title><rect x="{x + gap:.1f}" y="{axis_y - h:.1f}" '
+           f'width="{max(slot - 2 * gap, 1):.1f}" height="{max(h, 0):.1f}" rx="2" fill="{fill}"/>')
+    if above:
+        out += f'<text x="{mid:.1f}" y="{axis_y - h - 3:.1f}" class="ax tiny" text-anchor=middle>{_e(above)}</text>'
+    if label:
+        out += f'<text x="{mid:.1f}" y="{axis_y + 13}" class=ax text-anchor=middle>{_e(label)}</text>'
+    if mark:
+        out += f'<text x="{mid:.1f}" y="{axis_y + 30}" class="ax mark" text-anchor=middle>{_e(mark)}</text>'
+    return out + "</g>"
+
+
 def _bins(edges: list[float], n: int) -> list[tuple[float, float]]:
     """(low, high] of each of n bins: edges n − 1 long are the index's open-ended bins, n + 1 long closed ones."""
     if len(edges) == n - 1:
@@ -181,18 +197,8 @@ def _histogram_svg(histogram: dict, marks: list[float]) -> str:
         h = (axis_y - top - 6) * math.log10(1 + c) / ymax
         traced = sum(1 for m in marks if lo < m <= hi or (lo == -math.inf and m <= hi))
         tip = f"({_num(lo, 'g')}, {_num(hi, 'g')}]: {c:,} positions" + (f"; {traced} traced prompts" if traced else "")
-        parts.append(f'<g><title>{_e(tip)}</title><rect x="{x + 2:.1f}" y="{axis_y - h:.1f}" width="{slot - 4:.1f}" '
-                     f'height="{max(h, 0):.1f}" rx="2" fill="#94a3b8"/>')
-        if c:
-            parts.append(f'<text x="{x + slot / 2:.1f}" y="{axis_y - h - 3:.1f}" class="ax tiny" '
-                         f'text-anchor=middle>{_e(_count(c))}</text>')
-        if k % label_every == 0:
-            parts.append(f'<text x="{x + slot / 2:.1f}" y="{axis_y + 13}" class=ax text-anchor=middle>'
-                         f'{_e(_bin_label(lo, hi))}</text>')
-        if traced:
-            parts.append(f'<text x="{x + slot / 2:.1f}" y="{axis_y + 30}" class="ax mark" text-anchor=middle>'
-                         f'▲{traced}</text>')
-        parts.append("</g>")
+        parts.append(svg_bar(x, slot, h, axis_y, tip, "#94a3b8", 2, _count(c) if c else "",
+                             _bin_label(lo, hi) if k % label_every == 0 else "", f"▲{traced}" if traced else ""))
     total = histogram.get("positions", sum(counts))
     caption = f"activation over {_count(total)} indexed positions"
     if histogram.get("positive") is not None and total:

@@ -7,7 +7,7 @@ For every studied neuron N = L{l}N{n} (per layer the top K by congruence after t
    index is loaded once and the documents of all neurons are read in one pass over the corpus);
 2. trace (``minitf.trace``): every candidate head's direct effect, active and differential heads, and the
    ablation check of the differential heads (and ``ablate`` top ones); for each differential head h the
-   trace's per-prompt drops Δp = p(token) − p(token | h zeroed) and Δpost are kept, with whether h is active;
+   trace's per-prompt drops Δp = p(token) − p(token | h removed) and Δpost are kept, with whether h is active;
 3. with an LLM: each differential head explained from the train-split trace and scored on the test-split
    trace (``minitf.explain.evaluate_head``: balanced accuracy, ROC-AUC where logprobs come back);
 4. aggregates per layer and overall (``minitf.study_summary``): neurons, neurons with ≥ 1 differential head,

@@ -14,7 +14,7 @@ import math
 from pathlib import Path
 
 from .report import write_html
-from .report_html import STYLE, _e
+from .report_html import STYLE, _e, svg_bar
 
 _SCRIPT = r"""
 (function () {
@@ -73,15 +73,8 @@ def bar_svg(title: str, labels: list[str], counts: list[int], caption: str) -> s
     for k, (label, c) in enumerate(zip(labels, counts)):
         x = pad + k * slot
         h = (axis_y - top) * c / peak
-        parts.append(f'<g><title>{_e(f"{label}: {c}")}</title><rect x="{x + 1.5:.1f}" y="{axis_y - h:.1f}" '
-                     f'width="{max(slot - 3, 1):.1f}" height="{h:.1f}" rx="2" fill="#7c3aed"/>')
-        if c:
-            parts.append(f'<text x="{x + slot / 2:.1f}" y="{axis_y - h - 3:.1f}" class="ax tiny" '
-                         f'text-anchor=middle>{c}</text>')
-        if k % every == 0:
-            parts.append(f'<text x="{x + slot / 2:.1f}" y="{axis_y + 13}" class=ax text-anchor=middle>'
-                         f'{_e(label)}</text>')
-        parts.append("</g>")
+        parts.append(svg_bar(x, slot, h, axis_y, f"{label}: {c}", "#7c3aed", 1.5, str(c) if c else "",
+                             label if k % every == 0 else ""))
     return (f'<figure><svg viewBox="0 0 {W} {H}" width="{W}" height="{H}" role="img" aria-label="{_e(title)}">'
             f'{"".join(parts)}</svg><figcaption><b>{_e(title)}</b> {_e(caption)}</figcaption></figure>')
 
