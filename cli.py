@@ -290,8 +290,8 @@ def _layer_list(ctx, param, values) -> list[int]:
     """--layer 3 --layer 5, --layer 3,5 or --layer 2-4 → sorted layer numbers."""
     try:
         return parse_layers(values)
-    except ValueError as e:
-        raise click.BadParameter(str(e)) from None
+    except ValueError as e:  # bad input: one line, as every other (not click's three-line usage error)
+        raise MinitfError(f"--layer {e}") from None
 
 
 def _tok(s: str) -> str:

@@ -98,7 +98,7 @@ _LAYER_PART = re.compile(r"^(\d+)(?:-(\d+))?$")
 def parse_layers(specs: str | Iterable[str], n_layer: int | None = None, where: str = "") -> list[int]:
     """'3' | '3,5' | '2-4' (or several of them, or space-separated) → sorted distinct layer numbers.
 
-    A malformed part or a reversed range ('4-2') raises ValueError (a usage error); with ``n_layer``
+    A malformed part or a reversed range ('4-2') raises ValueError; with ``n_layer``
     each layer is range-checked (``check_layer``).
     """
     layers: set[int] = set()
@@ -108,9 +108,10 @@ def parse_layers(specs: str | Iterable[str], n_layer: int | None = None, where: 
                 continue
             m = _LAYER_PART.match(part)
             first, last = (int(m.group(1)), int(m.group(2) or m.group(1))) if m else (1, 0)
+            if not m:
+                raise ValueError(f"{part!r}: not a layer (write layers like 3, 3,5 or 2-4)")
             if first > last:
-                problem = "a reversed range" if m else "not a layer"
-                raise ValueError(f"{spec!r}: {problem} (write layers like 3, 3,5 or 2-4)")
+                raise ValueError(f"{part}: reversed range (write {last}-{first})")
             layers |= set(range(first, last + 1))
     if n_layer is not None:
         for layer in sorted(layers):
