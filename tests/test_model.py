@@ -72,7 +72,8 @@ def test_padded_batch_equals_each_prompt_alone(args, data):
         np.testing.assert_allclose(last[i], alone.logits[0, -1], rtol=1e-5, atol=1e-5)
         for layer in range(args["n_layer"]):
             np.testing.assert_allclose(batch["post", layer][i, :n], alone["post", layer][0], rtol=1e-5, atol=1e-5)
-            np.testing.assert_allclose(batch["pattern", layer][i, :, :n, :n], alone["pattern", layer][0], atol=1e-6)
+            # float32 softmax sums over another number of (masked) keys: a few ulp of 1
+            np.testing.assert_allclose(batch["pattern", layer][i, :, :n, :n], alone["pattern", layer][0], atol=4e-6)
 
 
 @settings(max_examples=40, deadline=None)
@@ -80,7 +81,7 @@ def test_padded_batch_equals_each_prompt_alone(args, data):
 def test_head_outputs_sum_to_attn_out_and_residual_adds_up(args, data):
     m = random_model(**args)
     T = data.draw(st.integers(1, args["n_ctx"]))
-    run = m.run(np.random.default_rng(1).integers(0, args["d_vocab"], (2, T)), keep="all" and set(INTERNALS))
+    run = m.run(np.random.default_rng(1).integers(0, args["d_vocab"], (2, T)), keep=set(INTERNALS))
     for layer in range(args["n_layer"]):
         b_O = m.w[f"h.{layer}.attn.c_proj.bias"]
         np.testing.assert_allclose(run["head_out", layer].sum(2) + b_O, run["attn_out", layer], rtol=1e-4, atol=1e-4)
