@@ -29,7 +29,7 @@ def neuron_and_token_prob(model: Model, prompts: list[list[int]], neuron: Neuron
     return post, softmax(run.logits)[:, token]  # [P], [P]
 
 
-def ablate_heads(model: Model, prompts: list[list[int]], neuron: Neuron, token: int, heads: list[Head],
+def ablate_heads(model: Model, prompts: list[list[int]], neuron: Neuron, token: int, heads: list[Head], *,
                  run: Run | None = None, replace_with: dict[Head, np.ndarray] | None = None,
                  ) -> dict[Head, tuple[np.ndarray, np.ndarray]]:
     """Head → (Δpost [P], Δp [P]) when that head's z is zeroed at all positions, or, for a head in

@@ -195,11 +195,11 @@ def _explanations(record: dict) -> dict | None:
 
 def write_site(out, study: dict, records: list[dict]) -> None:
     """index.html and each traced neuron's page, every file written atomically."""
-    from .index import _atomic_write
+    from .files import atomic_write
 
     out = Path(out)
     for r in records:
         if "trace" in r:
             write_html(out / "neurons" / f"{r['neuron']}.html", r["trace"], _explanations(r), r.get("histogram"))
     page = render_index(study)
-    _atomic_write(out / "index.html", lambda f: f.write(page.encode("utf-8")))
+    atomic_write(out / "index.html", page)

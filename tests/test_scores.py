@@ -134,7 +134,7 @@ def test_paper_ablation_is_transformer_lens_hook_v_zeroed(shape, data):
     head = Head(data.draw(st.integers(0, neuron.layer - 1)), data.draw(st.integers(0, shape["n_head"] - 1)))
     token = data.draw(st.integers(0, shape["d_vocab"] - 1))
     value = head_value_constant(m, head.layer)[head.head]  # [Dh]
-    d_post, d_p = ablate_heads(m, prompts, neuron, token, [head], {head: value})[head]  # [P], [P]
+    d_post, d_p = ablate_heads(m, prompts, neuron, token, [head], replace_with={head: value})[head]  # [P], [P]
 
     def zero_v(v, hook):
         v[:, :, head.head] = 0.0
