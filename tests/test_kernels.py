@@ -53,7 +53,11 @@ def test_layer_norm_is_the_formula(data):
     y64, s64 = plain_layer_norm(x, g, b, 1e-5)
     assert y.dtype == sigma.dtype == np.float32 and y.shape == shape and sigma.shape == shape[:-1]
     np.testing.assert_allclose(sigma, s64, rtol=2e-6)
-    np.testing.assert_allclose(y, y64, rtol=1e-5, atol=1e-5 * np.abs(y64).max())
+    # float32 rounding of x (of size max|x|) reaches y through 1/σ·γ: an offset row with a small spread loses
+    # digits in x − mean in any float32 implementation, so the bound scales with max|x|/σ
+    conditioning = (np.abs(x).max(-1) / s64).max() * np.abs(g).max()
+    atol = 1e-5 * np.abs(y64).max() + 64 * float(np.finfo(np.float32).eps) * conditioning
+    np.testing.assert_allclose(y, y64, rtol=1e-5, atol=atol)
 
 
 def test_layer_norm_large_enough_to_use_threads(threading_mode):
