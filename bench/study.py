@@ -37,7 +37,7 @@ STEPS = [
     ("  of which per-position effects (site)", "minitf/trace.py", "_per_position"),
     ("activation histogram from the index", "minitf/report.py", "index_histogram"),
     ("write neuron records", "minitf/study.py", "_atomic_json"),
-    ("aggregates", "minitf/study.py", "aggregates"),
+    ("aggregates", "minitf/study_summary.py", "aggregates"),
     ("site (index.html + neuron pages)", "minitf/study_site.py", "write_site"),
 ]
 
