@@ -60,6 +60,7 @@ class Progress:
         self.live = enabled and live and self.file.isatty()
         self.t0 = self.last = time.monotonic()
         self.bar, self.drawn = None, False
+        self.shown = None  # units done at the last plain line
         if self.live:
             self.bar = click.progressbar(length=total, label=label, file=self.file, show_eta=False,
                                          item_show_func=lambda _: self.info(), width=24)
@@ -114,7 +115,7 @@ class Progress:
                 self.bar.render_progress()
                 self.drawn = True
         elif self.every is not None and (force or now - self.last >= self.every):
-            self.last = now
+            self.last, self.shown = now, self.done
             click.echo(self.line(), file=self.file)
 
     def end_line(self) -> None:
@@ -144,5 +145,5 @@ class Progress:
             self.drawn = False
         elif summary is not None:
             click.echo(f"{self.label}: {summary}", file=self.file)
-        elif self.every is not None:
+        elif self.every is not None and self.shown != self.done:  # not already the last plain line
             click.echo(self.line(), file=self.file)

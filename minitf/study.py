@@ -396,6 +396,8 @@ def run_study(model, out, options: StudyOptions, restart: bool = False, progress
                 waiting.append((record, llm_thread.submit(explain_and_score, llm, record["trace"], test)))
                 collect(block=False)
         collect(block=True)
+        if not stop.is_set():
+            bar.finish()  # the bar's last state (off a terminal, its last plain line may be up to 15 s old)
     finally:
         if llm_thread is not None:
             llm_thread.shutdown(wait=True, cancel_futures=True)
