@@ -123,22 +123,19 @@ def bench_trace(model: Model, hf, tl, reps: int) -> dict:
     tl_lean_scores = tl_lean().reshape(B, n.layer, -1)
     hf_scores = hf_go()  # [B, L+1, H]
     sigma = fx.sigma
-    shift = wl.value_bias_share(model, n, sigma)  # [B, L, H]
     agree = {
         "minitf identity: max over prompts of abs(Σ terms + constant − pre) / Σ abs(terms)":
             float((np.abs(fx.total() - fx.pre) / fx.magnitude()).max()),
         "minitf (keep=NEEDED, all columns) vs minitf (minimal keep)": rel_diff(fx_needed.heads, heads),
         "transformers hooks vs minitf (heads of layers 0–10)": rel_diff(hf_scores, heads),
-        "TransformerLens vs minitf − value-bias share (layers 0–9)": rel_diff(tl_scores, heads[:, :n.layer] - shift),
+        "TransformerLens vs minitf's context parts (layers 0–9)": rel_diff(tl_scores, fx.head_context[:, :n.layer]),
         "TransformerLens (lean) vs TransformerLens": rel_diff(tl_lean_scores, tl_scores),
         "TransformerLens vs minitf as is": rel_diff(tl_scores, heads[:, :n.layer]),
         "TransformerLens vs minitf × σ": rel_diff(tl_scores, heads[:, :n.layer] * sigma[:, None, None]),
-        "TransformerLens vs (minitf − value-bias share) × σ":
-            rel_diff(tl_scores, (heads[:, :n.layer] - shift) * sigma[:, None, None]),
     }
-    order_ours = np.argsort(-(heads[:, :n.layer] - shift).reshape(B, -1), 1)[:, :5]
+    order_ours = np.argsort(-fx.head_context[:, :n.layer].reshape(B, -1), 1)[:, :5]
     order_tl = np.argsort(-tl_scores.reshape(B, -1), 1)[:, :5]
-    agree["top-5 heads per prompt identical (TL vs minitf − shift)"] = float((order_ours == order_tl).all(1).mean())
+    agree["top-5 heads per prompt identical (TL vs minitf's context parts)"] = float((order_ours == order_tl).all(1).mean())
     order_raw = np.argsort(-heads[:, :n.layer].reshape(B, -1), 1)[:, :5]
     agree["top-5 heads per prompt identical (TL vs minitf as is)"] = float((order_raw == order_tl).all(1).mean())
     for k, v in agree.items():
@@ -419,11 +416,10 @@ def write_results(path: Path, r: dict) -> str:
     for k, v in tr["agree"].items():
         w(f"| trace: {k} | {v:.1e} |" if not k.startswith("top-5") else f"| trace: {k} | {v * 100:.0f} % of prompts |")
     w("")
-    w("TransformerLens's head scores (with `from_pretrained`'s default `fold_ln` + `fold_value_biases`) divide by "
-      "LN-2's σ like minitf's, but they leave out each head's constant value part: `fold_value_biases` moves "
-      "(b_V[h] + β₁ W_V[h]) · W_O[h] into the layer's bias b_O. So TL's score = minitf's effect − "
-      "(b_V[h] + β₁ W_V[h]) · u_h / σ; the rows above show that identity holds to float32 rounding, while minitf × σ "
-      "does not match.")
+    w("TransformerLens's head scores (with `from_pretrained`'s default `fold_ln` + `fold_value_biases`, and "
+      "`apply_ln_to_stack`, which divides by LN-2's σ) are minitf's context parts: `fold_value_biases` moves each "
+      "head's constant part (b_V[h] + β₁ W_V[h]) · W_O[h] into the layer's bias b_O. The rows above show that "
+      "identity to float32 rounding, while minitf's whole effects (context + constant) do not match.")
     w("")
 
     # where the time goes

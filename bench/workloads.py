@@ -183,18 +183,6 @@ def hf_hooks_trace(hf, tokens: np.ndarray, neuron: Neuron):
     return go
 
 
-def value_bias_share(model: Model, neuron: Neuron, sigma: np.ndarray) -> np.ndarray:
-    """[B, L, H]: (b_V[h] + β₁ W_V[h]) · u_h / σ — each head's constant part, which TransformerLens's
-    ``fold_ln`` + ``fold_value_biases`` move into the layer's bias (so its head scores leave it out)."""
-    w_tilde, _ = attribution.read_direction(model, neuron)
-    out = []
-    for k in range(neuron.layer):
-        u = model.W_O[k] @ w_tilde  # [H, Dh]
-        b = model.b_V[k] + np.einsum("D,hDd->hd", model.w[f"h.{k}.ln_1.bias"], model.W_V[k])  # [H, Dh]
-        out.append((b * u).sum(-1))
-    return np.stack(out)[None] / sigma[:, None, None]
-
-
 # ---- index ---------------------------------------------------------------------------------------------
 def index_fallback(model: Model, batches: list[np.ndarray], k: int = 16):
     """Stand-in for ``minitf.index``: a forward per batch recording only ``post`` (no logits, the last
