@@ -22,6 +22,7 @@ for p in (str(ROOT), str(TESTS)):
     if p not in sys.path:
         sys.path.insert(0, p)
 
+from reference_paths import SHARED_GPT2  # noqa: E402, F401  GPT-2's real vocab.json / merges.txt beside the checkout
 
 # GPT-2 small's shape.
 SMALL = dict(n_layer=12, n_head=12, d_head=64, d_vocab=50257, n_ctx=1024, d_mlp=3072)
