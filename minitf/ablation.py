@@ -1,7 +1,9 @@
-"""The ablation check (paper step 5): zero (or replace) a head's z everywhere and measure what the neuron loses.
+"""The ablation check (paper step 5): remove a head everywhere and measure what the neuron loses.
 
-For each prompt, at its last position: Δpost = post(n) − post(n | head zeroed) and
-Δp = p(token) − p(token | head zeroed), where token is the neuron's promoted token. A head that switches the
+Removing head h replaces its z_h at every position: by 0 (``--scores exact``), or by its constant part
+b_V + β₁W_V (``--scores paper``: what zeroing TransformerLens's ``hook_v`` on folded weights does, the
+authors' ablation). For each prompt, at its last position: Δpost = post(n) − post(n | h removed) and
+Δp = p(token) − p(token | h removed), where token is the neuron's promoted token. A head that switches the
 neuron on should show larger drops on the prompts where it is active than where it is not; the two-sample
 Kolmogorov–Smirnov statistic D = sup_x |F_active(x) − F_inactive(x)| says how different the drops are.
 
@@ -15,18 +17,9 @@ import math
 
 import numpy as np
 
-from .runs import softmax
 from .model import Intervention, Model, Run
 from .names import Head, Neuron
-
-
-def neuron_and_token_prob(model: Model, prompts: list[list[int]], neuron: Neuron, token: int,
-                          interventions=()) -> tuple[np.ndarray, np.ndarray]:
-    """(post-activation of ``neuron`` [P], p(token) [P]) at each prompt's last position, from a full run."""
-    run = model.run(prompts, logits="last", keep={("post", neuron.layer)}, interventions=interventions)
-    rows = np.arange(len(prompts))
-    post = run["post", neuron.layer][rows, run.lengths - 1, neuron.index]  # [P]
-    return post, softmax(run.logits)[:, token]  # [P], [P]
+from .runs import softmax
 
 
 def ablate_heads(model: Model, prompts: list[list[int]], neuron: Neuron, token: int, heads: list[Head], *,

@@ -4,16 +4,27 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minitf import Intervention
-from minitf.ablation import ablate_heads, neuron_and_token_prob
+from minitf import Intervention, Model
+from minitf.ablation import ablate_heads
 from minitf.attribution import NEEDED
 from minitf.names import Head, Neuron
+from minitf.runs import softmax
 from numpy_models import random_model
 
 model_args = st.fixed_dictionaries({
     "seed": st.integers(0, 10**6), "n_layer": st.integers(1, 4), "n_head": st.integers(1, 3),
     "d_head": st.integers(1, 6), "d_vocab": st.integers(2, 40), "n_ctx": st.integers(1, 12),
 })
+
+
+def neuron_and_token_prob(model: Model, prompts: list[list[int]], neuron: Neuron, token: int,
+                          interventions=()) -> tuple[np.ndarray, np.ndarray]:
+    """The reference: (post-activation of ``neuron`` [P], p(token) [P]) at each prompt's last position,
+    from a full run of every layer."""
+    run = model.run(prompts, logits="last", keep={("post", neuron.layer)}, interventions=interventions)
+    rows = np.arange(len(prompts))
+    post = run["post", neuron.layer][rows, run.lengths - 1, neuron.index]  # [P]
+    return post, softmax(run.logits)[:, token]  # [P], [P]
 
 
 @settings(max_examples=40, deadline=None)
