@@ -35,26 +35,10 @@ def load_transformers(folder):
 
 def load_transformer_lens(hf_model):
     """A HookedTransformer built offline from the same weights, processed as ``from_pretrained`` does by
-    default (fold_ln, center_writing_weights, center_unembed, fold_value_biases)."""
-    import warnings
+    default (fold_ln, center_writing_weights, center_unembed, fold_value_biases): the tests' builder."""
+    from reference import transformer_lens_model  # tests/ is on sys.path (bench/common.py)
 
-    import torch
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
-    from transformer_lens.pretrained.weight_conversions import convert_gpt2_weights
-
-    c = hf_model.config
-    cfg = HookedTransformerConfig(
-        n_layers=c.n_layer, d_model=c.n_embd, d_head=c.n_embd // c.n_head, n_heads=c.n_head,
-        d_mlp=c.n_inner or 4 * c.n_embd, d_vocab=c.vocab_size, n_ctx=c.n_positions, act_fn=c.activation_function,
-        eps=c.layer_norm_epsilon, normalization_type="LN", original_architecture="GPT2LMHeadModel",
-        positional_embedding_type="standard", use_attn_scale=True, device="cpu", dtype=torch.float32)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        state = convert_gpt2_weights(hf_model, cfg)
-        model = HookedTransformer(cfg, move_to_device=False)
-        model.load_and_process_state_dict(state, fold_ln=True, center_writing_weights=True, center_unembed=True,
-                                          fold_value_biases=True, refactor_factored_attn_matrices=False)
-    return model.eval()
+    return transformer_lens_model(hf_model)
 
 
 # ---- forward -------------------------------------------------------------------------------------------
