@@ -22,7 +22,7 @@ for p in (str(ROOT), str(TESTS)):
     if p not in sys.path:
         sys.path.insert(0, p)
 
-from reference_paths import SHARED_GPT2  # noqa: E402, F401  GPT-2's real vocab.json / merges.txt beside the checkout
+from reference_paths import SHARED_GPT2  # noqa: E402  GPT-2's real vocab.json / merges.txt beside the checkout
 
 # GPT-2 small's shape.
 SMALL = dict(n_layer=12, n_head=12, d_head=64, d_vocab=50257, n_ctx=1024, d_mlp=3072)
@@ -30,12 +30,14 @@ SMALL = dict(n_layer=12, n_head=12, d_head=64, d_vocab=50257, n_ctx=1024, d_mlp=
 
 def make_checkpoint(folder: Path, seed: int = 3) -> Path:
     """A random GPT-2-small-shaped model in the Hub's file layout (unprefixed keys, attn.bias buffers,
-    data at an unaligned offset), float32 — written once per benchmark run."""
+    data at an unaligned offset), float32, with GPT-2's tokenizer where shared/ has it — written once per
+    benchmark run."""
     import torch
     from reference import random_gpt2, save
 
     model = random_gpt2(**SMALL, seed=seed, scale=0.5)
-    save(model, Path(folder), "hub", torch.float32)
+    tokenizer = SHARED_GPT2 if (SHARED_GPT2 / "vocab.json").is_file() else None  # for prompts, index, neurons
+    save(model, Path(folder), "hub", torch.float32, tokenizer_dir=tokenizer)
     del model
     gc.collect()
     return Path(folder)

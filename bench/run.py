@@ -539,10 +539,6 @@ def main(argv=None) -> int:
             folder = tmp / "gpt2-small-random"
             log("writing the checkpoint …")
             common.make_checkpoint(folder)
-            for name in ("vocab.json", "merges.txt"):  # GPT-2's tokenizer, for the index and neurons workloads
-                src = common.SHARED_GPT2 / name
-                if src.is_file():
-                    shutil.copy(src, folder / name)
         if "load" not in args.skip:  # first, while this process is still small
             r["load"] = bench_load(folder, max(3, args.reps // 2 + 1))
         model = Model.load(folder)
