@@ -123,17 +123,14 @@ def tl_command(tl, tokens: np.ndarray, token: int, ablate: list[Head]):
 
 def hf_command(hf, tokens: np.ndarray, token: int, ablate: list[Head]):
     import torch
+    import workloads as wl
 
     L = NEURON.layer
     c = hf.config
     H, D = c.n_head, c.n_embd
     Dh = D // H
     blocks = hf.transformer.h
-    with torch.no_grad():
-        w_in = blocks[L].mlp.c_fc.weight[:, NEURON.index]  # [D]
-        gw = blocks[L].ln_2.weight * w_in
-        w_tilde = gw - gw.mean()  # [D]
-        u = torch.stack([blk.attn.c_proj.weight.view(H, Dh, D) @ w_tilde for blk in blocks[:L + 1]])  # [L+1, H, Dh]
+    u = wl.hf_head_directions(hf, NEURON)  # [L+1, H, Dh]
     tt = torch.as_tensor(tokens)
     last = tokens.shape[1] - 1
 

@@ -118,22 +118,30 @@ class _Stop(Exception):
     pass
 
 
+def hf_head_directions(hf, neuron: Neuron):
+    """u [L+1, H, Dh] = W_O[h] @ w̃ for every head of layers ≤ L, from the transformers model's weights
+    (w̃ = γ₂ ⊙ W_in[:, n] centred), so that a head's effect is z_h · u_h / σ."""
+    import torch
+
+    L, c = neuron.layer, hf.config
+    H, D = c.n_head, c.n_embd
+    blocks = hf.transformer.h
+    with torch.no_grad():
+        gw = blocks[L].ln_2.weight * blocks[L].mlp.c_fc.weight[:, neuron.index]  # [D]
+        w_tilde = gw - gw.mean()  # [D]
+        return torch.stack([blk.attn.c_proj.weight.view(H, D // H, D) @ w_tilde for blk in blocks[:L + 1]])
+
+
 def hf_hooks_trace(hf, tokens: np.ndarray, neuron: Neuron):
     """transformers with forward pre-hooks: each layer's per-head z (the input of attn.c_proj) and the input
     of layer ``L``'s ln_2 at the last position; the forward stops there (an exception from the hook).
     Effects = z_h · (W_O[h] @ w̃) / σ, as minitf defines them. Returns [B, L+1, H]."""
     import torch
 
-    L = neuron.layer
-    c = hf.config
-    H, D = c.n_head, c.n_embd
-    Dh = D // H
+    L, c = neuron.layer, hf.config
+    H, Dh = c.n_head, c.n_embd // c.n_head
     blocks = hf.transformer.h
-    with torch.no_grad():
-        w_in = blocks[L].mlp.c_fc.weight[:, neuron.index]  # [D]
-        gw = blocks[L].ln_2.weight * w_in
-        w_tilde = gw - gw.mean()  # [D]
-        u = torch.stack([(blk.attn.c_proj.weight.view(H, Dh, D) @ w_tilde) for blk in blocks[:L + 1]])  # [L+1, H, Dh]
+    u = hf_head_directions(hf, neuron)  # [L+1, H, Dh]
     tt = torch.as_tensor(tokens)
     last = tt.shape[1] - 1
     captured: dict = {}
