@@ -29,7 +29,7 @@ from minitf.study import StudyOptions, run_study  # noqa: E402
 STEPS = [
     ("choose neurons (congruence tables)", "minitf/study.py", "select_neurons"),
     ("load the index", "minitf/study.py", "ensure_index"),
-    ("read the neurons' documents (one pass)", "minitf/study.py", "read_documents_once"),
+    ("read the neurons' documents (one pass)", "minitf/corpus.py", "tokenized_documents"),
     ("mine + trim prompts", "minitf/prompts.py", "mine_prompts"),
     ("trace (effects, heads, ablation)", "minitf/trace.py", "trace"),
     ("  of which ablation (differential heads)", "minitf/ablation.py", "ablate_heads"),

@@ -151,7 +151,7 @@ def tokenized_documents(model, path: str | Path, doc_ids: set[int], bos: bool = 
     """{doc_id: ``tokenize_document``} for the documents of ``path`` (in ``split``) that an index named, read
     until all are found. A doc_id the file lacks means the index was built on another corpus: MinitfError."""
     found: dict[int, list[int]] = {}
-    for doc in documents(path, split):
+    for doc in documents(path, split) if doc_ids else ():
         if doc.doc_id in doc_ids:
             found[doc.doc_id] = tokenize_document(model, doc.text, bos)
             if len(found) == len(doc_ids):

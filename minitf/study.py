@@ -150,20 +150,6 @@ def ensure_index(model, corpus: Path, layers: set[int], k: int, progress: bool):
     return load_index(model, corpus)
 
 
-def read_documents_once(model, corpus: Path, wanted: set[int]) -> dict[int, list[int]]:
-    """The tokenized documents (BOS first) with these doc_ids, in one pass over the corpus."""
-    from .corpus import documents, tokenize_document
-
-    found = {}
-    if wanted:
-        for doc in documents(corpus):
-            if doc.doc_id in wanted:
-                found[doc.doc_id] = tokenize_document(model, doc.text, True)
-                if len(found) == len(wanted):
-                    break
-    return found
-
-
 def _prompts(model, neuron: Neuron, corpus: Path, split: str, k: int, index, docs):
     """N's mined prompts as trace prompts, and the trace settings that ``trace_neuron`` would record."""
     from .prompts import mine_prompts
@@ -303,7 +289,7 @@ def _load_record(path: Path, name: str) -> dict | None:
 def run_study(model, out, options: StudyOptions, restart: bool = False, progress: bool = True,
               say=lambda line: print(line, file=sys.stderr)) -> dict:
     """Run (or resume) the study in ``out``; returns study.json's content. ``say`` prints one-line notes."""
-    from .corpus import check_split, default_corpus
+    from .corpus import check_split, default_corpus, tokenized_documents
     from .files import file_sha256
     from .index import model_sha256
 
@@ -348,7 +334,7 @@ def run_study(model, out, options: StudyOptions, restart: bool = False, progress
         index = ensure_index(model, corpus, layers, options.n_prompts, progress)
         splits = [None if options.split == "all" else options.split] + (["test"] if llm is not None else [])
         wanted = {d for n in todo for s in splits for d, _, _ in index.top(n, s)}
-        docs = read_documents_once(model, corpus, wanted)
+        docs = tokenized_documents(model, corpus, wanted)  # one pass for all neurons
 
     from .progress import Progress
 
