@@ -127,8 +127,10 @@ def trace(model: Model, neuron: Neuron, prompts: list[Prompt], options: TraceOpt
     order = np.argsort(-effects.mean(0), kind="stable")  # heads by mean selecting score
     to_ablate = [candidates[i] for i in sorted(set(order[:options.ablate].tolist())
                                                | set(np.flatnonzero(is_differential).tolist()))]
-    replace_with = ({h: head_value_constant(model, h.layer)[h.head] for h in to_ablate}
-                    if options.scores == "paper" else None)
+    replace_with = None
+    if options.scores == "paper":  # removed as the paper does: z_h ← its constant part
+        constants = {layer: head_value_constant(model, layer) for layer in {h.layer for h in to_ablate}}  # [H, Dh]
+        replace_with = {h: constants[h.layer][h.head] for h in to_ablate}
     ablations = ablate_heads(model, tokens, neuron, token, to_ablate, run=run, replace_with=replace_with)
     if drops is not None:
         drops.update(ablations)
