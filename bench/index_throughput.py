@@ -44,8 +44,8 @@ sys.path.insert(0, str(ROOT))
 
 import minitf  # noqa: E402
 from minitf import Model  # noqa: E402
-from minitf.index import TOKENS_PER_BATCH, build_index, load_index  # noqa: E402
-from minitf.weights import Config, expected_shapes  # noqa: E402
+from minitf.index.build import TOKENS_PER_BATCH, build_index, load_index  # noqa: E402
+from minitf.load.weights import Config, expected_shapes  # noqa: E402
 
 WORDS = ("the of and to in a is that for it as was with be by on not he I this are or his from at which but have an "
          "they you were her she there one all we their when been has who will more no if out so said what up its "
@@ -123,8 +123,8 @@ def _blas_threads() -> int | None:
 
 
 def worker_blas_threads() -> int | None:
-    """BLAS threads in an index worker (minitf.index.one_blas_thread, as its workers and Ray actors run)."""
-    from minitf.index import one_blas_thread
+    """BLAS threads in an index worker (minitf.index.build.one_blas_thread, as its workers and Ray actors run)."""
+    from minitf.index.build import one_blas_thread
 
     with one_blas_thread():
         return _blas_threads()
@@ -180,8 +180,8 @@ def torch_peer(model: Model, corpus: Path, n_layer: int, threads: int = 2, k: in
 
 def profile(model: Model, corpus: Path, layers: list[int]) -> dict:
     """Seconds of the forward pass and of the statistics for the corpus's batches, on one BLAS thread."""
-    import minitf.index as I
-    import minitf.shard as S
+    import minitf.index.build as I
+    import minitf.index.shard as S
 
     spec = I.ShardSpec(tuple(layers), 30, True, TOKENS_PER_BATCH)
     fwd = stats = 0.0

@@ -13,7 +13,7 @@ buffers, data at an unaligned offset, float32) and every workload reads it:
   inference mode) at 1×128, 8×128 and 1×1024 tokens;
 * trace: every head's direct effect on a layer-10 neuron at the last token of 32 prompts × 64 tokens —
   minitf's trace path vs TransformerLens the paper authors' way vs transformers with forward hooks;
-* index: ``minitf.index.build_index`` tokens/s over a corpus slice (all neurons of all layers);
+* index: ``minitf.index.build.build_index`` tokens/s over a corpus slice (all neurons of all layers);
 * neurons: ``minitf.neurons.layer_scores`` for every layer;
 * ceiling: each workload's FLOPs over the machine's measured float32 GEMM rate.
 
@@ -173,9 +173,9 @@ def make_corpus(folder: Path, tokens_wanted: int, model: Model) -> tuple[Path, i
 
 def bench_index(model: Model, folder: Path, reps: int, tokens_wanted: int) -> dict:
     try:
-        from minitf.index import build_index
+        from minitf.index.build import build_index
     except ImportError:
-        return {"missing": "minitf.index"}
+        return {"missing": "minitf.index.build"}
     corpus, tokens = make_corpus(folder, tokens_wanted, model)
     idx_dir = folder / "index"
     out = {"tokens": tokens, "corpus_docs": sum(1 for _ in open(corpus, encoding="utf-8").read().split("\n\n"))}
@@ -190,7 +190,7 @@ def bench_index(model: Model, folder: Path, reps: int, tokens_wanted: int) -> di
         log(f"index workers={workers}: {tokens} tokens in {fmt_s(out[f'workers{workers}'].min)} "
             f"→ {tokens / out[f'workers{workers}'].min:,.0f} tokens/s")
     # the padded tokens the forward passes really ran (batches are padded to their longest document)
-    from minitf.index import load_index
+    from minitf.index.build import load_index
 
     idx = load_index(model, corpus, idx_dir)
     out["tokens_run"] = int(idx.state.tokens.sum())
@@ -361,7 +361,7 @@ def write_results(path: Path, r: dict) -> str:
     w("## Index and neurons")
     w("")
     if "workers2" in ix:
-        w(f"`minitf.index.build_index` over {ix['tokens']:,} tokens of `weights/tiny/corpus.txt.gz` "
+        w(f"`minitf.index.build.build_index` over {ix['tokens']:,} tokens of `weights/tiny/corpus.txt.gz` "
           f"({ix['tokens_run']:,} tokens run, BOS included; all {cfg.n_layer} layers × {cfg.d_mlp} neurons, k = 30, "
           "spawned workers included):")
         w("")

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import minitf  # noqa: E402
-from minitf.study import StudyOptions, run_study  # noqa: E402
+from minitf.study.run import StudyOptions, run_study  # noqa: E402
 
 # (label, file suffix, function name): cumulative time of these functions in the profile
 STEPS = [

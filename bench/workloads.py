@@ -177,7 +177,7 @@ def hf_hooks_trace(hf, tokens: np.ndarray, neuron: Neuron):
 
 # ---- index ---------------------------------------------------------------------------------------------
 def index_fallback(model: Model, batches: list[np.ndarray], k: int = 16):
-    """Stand-in for ``minitf.index``: a forward per batch recording only ``post`` (no logits, the last
+    """Stand-in for ``minitf.index.build``: a forward per batch recording only ``post`` (no logits, the last
     layer's MLP output skipped) and a running top-k activation per neuron of every layer."""
     L, M = model.cfg.n_layer, model.cfg.d_mlp
 

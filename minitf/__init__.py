@@ -8,9 +8,9 @@
 """
 from pathlib import Path
 
-from .errors import MinitfError
-from .model import INTERNALS, Intervention, Model, Run
-from .names import Head, Neuron, parse_head, parse_neuron
+from minitf.errors import MinitfError
+from minitf.model import INTERNALS, Intervention, Model, Run
+from minitf.names import Head, Neuron, parse_head, parse_neuron
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 DEFAULT_MODEL = "tiny"
@@ -18,7 +18,7 @@ DEFAULT_MODEL = "tiny"
 
 def load(model: str | Path = DEFAULT_MODEL) -> Model:
     """Load a model folder (path), a name under ``weights/`` (e.g. ``tiny``, ``gpt2``) or a Hugging Face cache entry."""
-    from .hub import resolve_model_dir
+    from minitf.load.hub import resolve_model_dir
 
     folder = resolve_model_dir(str(model), WEIGHTS_DIR)
     if folder.is_absolute() and folder.is_relative_to(Path.cwd()):

@@ -17,9 +17,9 @@ import math
 
 import numpy as np
 
-from .model import Intervention, Model, Run
-from .names import Head, Neuron
-from .runs import softmax
+from minitf.model import Intervention, Model, Run
+from minitf.names import Head, Neuron
+from minitf.runs import softmax
 
 
 def ablate_heads(model: Model, prompts: list[list[int]], neuron: Neuron, token: int, heads: list[Head], *,

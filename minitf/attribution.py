@@ -33,8 +33,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .model import Model, Run
-from .names import Head, Neuron
+from minitf.model import Model, Run
+from minitf.names import Head, Neuron
 
 # Internals a run must record for ``direct_effects`` and ``head_sources``.
 NEEDED = {"z", "v", "pattern", "ln2_scale", "pre", "mlp_out", "post"}

@@ -26,7 +26,7 @@ import zlib
 from pathlib import Path
 from typing import Iterator, NamedTuple
 
-from .errors import MinitfError
+from minitf.errors import MinitfError
 
 SPLITS = ("train", "test")
 TEST_PERCENT = 20

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .names import Head
+from minitf.names import Head
 
 RULES = ("sigma2", "top3")
 SCORES = ("paper", "exact")

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import MinitfError
-from .model import Model
-from .runs import softmax
-from .weights import read_safetensors_header
+from minitf.errors import MinitfError
+from minitf.model import Model
+from minitf.runs import softmax
+from minitf.load.weights import read_safetensors_header
 
 
 def model_info(model: Model) -> dict:
@@ -30,7 +30,7 @@ def model_info(model: Model) -> dict:
 def next_token_predictions(model: Model, text: str, top_k: int = 10, bos: bool = False) -> dict:
     """The ``top_k`` most likely next tokens after ``text`` with their probabilities; an over-long text keeps its
     last n_ctx tokens (``truncated``), as in ``trace``."""
-    from .trace import fit_context
+    from minitf.trace import fit_context
 
     ids, truncated = fit_context(model, model.encode(text), bos)
     if not ids:

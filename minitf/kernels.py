@@ -6,7 +6,7 @@ batches) to float32 rounding, and ``bench/kernels.py`` times each against it.
 
 Threads: NumPy releases the GIL in its loops, so a few Python threads keep every core busy in the work BLAS
 does not do (LayerNorm, softmax) and in attention's many small products. The number of threads is the
-number NumPy's OpenBLAS uses (OPENBLAS_NUM_THREADS=1, as in minitf.index's workers, means one); while threads
+number NumPy's OpenBLAS uses (OPENBLAS_NUM_THREADS=1, as in minitf.index.build's workers, means one); while threads
 run BLAS calls side by side, OpenBLAS is set to one thread each. Where OpenBLAS cannot be found (another
 BLAS), everything runs on the calling thread. One caller at a time uses the pool; a concurrent caller (another
 Python thread) runs its kernels on its own thread.

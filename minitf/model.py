@@ -26,11 +26,11 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .errors import MinitfError
-from .kernels import causal_attention, gelu_new, layer_norm, linear, pool
-from .names import parse_head, parse_neuron
-from .runs import Intervention, Recorder, Run, pad
-from .weights import Config, load_weights
+from minitf.errors import MinitfError
+from minitf.kernels import causal_attention, gelu_new, layer_norm, linear, pool
+from minitf.names import parse_head, parse_neuron
+from minitf.runs import Intervention, Recorder, Run, pad
+from minitf.load.weights import Config, load_weights
 
 # Internals a run can record, per layer ([B, T, ...] unless noted).
 LAYER_INTERNALS = ("resid_pre", "ln1_scale", "q", "k", "v", "z", "pattern", "head_out", "attn_out",
@@ -76,7 +76,7 @@ class Model:
     def tokenizer(self):
         """The folder's BPE as a ``tiktoken.Encoding`` (built on first use, offline)."""
         if self._tokenizer is None:
-            from .tokenizer import load_tokenizer
+            from minitf.load.tokenizer import load_tokenizer
 
             if self.folder is None:
                 raise MinitfError("this model was built without a folder: it has no tokenizer")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Iterable, NamedTuple
 
-from .errors import MinitfError
+from minitf.errors import MinitfError
 
 _NEURON_FORMS = (
     re.compile(r"^L(\d+)N(\d+)$", re.I),

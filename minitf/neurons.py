@@ -44,9 +44,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import MinitfError
-from .files import atomic_write, default_cache_dir, file_sha256
-from .names import Neuron, check_layer, check_neuron, parse_neuron
+from minitf.errors import MinitfError
+from minitf.util.files import atomic_write, default_cache_dir, file_sha256
+from minitf.names import Neuron, check_layer, check_neuron, parse_neuron
 
 CHUNK = 512  # neurons per [CHUNK, V] block of scores: 100 MiB for GPT-2's 50257 tokens
 KURTOSIS_THRESHOLD = 10.0
@@ -183,7 +183,7 @@ def _allowed_mask(model, filter: bool) -> np.ndarray | None:
 
 
 def _corpus_path(model, corpus: str | Path | None) -> Path:
-    from .corpus import default_corpus
+    from minitf.corpus import default_corpus
 
     path = Path(corpus) if corpus is not None else default_corpus(model)
     if path is None:
@@ -205,7 +205,7 @@ def token_counts(model, corpus: str | Path | None = None) -> np.ndarray:
     per (model, corpus file) in memory; corpora over ``COUNTS_DISK_MIN_BYTES`` are also kept on disk next to
     the layer cache, keyed by the model's and the corpus's sha256.
     """
-    from .corpus import read_documents
+    from minitf.corpus import read_documents
 
     path = _corpus_path(model, corpus)
     if not _has_tokenizer(model):
@@ -215,7 +215,7 @@ def token_counts(model, corpus: str | Path | None = None) -> np.ndarray:
         return cache.counts[key]
     disk = None
     if path.stat().st_size > COUNTS_DISK_MIN_BYTES:
-        from .index import model_sha256
+        from minitf.index.build import model_sha256
 
         disk = default_cache_dir() / "neurons" / f"counts-{model_sha256(model)}-{file_sha256(path)[:32]}.npy"
         try:
@@ -334,7 +334,7 @@ def _scan_layer(W_out: np.ndarray, cache: "_NeuronCache", allowed: np.ndarray | 
     (block sums in float32, accumulated in float64). Blocks of rows are shared among the threads, each
     running its products on one BLAS thread.
     """
-    from .kernels import pool, run_on_threads
+    from minitf.kernels import pool, run_on_threads
 
     M, V = W_out.shape[0], cache.W_U.shape[1]
     mu = (W_out @ cache.mean_direction) / np.float32(V)  # [M] row means of x
@@ -387,7 +387,7 @@ def _disk_path(model, layer: int) -> Path | None:
     cfg = model.cfg
     if 2.0 * cfg.d_mlp * cfg.d_model * cfg.d_vocab < DISK_CACHE_MIN_FLOPS:
         return None
-    from .index import model_sha256
+    from minitf.index.build import model_sha256
 
     return default_cache_dir() / "neurons" / f"{model_sha256(model)}-L{layer}-v{DISK_VERSION}.npz"
 

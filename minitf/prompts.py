@@ -1,7 +1,7 @@
 """A neuron's top prompts, trimmed to the context that still switches it on (paper §3.3).
 
 For a neuron N = L{l}N{n}, the top-activating documents come from the corpus's index when there is a fresh
-one that covers N (``minitf.index``), else from a scan of the corpus for this one neuron (a forward pass
+one that covers N (``minitf.index.build``), else from a scan of the corpus for this one neuron (a forward pass
 that stops at layer l and computes only neuron n). Each document contributes its peak: the position p where
 N's post-GELU activation A is largest. The prompt ends at p; with b = 1 when a BOS token leads, b = 0 if not,
 
@@ -28,9 +28,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .corpus import check_split, documents, tokenize_document, tokenized_documents
-from .errors import MinitfError
-from .names import Neuron, check_neuron, parse_neuron
+from minitf.corpus import check_split, documents, tokenize_document, tokenized_documents
+from minitf.errors import MinitfError
+from minitf.names import Neuron, check_neuron, parse_neuron
 
 THRESHOLD = 0.8  # the trimmed prompt keeps ≥ 80 % of the activation
 
@@ -80,7 +80,7 @@ def scan_top_documents(model, neuron: Neuron, corpus: str | Path, split: str | N
     """[(doc_id, peak position, peak activation, document tokens)] of the k documents where the neuron peaks
     highest, best first (ties: lower doc_id, then earlier position). BOS is never a peak. ``progress``: the
     index's progress bar on stderr (labelled "scan"), live on a terminal."""
-    from .progress import Progress
+    from minitf.util.progress import Progress
 
     first = 1 if bos else 0
     bar = Progress(f"scan for {neuron}", sum(1 for _ in documents(corpus, split)) if progress else 0,
@@ -157,7 +157,7 @@ def mine_prompts(model, neuron: Neuron | str, corpus: str | Path, split: str | N
     tried, so fewer than k prompts come back only when the candidates run out. Without an index, the scan of the
     corpus shows ``progress`` on stderr.
 
-    Many neurons at once (``minitf.study``): ``index`` is an already loaded ``NeuronIndex`` and ``docs`` the
+    Many neurons at once (``minitf.study.run``): ``index`` is an already loaded ``NeuronIndex`` and ``docs`` the
     tokenized documents by doc_id read in one pass for all of them, so nothing is loaded or scanned per neuron."""
     n = neuron if isinstance(neuron, Neuron) else parse_neuron(neuron)
     check_neuron(n, model.cfg.n_layer, model.cfg.d_mlp, where=str(n))
@@ -213,7 +213,7 @@ def mine_prompts(model, neuron: Neuron | str, corpus: str | Path, split: str | N
 def _top_from_index(model, neuron: Neuron, corpus: Path, split: str | None, k: int, bos: bool, index=None):
     """[(doc_id, position, activation)] from a fresh index that covers the request, else None (then scan):
     all of the index's top list (≥ k entries), the ones past k as spares. ``index``: one already loaded."""
-    from .index import load_index
+    from minitf.index.build import load_index
 
     if index is None:  # a stale or unreadable index is refused (MinitfError), as everywhere
         index = load_index(model, corpus)

@@ -7,8 +7,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .errors import MinitfError
-from .names import Head, Neuron, parse_head, parse_neuron
+from minitf.errors import MinitfError
+from minitf.names import Head, Neuron, parse_head, parse_neuron
 
 
 @dataclass(frozen=True)

@@ -21,12 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .ablation import ablate_heads, ks_2samp
-from .attribution import NEEDED, direct_effects, head_sources, head_value_constant
-from .errors import MinitfError
-from .heads import SCORES, active_mask, candidate_heads, differential
-from .model import Model, Run
-from .names import Neuron, check_neuron
+from minitf.ablation import ablate_heads, ks_2samp
+from minitf.attribution import NEEDED, direct_effects, head_sources, head_value_constant
+from minitf.errors import MinitfError
+from minitf.heads import SCORES, active_mask, candidate_heads, differential
+from minitf.model import Model, Run
+from minitf.names import Neuron, check_neuron
 
 SCHEMA_VERSION = 2
 EFFECTS_NOTE = ("effects are exact direct effects on the neuron's pre-activation, LayerNorm-2's σ frozen; a head's "
@@ -87,7 +87,7 @@ def read_prompt_file(path) -> list[str]:
     except OSError as e:
         raise MinitfError(f"{path}: cannot read ({e.strerror})") from None
     if path.suffix == ".jsonl":  # the corpus's .jsonl reader: a line that is not {"text": "<string>"} is an error
-        from .corpus import read_documents
+        from minitf.corpus import read_documents
 
         texts = [doc.text for doc in read_documents(path)]
     else:
@@ -100,13 +100,13 @@ def read_prompt_file(path) -> list[str]:
 def trace(model: Model, neuron: Neuron, prompts: list[Prompt], options: TraceOptions = TraceOptions(),
           card: dict | None = None, settings: dict | None = None, drops: dict | None = None) -> dict:
     """Trace ``neuron`` over ``prompts``; returns the trace dict (see the README's schema). ``drops``: a dict
-    that receives each ablated head's per-prompt (Δpost [P], Δp [P]) (``minitf.study`` pools them)."""
+    that receives each ablated head's per-prompt (Δpost [P], Δp [P]) (``minitf.study.run`` pools them)."""
     if not prompts:
         raise MinitfError("no prompts to trace")
     if options.scores not in SCORES:
         raise MinitfError(f"scores {options.scores!r}: choose from {', '.join(SCORES)}")
     if card is None:
-        from .neurons import neuron_card
+        from minitf.neurons import neuron_card
 
         card = card_record(neuron_card(model, neuron), model.cfg.d_mlp)
     token = card["token"]["id"]
@@ -182,8 +182,8 @@ class PromptSource:
 def trace_neuron(model: Model, neuron: Neuron, source: PromptSource | None = None,
                  options: TraceOptions | None = None) -> dict:
     """The ``trace`` command: the prompts of ``source`` (given, from a file, or mined from a corpus); then ``trace``."""
-    from .corpus import default_corpus
-    from .prompts import mine_prompts
+    from minitf.corpus import default_corpus
+    from minitf.prompts import mine_prompts
 
     source, options = source or PromptSource(), options or TraceOptions()
     texts, prompt_file, corpus, split, bos = source.texts, source.prompt_file, source.corpus, source.split, source.bos

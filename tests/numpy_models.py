@@ -2,7 +2,7 @@
 import numpy as np
 
 from minitf import Model
-from minitf.weights import Config, expected_shapes
+from minitf.load.weights import Config, expected_shapes
 
 
 def random_model(seed=0, n_layer=2, n_head=2, d_head=4, d_vocab=40, n_ctx=16, d_mlp=None) -> Model:

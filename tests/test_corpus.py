@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from minitf.corpus import (Document, default_corpus, documents, read_documents, split_of,
                            tokenize_document)
 from minitf.errors import MinitfError
-from minitf.tokenizer import load_tokenizer
+from minitf.load.tokenizer import load_tokenizer
 from reference_paths import SHARED_GPT2, TOKENIZER_DIR
 
 TOKENIZER = load_tokenizer(SHARED_GPT2 if (SHARED_GPT2 / "vocab.json").exists() else TOKENIZER_DIR)

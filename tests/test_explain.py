@@ -1,4 +1,4 @@
-"""minitf.explain: prompts (golden files), answer parsing and the scoring arithmetic.
+"""minitf.explain.driver: prompts (golden files), answer parsing and the scoring arithmetic.
 
 Golden files: ``tests/golden/explain_prompt.txt`` and ``tests/golden/score_prompt.txt`` hold the
 exact messages for the fixed ``EXAMPLES`` below, rendered by ``render_messages``. After an
@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from minitf.errors import MinitfError
-from minitf.explain import (
+from minitf.explain.driver import (
     EXPLAIN_PARAMS,
     SCORE_PARAMS,
     Answer,
@@ -247,7 +247,7 @@ def test_score_head_skips_when_malformed_leave_one_label() -> None:
 
 
 class FakeLLM:
-    """Stands in for minitf.llm.LLM: records requests, answers from a function."""
+    """Stands in for minitf.explain.llm.LLM: records requests, answers from a function."""
 
     def __init__(self, explanation: str = EXPLANATION) -> None:
         self.explanation = explanation
@@ -348,7 +348,7 @@ def test_score_refuses_an_explanation_made_under_another_rule(tmp_path):
     from pathlib import Path
 
     from minitf import Model, Neuron
-    from minitf.explain import PROMPT_FORMAT_VERSION, ResultStore, score_neuron
+    from minitf.explain.driver import PROMPT_FORMAT_VERSION, ResultStore, score_neuron
 
     model = Model.load(Path(__file__).resolve().parent / "golden" / "prefixed_f16")
     store = ResultStore(tmp_path, model.folder, "L2N7")
@@ -361,7 +361,7 @@ def test_score_refuses_an_explanation_made_from_other_head_scores(tmp_path):
     from pathlib import Path
 
     from minitf import Model, Neuron
-    from minitf.explain import PROMPT_FORMAT_VERSION, ResultStore, score_neuron
+    from minitf.explain.driver import PROMPT_FORMAT_VERSION, ResultStore, score_neuron
 
     model = Model.load(Path(__file__).resolve().parent / "golden" / "prefixed_f16")
     store = ResultStore(tmp_path, model.folder, "L2N7")

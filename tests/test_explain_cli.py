@@ -25,9 +25,9 @@ from typing import Any
 
 import pytest
 
-from minitf.explain import HeadExamples, explain_messages, format_example
-from minitf.llm import MISSING_KEY_MESSAGE
-from minitf.render import count
+from minitf.explain.driver import HeadExamples, explain_messages, format_example
+from minitf.explain.llm import MISSING_KEY_MESSAGE
+from minitf.report.text import count
 from test_llm import SECRET, FakeServer, dead_url
 
 ROOT = Path(__file__).resolve().parents[1]

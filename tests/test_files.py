@@ -1,4 +1,4 @@
-"""minitf.files: the one atomic write."""
+"""minitf.util.files: the one atomic write."""
 import hashlib
 import os
 import stat
@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from minitf.errors import MinitfError
-from minitf.files import atomic_write, file_sha256
+from minitf.util.files import atomic_write, file_sha256
 
 
 def test_writes_bytes_str_and_writer(tmp_path):
@@ -83,7 +83,7 @@ def test_missing_folder_is_one_clear_error(tmp_path):
 
 
 def test_cache_layout(tmp_path, monkeypatch):
-    from minitf.files import cache_path, default_cache_dir
+    from minitf.util.files import cache_path, default_cache_dir
 
     monkeypatch.setenv("MINITF_CACHE_DIR", str(tmp_path / "c"))
     assert default_cache_dir() == tmp_path / "c"

@@ -1,4 +1,4 @@
-"""Tests for minitf.hub against a fake hub served on 127.0.0.1 (no internet)."""
+"""Tests for minitf.load.hub against a fake hub served on 127.0.0.1 (no internet)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from minitf import hub
+from minitf.load import hub
 from minitf.errors import MinitfError
 
 REPO = "openai-community/gpt2"

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-import minitf.index as index_mod
-import minitf.shard as shard_mod
+import minitf.index.build as index_mod
+import minitf.index.shard as shard_mod
 from minitf import Model
 from minitf.corpus import documents, split_of, tokenize_document
 from minitf.errors import MinitfError
-from minitf.index import HIST_EDGES, IndexInterrupted, build_index, index_paths, load_index
+from minitf.index.build import HIST_EDGES, IndexInterrupted, build_index, index_paths, load_index
 from numpy_models import random_model
 from reference_paths import TOKENIZER_DIR
 
@@ -349,7 +349,7 @@ def test_cli_trace_refuses_a_stale_index_in_one_line(setup, tmp_path):
 
 SLOW_SITECUSTOMIZE = """
 import os, pathlib, time
-import minitf.index as I, minitf.shard as S
+import minitf.index.build as I, minitf.index.shard as S
 I.SHARD_CHARS, I.TOKENS_PER_BATCH = 400, 200  # many small shards (forked workers inherit them)
 _run_batch, _calls = S._run_batch, []
 def _slow(*args):
@@ -438,8 +438,8 @@ PLAIN_SCRIPT = """
 import sys
 sys.path.insert(0, {root!r})
 from minitf import Model
-from minitf.index import build_index
-import minitf.index as I
+from minitf.index.build import build_index
+import minitf.index.build as I
 I.SHARD_CHARS = 700
 model = Model.load({model!r})
 print(build_index(model, {corpus!r}, k=4, workers=2, progress=False, index_dir={out!r}))
@@ -461,7 +461,7 @@ def test_a_plain_script_without_a_main_guard_builds_with_two_workers(setup, tmp_
                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert res.returncode == 0 and res.stderr == "", res.stderr
     assert res.stdout.strip() == str(tmp_path / "idx" / "tiny.npz")
-    import minitf.index as I
+    import minitf.index.build as I
 
     old = I.SHARD_CHARS
     try:

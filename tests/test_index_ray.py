@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import minitf.index as index_mod
+import minitf.index.build as index_mod
 from minitf import Model
 from minitf.errors import MinitfError
-from minitf.index import IndexInterrupted, build_index, index_paths
+from minitf.index.build import IndexInterrupted, build_index, index_paths
 from test_index import build, same_index, write_corpus, write_model
 
 ray = pytest.importorskip("ray", reason="ray is not installed (pip install -e '.[cluster]')")
@@ -81,7 +81,7 @@ def test_an_interrupted_driver_resumes_without_redoing_shards(cluster, tmp_path,
     saved = json.loads(str(np.load(state)["manifest"]))["shards"]
     assert len(saved) >= 3
     monkeypatch.delenv(index_mod.STOP_AFTER_ENV)
-    import minitf.cluster as cluster_mod
+    import minitf.index.cluster as cluster_mod
 
     sent = []
     real = cluster_mod.ray_shards

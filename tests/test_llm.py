@@ -1,4 +1,4 @@
-"""minitf.llm against a real HTTP server on 127.0.0.1 speaking the chat-completions protocol.
+"""minitf.explain.llm against a real HTTP server on 127.0.0.1 speaking the chat-completions protocol.
 
 The server (``FakeServer``) runs in a thread on port 0 and answers ``POST /v1/chat/completions``
 with scripted behaviour: a queue of actions (HTTP errors, a slow reply, a given text) consumed one
@@ -20,8 +20,8 @@ from typing import Any, Callable
 import pytest
 
 from minitf.errors import MinitfError
-from minitf.explain import SCORE_PARAMS, HeadExamples, evaluate_head
-from minitf.llm import LLM, MISSING_KEY_MESSAGE, cache_key, redact_url, server_id
+from minitf.explain.driver import SCORE_PARAMS, HeadExamples, evaluate_head
+from minitf.explain.llm import LLM, MISSING_KEY_MESSAGE, cache_key, redact_url, server_id
 
 SECRET = "sk-test-SECRET-0123456789abcdef"
 

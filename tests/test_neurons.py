@@ -231,7 +231,7 @@ def test_big_layers_are_cached_on_disk(tmp_path, monkeypatch):
 
 def test_a_vocabulary_padded_beyond_the_tokenizer():
     """Ids the tokenizer lacks (a padded vocabulary) are never allowed and show as "#id"."""
-    from minitf.tokenizer import load_tokenizer
+    from minitf.load.tokenizer import load_tokenizer
     from reference_paths import TOKENIZER_DIR
 
     model = random_model(seed=2, d_vocab=600, n_head=2, d_head=8)

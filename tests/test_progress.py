@@ -1,8 +1,8 @@
-"""minitf.progress: the one progress display (click.progressbar on a terminal, plain lines elsewhere)."""
+"""minitf.util.progress: the one progress display (click.progressbar on a terminal, plain lines elsewhere)."""
 import io
 
-import minitf.progress as progress
-from minitf.progress import Progress, duration, megabytes
+import minitf.util.progress as progress
+from minitf.util.progress import Progress, duration, megabytes
 
 
 class Tty(io.StringIO):

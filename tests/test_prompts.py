@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from minitf import Model, Neuron
 from minitf.corpus import documents, split_of, tokenize_document
 from minitf.errors import MinitfError
-from minitf.index import build_index
+from minitf.index.build import build_index
 from minitf.prompts import MinedPrompt, mine_prompts, neuron_activations, scan_top_documents, shortest_suffixes
 from test_index import write_corpus, write_model
 

@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 
 from minitf.errors import MinitfError
-from minitf.report import render_html, write_html
+from minitf.report.page import render_html, write_html
 
 CHROMIUM = "/usr/bin/chromium"
 GOLDEN = Path(__file__).resolve().parent / "golden"
@@ -102,7 +102,7 @@ def make_trace(n_prompts: int = 4, seed: int = 0) -> dict:
 
 
 HISTOGRAM = {"edges": [0.0, 0.5, 1.0, 2.0, 4.0, 8.0], "counts": [151234, 20410, 3120, 402, 37, 2, 0],
-             "positions": 175205, "positive": 23971, "split": "train"}  # as minitf.index gives it
+             "positions": 175205, "positive": 23971, "split": "train"}  # as minitf.index.build gives it
 EXPLANATIONS = {"L0H2": {"explanation": f"Active after a verb of speech such as 'said' {NASTY}",
                          "balanced_accuracy": 0.78, "roc_auc": 0.83},
                 "L1H1": {"explanation": "Active after 'unto'.", "balanced_accuracy": 0.55, "roc_auc": None}}
@@ -590,7 +590,7 @@ def test_cli_report_and_trace_html(fake_trace_neuron, tmp_path, monkeypatch):
 
     import cli
     from minitf import Model, Neuron
-    from minitf.explain import ResultStore
+    from minitf.explain.driver import ResultStore
 
     monkeypatch.setenv("MINITF_CACHE_DIR", str(tmp_path / "cache"))
     model = str(GOLDEN / "prefixed_f16")
@@ -659,8 +659,8 @@ def test_a_layer_0_neuron_without_bos_has_no_heads_and_no_errors(browser, tmp_pa
 
 def test_the_histogram_comes_from_the_neuron_index(tmp_path):
     from minitf import Model, Neuron
-    from minitf.index import build_index
-    from minitf.report import report_extras
+    from minitf.index.build import build_index
+    from minitf.report.page import report_extras
 
     model = Model.load(GOLDEN / "prefixed_f16")
     corpus = tmp_path / "corpus.txt"

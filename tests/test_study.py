@@ -26,7 +26,7 @@ import scipy.stats
 from test_explain_cli import ROOT, env_for, expected_score, explanation_for, fake_answer
 from test_llm import FakeServer
 
-from minitf.explain import HeadExamples, explain_messages
+from minitf.explain.driver import HeadExamples, explain_messages
 
 ARGS = ["--layers", "2-5", "--per-layer", "5", "--n-prompts", "6", "--ablate", "0", "--llm", "fake-model",
         "--no-progress"]

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from minitf.errors import MinitfError
-from minitf.tokenizer import load_tokenizer
+from minitf.load.tokenizer import load_tokenizer
 from reference_paths import SHARED_GPT2, TOKENIZER_DIR
 
 needs_gpt2 = pytest.mark.skipif(not (SHARED_GPT2 / "vocab.json").exists(), reason="../shared/gpt2 not present")

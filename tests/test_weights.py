@@ -10,7 +10,7 @@ import pytest
 
 from minitf import Model
 from minitf.errors import MinitfError
-from minitf.weights import read_safetensors_header
+from minitf.load.weights import read_safetensors_header
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 ROOT = Path(__file__).resolve().parents[1]

@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Iterator
 
-from .errors import MinitfError
+from minitf.errors import MinitfError
 
 ACTOR_PREFIX = "minitf-index"  # actor names: f"{ACTOR_PREFIX}-{driver pid}-{n}"
 INSTALL = 'Ray is not installed: pip install -e ".[cluster]" (or pip install ray==2.60.0)'
@@ -64,8 +64,8 @@ class _Actor:
     """Holds the model once; indexes shards on one BLAS thread."""
 
     def __init__(self, shared):
-        from .model import Model
-        from .shard import use_one_blas_thread
+        from minitf.model import Model
+        from minitf.index.shard import use_one_blas_thread
 
         cfg, weights, tokenizer, spec = shared  # resolved from the object store (weights zero-copy)
         self.model = Model(cfg, weights, None)
@@ -74,7 +74,7 @@ class _Actor:
         use_one_blas_thread()
 
     def run(self, sid: int, docs: list) -> tuple[int, dict]:
-        from .shard import index_shard
+        from minitf.index.shard import index_shard
 
         return sid, index_shard(self.model, self.spec, docs).arrays()
 
@@ -82,7 +82,7 @@ class _Actor:
 def ray_shards(address: str, model, spec):
     """(run_shards, actors): run_shards(iterator of (sid, docs)) yields (sid, TopkState) as shards finish."""
     ray = connect(address)
-    from .topk import TopkState
+    from minitf.index.topk import TopkState
 
     n_actors = max(1, int(ray.cluster_resources().get("CPU", 1)))
     Remote = ray.remote(num_cpus=1)(_Actor)

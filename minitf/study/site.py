@@ -1,6 +1,6 @@
 """The study's static site: ``index.html`` (the aggregates, their histograms as inline SVG, a sortable table
 of every neuron) and one page per neuron, ``neurons/L{l}N{n}.html`` — the ``report`` command's page
-(``minitf.report.write_html``) with the neuron's stored explanations and index histogram.
+(``minitf.report.page.write_html``) with the neuron's stored explanations and index histogram.
 
 Offline and self-contained like the report: inline CSS and SVG, and the same Content-Security-Policy
 (``default-src 'none'``; only this page's own script, allowed by its sha256). The table's sort script reads
@@ -13,8 +13,8 @@ import hashlib
 import math
 from pathlib import Path
 
-from .report import write_html
-from .report_html import STYLE, _e, svg_bar
+from minitf.report.page import write_html
+from minitf.report.html import STYLE, _e, svg_bar
 
 _SCRIPT = r"""
 (function () {
@@ -195,7 +195,7 @@ def _explanations(record: dict) -> dict | None:
 
 def write_site(out, study: dict, records: list[dict]) -> None:
     """index.html and each traced neuron's page, every file written atomically."""
-    from .files import atomic_write
+    from minitf.util.files import atomic_write
 
     out = Path(out)
     for r in records:

@@ -1,4 +1,4 @@
-"""Parsing the LLM's Yes/No answers (see ``minitf.explain``): the answer word and ``P(Yes)`` from log-probabilities."""
+"""Parsing the LLM's Yes/No answers (see ``minitf.explain.driver``): the answer word and ``P(Yes)`` from log-probabilities."""
 
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ def yes_probability(top_logprobs: Sequence[dict[str, Any]]) -> float | None:
 
 
 def parse_response(response: dict[str, Any]) -> Answer:
-    """Turn a response of :meth:`minitf.llm.LLM.complete` (``text``, ``logprobs``) into an Answer.
+    """Turn a response of :meth:`minitf.explain.llm.LLM.complete` (``text``, ``logprobs``) into an Answer.
 
     ``logprobs`` is the list of per-token entries ``{"token", "logprob", "top_logprobs"}``; the
     first entry's ``top_logprobs`` (or, lacking those, the token itself) gives ``p_yes``.

@@ -1,4 +1,4 @@
-"""The LLM's prompts for step 4 (see ``minitf.explain``): the examples, the explanation request, the Yes/No question.
+"""The LLM's prompts for step 4 (see ``minitf.explain.driver``): the examples, the explanation request, the Yes/No question.
 
 How an example is shown to the LLM (:func:`format_example`)
     The neuron's token is appended to the prompt text (``prompt + token``), exactly as the model

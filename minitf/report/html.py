@@ -1,6 +1,6 @@
-"""The report's HTML and SVG templates: each section of the page from a trace (``minitf.report`` assembles
-the data and writes the file). The page's style and script are package data files, ``report_assets/report.css``
-and ``report_assets/report.js``, inlined into the page; the script is allowed by its sha256 in the page's
+"""The report's HTML and SVG templates: each section of the page from a trace (``minitf.report.page`` assembles
+the data and writes the file). The page's style and script are package data files, ``assets/report.css``
+and ``assets/report.js``, inlined into the page; the script is allowed by its sha256 in the page's
 Content-Security-Policy, and every string from the trace goes through ``html.escape`` (``_e``).
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ import json
 import math
 from pathlib import Path
 
-ASSETS = Path(__file__).resolve().parent / "report_assets"
+ASSETS = Path(__file__).resolve().parent / "assets"
 STYLE = "\n" + (ASSETS / "report.css").read_text(encoding="utf-8")
 SCRIPT = "\n" + (ASSETS / "report.js").read_text(encoding="utf-8")
 

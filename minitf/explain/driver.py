@@ -13,11 +13,11 @@ The explanation's score is the balanced accuracy of those answers,
 ``(TPR + TNR) / 2`` (:func:`balanced_accuracy`); where the server returns log-probabilities we also
 report the ROC-AUC of ``P(Yes)`` (:func:`roc_auc`).
 
-The step is split along its seams: the prompts (``minitf.explain_prompts``), the answer parsing
-(``minitf.explain_answers``), the arithmetic (``minitf.explain_metrics``) and where the results live
-(``minitf.explain_store``); none talks to the network. This module drives them:
+The step is split along its seams: the prompts (``minitf.explain.prompts``), the answer parsing
+(``minitf.explain.answers``), the arithmetic (``minitf.explain.metrics``) and where the results live
+(``minitf.explain.store``); none talks to the network. This module drives them:
 :func:`explain_head` and :func:`evaluate_head` drive any object with the ``complete`` /
-``complete_many`` methods of :class:`minitf.llm.LLM`, and :func:`explain_neuron` /
+``complete_many`` methods of :class:`minitf.explain.llm.LLM`, and :func:`explain_neuron` /
 :func:`score_neuron` run the ``explain`` and ``score`` commands. Their names are importable from
 here too.
 """
@@ -27,21 +27,21 @@ from __future__ import annotations
 from typing import Any, Protocol, Sequence
 
 from minitf.errors import MinitfError
-from minitf.explain_answers import Answer, normalize_answer, parse_response, yes_probability  # noqa: F401
-from minitf.explain_metrics import (  # noqa: F401
+from minitf.explain.answers import Answer, normalize_answer, parse_response, yes_probability  # noqa: F401
+from minitf.explain.metrics import (  # noqa: F401
     Confusion, HeadScore, Summary, balanced_accuracy, confusion, render_summary, roc_auc, score_head, skip_reason_for,
     summarize, summarize_scores,
 )
-from minitf.explain_prompts import (  # noqa: F401
+from minitf.explain.prompts import (  # noqa: F401
     DEFAULT_MAX_EXAMPLES, EXPLAIN_PARAMS, EXPLAIN_SYSTEM, EXPLAIN_TEMPLATE, NEWLINE_MARK, PROMPT_FORMAT_VERSION,
     SCORE_PARAMS, SCORE_SYSTEM, SCORE_TEMPLATE, HeadExamples, explain_messages, format_example, format_text,
     score_messages, split_examples,
 )
-from minitf.explain_store import ResultStore  # noqa: F401
+from minitf.explain.store import ResultStore  # noqa: F401
 
 
 class CompletionClient(Protocol):
-    """What :func:`explain_head` / :func:`evaluate_head` need (see :class:`minitf.llm.LLM`)."""
+    """What :func:`explain_head` / :func:`evaluate_head` need (see :class:`minitf.explain.llm.LLM`)."""
 
     def complete(self, messages: list[dict[str, str]], **params: Any) -> dict[str, Any]: ...
 
@@ -107,8 +107,8 @@ def head_examples(trace: dict[str, Any], head: str) -> HeadExamples:
 def llm_client(model_name: str, base_url: str | None = None, cache_dir=None, max_calls: int | None = None,
                concurrency: int = 4, timeout: float = 60.0, max_retries: int = 2):
     """The LLM of the explain and score commands, its responses cached under ``<minitf cache>/llm``."""
-    from minitf.files import cache_path
-    from minitf.llm import LLM
+    from minitf.util.files import cache_path
+    from minitf.explain.llm import LLM
 
     return LLM(model_name, base_url, cache_dir=cache_path("llm", cache_dir), max_calls=max_calls,
                concurrency=concurrency, timeout=timeout, max_retries=max_retries)

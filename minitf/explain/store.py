@@ -1,4 +1,4 @@
-"""Where explanations and scores live: one JSON file per neuron under minitf's cache (see ``minitf.explain``)."""
+"""Where explanations and scores live: one JSON file per neuron under minitf's cache (see ``minitf.explain.driver``)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from minitf.errors import MinitfError
-from minitf.files import atomic_write, cache_path
+from minitf.util.files import atomic_write, cache_path
 
 class ResultStore:
     """Explanations and scores of one model's neurons, one JSON file per neuron, written atomically:
     ``<cache_dir>/results/<model folder name>-<hash of its path>/<neuron>.json`` → {head: {...}}
-    (``cache_dir`` None: minitf's cache, ``minitf.files.default_cache_dir``)."""
+    (``cache_dir`` None: minitf's cache, ``minitf.util.files.default_cache_dir``)."""
 
     def __init__(self, cache_dir: Path | str | None, model_folder: Path | str, neuron: str):
         folder = Path(model_folder).resolve()

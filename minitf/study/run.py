@@ -9,8 +9,8 @@ For every studied neuron N = L{l}N{n} (per layer the top K by congruence after t
    ablation check of the differential heads (and ``ablate`` top ones); for each differential head h the
    trace's per-prompt drops Δp = p(token) − p(token | h removed) and Δpost are kept, with whether h is active;
 3. with an LLM: each differential head explained from the train-split trace and scored on the test-split
-   trace (``minitf.explain.evaluate_head``: balanced accuracy, ROC-AUC where logprobs come back);
-4. aggregates per layer and overall (``minitf.study_summary``): neurons, neurons with ≥ 1 differential head,
+   trace (``minitf.explain.driver.evaluate_head``: balanced accuracy, ROC-AUC where logprobs come back);
+4. aggregates per layer and overall (``minitf.study.summary``): neurons, neurons with ≥ 1 differential head,
    differential heads per neuron, layer distance l − l_h of each differential head, explanation scores
    (mean ± std with N − 1, median, histogram over [0, 1], skipped), and over all (neuron, differential head)
    pairs the pooled per-prompt Δp and Δpost on active vs inactive prompts: means, medians and the two-sample
@@ -19,9 +19,9 @@ For every studied neuron N = L{l}N{n} (per layer the top K by congruence after t
 Files in ``out``: ``settings.json`` (what the study is; a rerun with other settings is refused unless
 ``restart``), ``neurons/L{l}N{n}.json`` (one record per neuron, written atomically when it is finished:
 the resume unit), ``study.json`` (all records without per-prompt detail, the aggregates, settings and the
-model's and corpus's sha256) and the site (``minitf.study_site``). Everything that differs between two runs
+model's and corpus's sha256) and the site (``minitf.study.site``). Everything that differs between two runs
 of the same study (times, LLM call counts) is under a ``"run"`` key, so a resumed study equals an
-uninterrupted one elsewhere. The LLM's on-disk cache (``minitf.llm``) answers every request made before,
+uninterrupted one elsewhere. The LLM's on-disk cache (``minitf.explain.llm``) answers every request made before,
 so resuming never sends a request twice.
 """
 from __future__ import annotations
@@ -39,9 +39,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 
-from .errors import MinitfError
-from .names import Neuron, parse_head, parse_neuron
-from .study_summary import aggregates, summary_entry, summary_lines  # noqa: F401  (summary_lines: the CLI's)
+from minitf.errors import MinitfError
+from minitf.names import Neuron, parse_head, parse_neuron
+from minitf.study.summary import aggregates, summary_entry, summary_lines  # noqa: F401  (summary_lines: the CLI's)
 
 FORMAT = "minitf-study"
 VERSION = 1
@@ -108,7 +108,7 @@ def read_neuron_list(model, path) -> list[Neuron]:
 def select_neurons(model, options: StudyOptions) -> list[Neuron]:
     """Per layer the top ``per_layer`` neurons by congruence (``neurons.layer_table``), or the file's list;
     minus ``exclude``; in layer order, each layer's best first; no neuron twice."""
-    from .neurons import layer_table
+    from minitf.neurons import layer_table
 
     L = model.cfg.n_layer
     for layer in options.layers:
@@ -137,7 +137,7 @@ def select_neurons(model, options: StudyOptions) -> list[Neuron]:
 def ensure_index(model, corpus: Path, layers: set[int], k: int, progress: bool):
     """The corpus's neuron index, loaded once; built first (with its progress bar) when it is missing, stale
     or lacks a layer or enough documents per neuron."""
-    from .index import build_index, load_index
+    from minitf.index.build import build_index, load_index
 
     try:
         index = load_index(model, corpus)
@@ -152,8 +152,8 @@ def ensure_index(model, corpus: Path, layers: set[int], k: int, progress: bool):
 
 def _prompts(model, neuron: Neuron, corpus: Path, split: str, k: int, index, docs):
     """N's mined prompts as trace prompts, and the trace settings that ``trace_neuron`` would record."""
-    from .prompts import mine_prompts
-    from .trace import Prompt
+    from minitf.prompts import mine_prompts
+    from minitf.trace import Prompt
 
     mined = mine_prompts(model, neuron, corpus, split=None if split == "all" else split, k=k, index=index,
                          docs=docs)
@@ -180,7 +180,7 @@ def explain_and_score(llm, train: dict, test: dict) -> tuple[dict, list[str]]:
     """{head: HeadScore dict (with items)} for the train trace's differential heads, explained from ``train``
     and scored on ``test`` (``explain.evaluate_head``), and the heads left undone because the ``--max-calls``
     budget ran out (their answers so far are cached)."""
-    from .explain import evaluate_head, head_examples
+    from minitf.explain.driver import evaluate_head, head_examples
 
     done, pending = {}, []
     for h in train["differential_heads"]:
@@ -199,16 +199,16 @@ def study_neuron(model, neuron: Neuron, options: StudyOptions, corpus: Path, ind
     """One neuron's record without its explanations: its full trace, the per-prompt ablation samples of its
     differential heads and its activation histogram from the index; and, when ``explain`` and it has
     differential heads, the trace of its test-split prompts (for ``explain_and_score``), else None."""
-    from .report import index_histogram
-    from .trace import TraceOptions, trace
+    from minitf.report.page import index_histogram
+    from minitf.trace import TraceOptions, trace
 
     t0 = time.monotonic()
     record: dict = {"neuron": str(neuron), "layer": neuron.layer, "index": neuron.index}
     step("prompts")
     prompts, settings = _prompts(model, neuron, corpus, options.split, options.n_prompts, index, docs)
     if not prompts:
-        from .neurons import neuron_card
-        from .trace import card_record
+        from minitf.neurons import neuron_card
+        from minitf.trace import card_record
 
         record["card"] = card_record(neuron_card(model, neuron), model.cfg.d_mlp)
         record["skipped"] = f"no document activates {neuron} above 0 in the {options.split} split"
@@ -239,7 +239,7 @@ def study_neuron(model, neuron: Neuron, options: StudyOptions, corpus: Path, ind
 
 # ---- the run -------------------------------------------------------------------------------------------
 def _atomic_json(path: Path, obj) -> None:
-    from .files import atomic_write
+    from minitf.util.files import atomic_write
 
     atomic_write(path, json.dumps(obj, indent=1, ensure_ascii=False) + "\n")
 
@@ -289,9 +289,9 @@ def _load_record(path: Path, name: str) -> dict | None:
 def run_study(model, out, options: StudyOptions, restart: bool = False, progress: bool = True,
               say=lambda line: print(line, file=sys.stderr)) -> dict:
     """Run (or resume) the study in ``out``; returns study.json's content. ``say`` prints one-line notes."""
-    from .corpus import check_split, default_corpus, tokenized_documents
-    from .files import file_sha256
-    from .index import model_sha256
+    from minitf.corpus import check_split, default_corpus, tokenized_documents
+    from minitf.util.files import file_sha256
+    from minitf.index.build import model_sha256
 
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     t0 = time.monotonic()
@@ -336,7 +336,7 @@ def run_study(model, out, options: StudyOptions, restart: bool = False, progress
         wanted = {d for n in todo for s in splits for d, _, _ in index.top(n, s)}
         docs = tokenized_documents(model, corpus, wanted)  # one pass for all neurons
 
-    from .progress import Progress
+    from minitf.util.progress import Progress
 
     bar = Progress("study", len(neurons), len(records), unit="neurons", enabled=progress, every=15.0)
     stop = threading.Event()
@@ -408,7 +408,7 @@ def run_study(model, out, options: StudyOptions, restart: bool = False, progress
              "run": {"started": started, "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                      "seconds": round(time.monotonic() - t0, 3),
                      "llm": llm.stats() if llm is not None else None}}
-    from .study_site import write_site
+    from minitf.study.site import write_site
 
     write_site(out, study, finished)
     _atomic_json(out / STUDY_FILE, study)
@@ -418,8 +418,8 @@ def run_study(model, out, options: StudyOptions, restart: bool = False, progress
 def _make_llm(options: StudyOptions):
     """(LLM or None, why explanations are skipped or None). An LLM is used with --llm or --base-url, or
     when OPENAI_API_KEY is set (then the default model)."""
-    from .explain import llm_client
-    from .llm import MISSING_KEY_MESSAGE
+    from minitf.explain.driver import llm_client
+    from minitf.explain.llm import MISSING_KEY_MESSAGE
 
     key, env_url = os.environ.get("OPENAI_API_KEY"), os.environ.get("OPENAI_BASE_URL")
     if options.llm is None and options.base_url is None and not key:

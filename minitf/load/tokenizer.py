@@ -14,7 +14,7 @@ from pathlib import Path
 
 import tiktoken
 
-from .errors import MinitfError
+from minitf.errors import MinitfError
 
 # GPT-2's pre-tokenizer (tiktoken's r50k_base / gpt2 pattern).
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""

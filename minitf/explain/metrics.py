@@ -1,4 +1,4 @@
-"""The arithmetic of an explanation's score (see ``minitf.explain``): confusion counts, balanced accuracy
+"""The arithmetic of an explanation's score (see ``minitf.explain.driver``): confusion counts, balanced accuracy
 ``(TPR + TNR) / 2``, ROC-AUC of ``P(Yes)``, and their distribution over heads."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from minitf.errors import MinitfError
-from minitf.explain_answers import Answer
-from minitf.explain_prompts import HeadExamples
+from minitf.explain.answers import Answer
+from minitf.explain.prompts import HeadExamples
 
 @dataclass(frozen=True)
 class Confusion:

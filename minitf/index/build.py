@@ -2,7 +2,7 @@
 
 * its top-k documents: (doc_id, position, activation) where activation = max over the document's positions
   of the post-GELU activation and position its first argmax — each document counts once (the paper keeps
-  k = 30 per neuron), in the total order (activation desc, doc_id, position) of ``minitf.topk``;
+  k = 30 per neuron), in the total order (activation desc, doc_id, position) of ``minitf.index.topk``;
 * how many positions it was positive at, out of how many positions were seen;
 * a coarse histogram of its activations over fixed bins (−∞,0] (0,½] (½,1] (1,2] (2,4] (4,8] (8,∞).
 
@@ -10,9 +10,9 @@ Documents are ``tokenize_document(model, text, bos)`` (BOS + tokens, truncated t
 position is not text and is left out of every statistic. Train and test documents (``corpus.split_of``)
 are kept apart: every array has a leading split axis (0 train, 1 test), so one index serves both.
 
-Shards (``minitf.shard``: consecutive documents, ``SHARD_CHARS`` characters, batched by length, run on ONE
+Shards (``minitf.index.shard``: consecutive documents, ``SHARD_CHARS`` characters, batched by length, run on ONE
 BLAS thread) make every float depend on the corpus alone, whichever worker — a local process or a Ray actor
-(``minitf.cluster``) — ran it; the driver merges finished shards with ``topk`` (order-free), so the index
+(``minitf.index.cluster``) — ran it; the driver merges finished shards with ``topk`` (order-free), so the index
 is byte-identical for any number of workers and either executor.
 
 Files, next to the corpus by default (``<corpus>.index/``), named after the model folder:
@@ -55,13 +55,13 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from .corpus import SPLITS, check_split, corpus_format
-from .errors import MinitfError
-from .files import atomic_write, file_sha256
-from .progress import Progress
-from .names import Neuron, check_layer, parse_neuron
-from .shard import ShardSpec, index_shard, iter_shards, one_blas_thread, use_one_blas_thread
-from .topk import HIST_EDGES, TopkState, merge_topk
+from minitf.corpus import SPLITS, check_split, corpus_format
+from minitf.errors import MinitfError
+from minitf.util.files import atomic_write, file_sha256
+from minitf.util.progress import Progress
+from minitf.names import Neuron, check_layer, parse_neuron
+from minitf.index.shard import ShardSpec, index_shard, iter_shards, one_blas_thread, use_one_blas_thread
+from minitf.index.topk import HIST_EDGES, TopkState, merge_topk
 
 FORMAT = "minitf-neuron-index"
 VERSION = 2  # 2: the total order on ties, fixed shards, manifest "build"
@@ -136,8 +136,8 @@ _WORKER: dict = {}  # in a local worker process: its model and spec
 
 
 def _worker_init(cfg, weights, folder, tokenizer, spec: ShardSpec) -> None:
-    from .kernels import after_fork
-    from .model import Model
+    from minitf.kernels import after_fork
+    from minitf.model import Model
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     after_fork()  # a forked child has none of the parent's threads
@@ -250,7 +250,7 @@ def build_index(model, corpus: str | Path, layers: Iterable[int] | None = None, 
 
     An up-to-date index with the same settings is returned as is (``rebuild=True`` redoes it); a partial
     build with the same settings is resumed. ``ray="auto"`` or an address runs the shards on a Ray cluster
-    (``minitf.cluster``; ``workers`` is then ignored: one actor per CPU of the cluster). ``shard_chars``
+    (``minitf.index.cluster``; ``workers`` is then ignored: one actor per CPU of the cluster). ``shard_chars``
     (default ``SHARD_CHARS``) sets the shards, and so the batches: equal builds need equal values; bigger shards
     suit big corpora on many workers (the driver merges and checkpoints once per shard). Raises
     ``IndexInterrupted`` (a KeyboardInterrupt) when stopped.
@@ -293,7 +293,7 @@ def build_index(model, corpus: str | Path, layers: Iterable[int] | None = None, 
     spec = ShardSpec(tuple(layers), k, bos, TOKENS_PER_BATCH)
     executor, n_workers = ("ray", None) if ray else ("local", workers)
     if ray:
-        from .cluster import ray_shards  # connects before anything is written: a bad address leaves nothing
+        from minitf.index.cluster import ray_shards  # connects before anything is written: a bad address leaves nothing
         run_shards, n_workers = ray_shards(ray, model, spec)
     else:
         run_shards = (lambda it: _in_process(model, spec, it)) if workers == 1 else \

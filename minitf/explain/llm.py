@@ -53,8 +53,8 @@ from typing import Any, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
 from minitf.errors import MinitfError, warn
-from minitf.render import count
-from minitf.explain import PROMPT_FORMAT_VERSION
+from minitf.report.text import count
+from minitf.explain.driver import PROMPT_FORMAT_VERSION
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ from typing import Iterator
 
 import numpy as np
 
-from .corpus import SPLITS, read_documents, split_of, tokenize_document
-from .kernels import set_blas_threads
-from .topk import HIST_EDGES, TopkState
+from minitf.corpus import SPLITS, read_documents, split_of, tokenize_document
+from minitf.kernels import set_blas_threads
+from minitf.index.topk import HIST_EDGES, TopkState
 
 
 # ---- shards: fixed by the corpus alone ---------------------------------------------------------------

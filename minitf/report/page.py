@@ -5,12 +5,13 @@ The page shows, from a trace dict (``minitf.trace``, ideally built with ``per_po
 * a header: the model, where the prompts came from (corpus), the BOS choice and the identity check;
 * the neuron card: promoted / suppressed tokens as bars, congruence, rank, and the activation histogram
   from the neuron index when one is given (how many traced prompts fall in each bin is marked under it);
-* a bar chart of the candidate heads by mean effect, marking differential heads and their ablation Δp;
+* a bar chart of the candidate heads by the mean of the score that selected them (``settings.scores``:
+  "paper" each head's context part, "exact" its whole effect), marking differential heads and their ablation Δp;
 * the LLM explanations and their scores, when given;
 * every prompt as text, its tokens shaded by the neuron's activation; hovering or clicking a token shows
-  the heads' direct effects at that position; under it, the top heads at the traced (last) position and
-  the source tokens they looked up, shaded by their share of the head's effect (hovering a head outlines
-  them in the text).
+  the heads' scores at that position; under it, the top heads at the traced (last) position and
+  the source tokens they looked up, shaded by their share of the head's context part (hovering a head
+  outlines them in the text).
 
 Safety: prompts and tokens are untrusted text. Every string that reaches the HTML goes through
 ``html.escape``; the data the script needs is embedded as JSON in a ``<script type="application/json">``
@@ -19,17 +20,17 @@ comment; the script builds its DOM with ``textContent`` only. A Content-Security
 every load (``default-src 'none'``) and allows only this page's own script, by hash.
 
 This module assembles the data (the trace checked, the script's data, the stored explanations and the index's
-histogram) and writes the file; ``minitf.report_html`` holds the HTML/SVG templates and inlines the style and
-the script (``report_assets/``).
+histogram) and writes the file; ``minitf.report.html`` holds the HTML/SVG templates and inlines the style and
+the script (``assets/``).
 """
 from __future__ import annotations
 
 import math
 from pathlib import Path
 
-from .errors import MinitfError
-from .files import atomic_write
-from .report_html import page
+from minitf.errors import MinitfError
+from minitf.util.files import atomic_write
+from minitf.report.html import page, score_key
 
 __all__ = ["render_html", "write_html", "report_extras", "index_histogram"]
 
@@ -50,6 +51,7 @@ def _round(x, digits: int = 4):
 
 
 def _script_data(trace: dict) -> dict:
+    key = score_key(trace)
     prompts = []
     for p in trace["prompts"]:
         prompts.append({
@@ -57,9 +59,9 @@ def _script_data(trace: dict) -> dict:
             "activation": _round(p["activation"]),
             "pre": _round(p.get("pre")),
             "positions": [{"a": _round(q["activation"]), "pre": _round(q.get("pre")),
-                           "heads": [[h["head"], _round(h["effect"])] for h in q.get("heads", [])]}
+                           "heads": [[h["head"], _round(h.get(key, h["effect"]))] for h in q.get("heads", [])]}
                           for q in p.get("positions") or []],
-            "top": [[h["head"], _round(h["effect"])] for h in p.get("top_heads") or []],
+            "top": [[h["head"], _round(h[key])] for h in p.get("top_heads") or []],
         })
     return {"prompts": prompts, "differential": trace.get("differential_heads", [])}
 
@@ -77,7 +79,7 @@ def render_html(trace: dict, explanations: dict | None = None, histogram: dict |
 
 
 def write_html(path, trace: dict, explanations: dict | None = None, histogram: dict | None = None) -> Path:
-    """Render the report and write it to ``path`` atomically (``minitf.files.atomic_write``)."""
+    """Render the report and write it to ``path`` atomically (``minitf.util.files.atomic_write``)."""
     path = Path(path)
     page = render_html(trace, explanations, histogram)
     if path.is_dir():
@@ -89,9 +91,9 @@ def write_html(path, trace: dict, explanations: dict | None = None, histogram: d
 
 def report_extras(model, neuron, trace: dict, cache_dir=None) -> tuple[dict | None, dict | None]:
     """What the CLI adds to a report when it exists: the explain/score results stored for this model and
-    neuron (``minitf.explain.ResultStore``) and the neuron's activation histogram from the index of the
+    neuron (``minitf.explain.driver.ResultStore``) and the neuron's activation histogram from the index of the
     trace's corpus (or the model's own corpus). A missing or stale index gives {"note": why} instead."""
-    from .explain_store import ResultStore
+    from minitf.explain.store import ResultStore
 
     explanations = None
     if model.folder is not None:  # results are stored per model folder
@@ -100,10 +102,11 @@ def report_extras(model, neuron, trace: dict, cache_dir=None) -> tuple[dict | No
     return explanations, index_histogram(model, neuron, trace)
 
 
-def index_histogram(model, neuron, trace: dict) -> dict | None:
-    """{"edges", "counts", "positions", "positive", "split"} from the neuron index, or {"note": why not}."""
-    from .corpus import default_corpus
-    from .index import load_index
+def index_histogram(model, neuron, trace: dict, index=None) -> dict | None:
+    """{"edges", "counts", "positions", "positive", "split"} from the neuron index, or {"note": why not}.
+    ``index``: the trace's corpus's index, already loaded (``minitf.study.run``)."""
+    from minitf.corpus import default_corpus
+    from minitf.index.build import load_index
 
     s = trace.get("settings", {})
     corpus = default_corpus(model, s.get("corpus") or None)
@@ -111,7 +114,7 @@ def index_histogram(model, neuron, trace: dict) -> dict | None:
         return None
     split = s.get("split") if s.get("split") in ("train", "test") else None
     try:
-        index = load_index(model, corpus)
+        index = index if index is not None else load_index(model, corpus)
         if index is None:
             return {"note": f"no neuron index of {Path(corpus).name}; build it with the index command"}
         if neuron.layer not in index.layers:

@@ -29,8 +29,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from minitf.errors import MinitfError
-from minitf.files import file_sha256
-from minitf.progress import Progress, megabytes
+from minitf.util.files import file_sha256
+from minitf.util.progress import Progress, megabytes
 
 FILES = ("config.json", "vocab.json", "merges.txt", "model.safetensors")
 GPT2_SIZES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")  # what ``download`` fetches (OpenAI's GPT-2)

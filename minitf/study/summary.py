@@ -1,6 +1,6 @@
 """A study's numbers: the aggregates of ``study.json`` (per layer and over all neurons) and the printed table.
 
-Over the per-neuron records of ``minitf.study``: neurons, neurons with ≥ 1 differential head, differential
+Over the per-neuron records of ``minitf.study.run``: neurons, neurons with ≥ 1 differential head, differential
 heads per neuron, the layer distance l − l_h between each differential head and its neuron, the explanation
 scores (mean ± std, median, histogram, how many skipped), and the per-prompt drops when a differential head
 is removed, pooled over every (neuron, head) pair, on prompts where the head is active vs inactive: means,
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .ablation import ks_2samp
-from .names import parse_head
+from minitf.ablation import ks_2samp
+from minitf.names import parse_head
 
 SCORE_BINS = 10  # explanation-score histogram bins over [0, 1]
 
@@ -26,7 +26,7 @@ def _dist(values) -> dict:
 
 
 def _scores(values: list[float], n_skipped: int) -> dict:
-    from .explain import summarize
+    from minitf.explain.driver import summarize
 
     s = summarize(values, n_bins=SCORE_BINS, n_skipped=n_skipped)
     return {**_dist(values), "n_skipped": n_skipped,

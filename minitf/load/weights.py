@@ -1,7 +1,7 @@
 """Load a GPT-2 checkpoint folder in Hugging Face layout into float32 NumPy arrays.
 
 A folder holds ``config.json`` and ``model.safetensors`` (plus ``vocab.json`` / ``merges.txt``, read by
-``minitf.tokenizer``). The safetensors format is small enough to read by hand, which lets us
+``minitf.load.tokenizer``). The safetensors format is small enough to read by hand, which lets us
 
 * widen F16 and BF16 to float32 one tensor at a time (NumPy has no bfloat16: its bits are the top half of
   a float32, so ``uint32(bits) << 16`` reinterpreted as float32 is exact);
@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import MinitfError
-from .render import count
+from minitf.errors import MinitfError
+from minitf.report.text import count
 
 _DTYPES = {"F32": 4, "F16": 2, "BF16": 2}
 _IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")

@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable
 
-from .errors import MinitfError
+from minitf.errors import MinitfError
 
 BLOCK = 1 << 20  # bytes read at a time when hashing
 

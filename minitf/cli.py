@@ -1,0 +1,461 @@
+"""minitf's command line: it only parses arguments and prints; the work is in the ``minitf`` package.
+
+Exit codes: 0 ok, 1 bad data (one line on stderr naming the file or argument), 2 usage error.
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+import minitf
+from minitf.errors import MinitfError
+from minitf.names import check_layer, check_neuron, parse_layers
+from minitf.report.text import count
+
+
+class _Group(click.Group):
+    """Turns MinitfError into one line on stderr and exit 1, never a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except MinitfError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=_Group)
+def main():
+    """minitf: a small, exact, pure-NumPy GPT-2 that shows which attention heads switch on an MLP neuron."""
+
+
+model_option = click.option("--model", "model_spec", default=minitf.DEFAULT_MODEL, show_default=True,
+                            help="Model folder, a name under weights/ (tiny, gpt2, …) or a Hugging Face cache entry.")
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+scores_option = click.option("--scores", "head_scores", type=click.Choice(["paper", "exact"]), default="paper",
+                             show_default=True,
+                             help="What selects heads: each head's context part (the paper's scores, "
+                                  "TransformerLens with value biases folded) or its whole effect (+ constant part).")
+
+
+def _emit_json(obj) -> None:
+    click.echo(json.dumps(obj, indent=2, ensure_ascii=False))
+
+
+@main.command()
+@model_option
+@json_option
+def info(model_spec, as_json):
+    """Shapes, dtype and parameter count of a model."""
+    from minitf.info import model_info
+
+    data = model_info(minitf.load(model_spec))
+    if as_json:
+        return _emit_json(data)
+    for key, value in data.items():
+        if key != "tensors":
+            click.echo(f"{key:<14} {value}")
+    click.echo("tensors:")
+    for name, shape in data["tensors"].items():
+        click.echo(f"  {name:<28} {shape}")
+
+
+@main.command()
+@model_option
+@click.option("--text", required=True, help="The prompt.")
+@click.option("--top", "top_k", default=10, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--bos/--no-bos", default=False, show_default=True, help="Prepend <|endoftext|> to the prompt.")
+@json_option
+def run(model_spec, text, top_k, bos, as_json):
+    """Top-k next-token predictions for a prompt."""
+    from minitf.info import next_token_predictions
+
+    data = next_token_predictions(minitf.load(model_spec), text, top_k, bos)
+    if data["truncated"]:
+        click.echo(f"note: --text is longer than the context: kept its last {data['n_tokens']} tokens", err=True)
+    if as_json:
+        return _emit_json(data)
+    click.echo(f"prompt: {count(data['n_tokens'], 'token')}; next token:")
+    for row in data["predictions"]:
+        click.echo(f"  {row['prob']:7.2%}  {row['id']:>6}  {row['token']!r}")
+
+
+@main.command()
+@click.argument("name")
+@click.option("--dest", type=click.Path(file_okay=False), default=str(minitf.WEIGHTS_DIR), show_default=True,
+              help="Folder that receives <name>/.")
+@click.option("--endpoint", default=None, help="Hub URL [default: $HF_ENDPOINT or https://huggingface.co].")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def download(name, dest, endpoint, no_progress):
+    """Fetch a GPT-2 (gpt2, gpt2-medium, gpt2-large, gpt2-xl) from the Hugging Face hub into weights/<name>/."""
+    from pathlib import Path
+
+    from minitf.load.hub import download as fetch
+
+    folder = fetch(name, Path(dest), endpoint=endpoint, progress=not no_progress)
+    click.echo(f"{folder}: ready; use --model {folder.name}")
+
+
+def _neuron_arg(ctx, param, value):
+    try:
+        return minitf.parse_neuron(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
+
+def _trace(neuron, model_spec, texts, prompt_file, corpus, split, n_prompts, rule, include_same_layer, bos, ablate,
+           per_position, scores="paper"):
+    """Load the model and trace the neuron (for trace and report); notes go to stderr."""
+    from minitf.corpus import default_corpus
+    from minitf.trace import PromptSource, TraceOptions, trace_neuron
+
+    if texts and prompt_file:
+        raise click.UsageError("give --text or --prompts, not both")
+    model = minitf.load(model_spec)
+    check_neuron(neuron, model.cfg.n_layer, model.cfg.d_mlp, where=f"--neuron {neuron}")
+    if not texts and not prompt_file:
+        corpus = default_corpus(model, corpus, needed_for="give --text, --prompts or --corpus")
+    source = PromptSource(list(texts), prompt_file, corpus, split, n_prompts, bos)
+    options = TraceOptions(rule=rule, include_same_layer=include_same_layer, ablate=ablate, per_position=per_position,
+                           scores=scores)
+    result = trace_neuron(model, neuron, source=source, options=options)
+    for note in result["settings"].get("notes", []):
+        click.echo(f"note: {note}", err=True)
+    return model, result
+
+
+@main.command()
+@click.option("--neuron", required=True, callback=_neuron_arg, help="L10N2345, 10:2345 or blocks.10.mlp.hook_pre[2345].")
+@model_option
+@click.option("--text", "texts", multiple=True, help="A prompt to trace (repeatable).")
+@click.option("--prompts", "prompt_file", type=click.Path(dir_okay=False), help="Prompts: .txt one per line, or .jsonl with 'text'.")
+@click.option("--corpus", type=click.Path(dir_okay=False), help="Corpus to mine top prompts from [default: the model's corpus].")
+@click.option("--split", type=click.Choice(["train", "test", "all"]), default="train", show_default=True)
+@click.option("--n-prompts", default=20, show_default=True, type=click.IntRange(1, 1000), help="Top prompts to mine.")
+@click.option("--rule", type=click.Choice(["sigma2", "top3"]), default="sigma2", show_default=True,
+              help="Active heads: effect > mean + 2·std of the candidates (paper's default), or the top 3.")
+@scores_option
+@click.option("--include-same-layer", is_flag=True, help="Candidates include the neuron's own layer.")
+@click.option("--bos/--no-bos", default=True, show_default=True, help="Prepend <|endoftext|> to each prompt.")
+@click.option("--ablate", default=5, show_default=True, type=click.IntRange(0, 1000),
+              help="Ablate this many top heads by mean effect (and every differential head).")
+@json_option
+@click.option("--html", "html_path", type=click.Path(dir_okay=False),
+              help="Also write a self-contained HTML report (works offline) to this file.")
+def trace(neuron, model_spec, texts, prompt_file, corpus, split, n_prompts, rule, head_scores, include_same_layer, bos,
+          ablate, as_json, html_path):
+    """Which attention heads switch a neuron on: exact direct effects, looked-up tokens, ablation."""
+    from minitf.report.text import trace_lines
+
+    model, result = _trace(neuron, model_spec, texts, prompt_file, corpus, split, n_prompts, rule,
+                           include_same_layer, bos, ablate, per_position=bool(html_path), scores=head_scores)
+    if html_path:
+        from minitf.report.page import report_extras, write_html
+
+        write_html(html_path, result, *report_extras(model, neuron, result))
+        click.echo(f"{html_path}: HTML report written", err=True)
+    if as_json:
+        return _emit_json(result)
+    click.echo("\n".join(trace_lines(result)))
+
+
+def _head_arg(ctx, param, value):
+    try:
+        return None if value is None else str(minitf.parse_head(value))
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
+
+def _llm_options(f):
+    for option in reversed([
+        click.option("--llm", "llm_model", default="gpt-4o-mini", show_default=True, help="LLM model name."),
+        click.option("--base-url", default=None, help="OpenAI-compatible server [default: $OPENAI_BASE_URL or OpenAI]."),
+        click.option("--max-calls", type=click.IntRange(0), default=None, help="At most this many LLM requests."),
+        click.option("--concurrency", type=click.IntRange(1, 64), default=4, show_default=True),
+        click.option("--timeout", type=click.FloatRange(0, min_open=True), default=60.0, show_default=True,  # llm.DEFAULT_*
+                     help="Seconds to wait for each LLM request."),
+        click.option("--max-retries", type=click.IntRange(0, 100), default=2, show_default=True,
+                     help="Retries after a connection error, timeout, 429 or 5xx (the openai client's backoff)."),
+        click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
+                     help="LLM cache and results [default: $MINITF_CACHE_DIR or ~/.cache/minitf]."),
+        click.option("--head", "head_spec", default=None, callback=_head_arg, help="Only this head (e.g. L1H10)."),
+        click.option("--n-prompts", default=30, show_default=True, type=click.IntRange(2, 1000),
+                     help="Top prompts of the split to use."),
+        click.option("--rule", type=click.Choice(["sigma2", "top3"]), default="sigma2", show_default=True),
+        scores_option,
+        click.option("--include-same-layer", is_flag=True),
+        click.option("--corpus", type=click.Path(dir_okay=False), default=None),
+    ]):
+        f = option(f)
+    return f
+
+
+def _llm_setup(model_spec, neuron, cache_dir, llm_model, base_url, max_calls, concurrency, timeout, max_retries,
+               dry_run=False):
+    from minitf.explain.driver import ResultStore, llm_client
+
+    model = minitf.load(model_spec)
+    check_neuron(neuron, model.cfg.n_layer, model.cfg.d_mlp, where=f"--neuron {neuron}")
+    llm = None if dry_run else llm_client(llm_model, base_url, cache_dir, max_calls, concurrency, timeout, max_retries)
+    return model, llm, ResultStore(cache_dir, model.folder, str(neuron))
+
+
+@main.command()
+@click.option("--neuron", required=True, callback=_neuron_arg, help="L10N2345, 10:2345 or blocks.10.mlp.hook_pre[2345].")
+@model_option
+@_llm_options
+@click.option("--dry-run", is_flag=True, help="Print the exact prompts; call nothing.")
+@json_option
+def explain(neuron, model_spec, llm_model, base_url, max_calls, concurrency, timeout, max_retries, cache_dir, head_spec,
+            n_prompts, rule, head_scores, include_same_layer, corpus, dry_run, as_json):
+    """Ask an LLM when each differential head of a neuron is active (prompts from the train split)."""
+    from minitf.explain.driver import explain_neuron
+
+    model, llm, store = _llm_setup(model_spec, neuron, cache_dir, llm_model, base_url, max_calls, concurrency, timeout,
+                                   max_retries, dry_run)
+    out = explain_neuron(model, neuron, llm, store, head_spec, corpus=corpus, n_prompts=n_prompts, rule=rule,
+                         scores=head_scores, include_same_layer=include_same_layer)
+    if as_json:
+        return _emit_json({"neuron": str(neuron), **out})
+    if not out["heads"]:
+        click.echo(f"{neuron}: no differential head on its top {count(out['n_prompts'], 'train prompt')} (rule {rule}, "
+                   f"scores {head_scores}); "
+                   "name one with --head")
+    for head, entry in out["heads"].items():
+        counts = f"{entry['n_active']} active / {count(entry['n_inactive'], 'inactive train prompt')}"
+        if "messages" in entry:
+            click.echo(f"===== {neuron} {head}: {counts}")
+            for m in entry["messages"]:
+                click.echo(f"--- {m['role']}\n{m['content']}")
+        elif "skip_reason" in entry:
+            click.echo(f"{head}: skipped ({counts}): {entry['skip_reason']}")
+        else:
+            click.echo(f"{head} ({counts}):\n  {entry['explanation']}")
+    if llm is not None:
+        click.echo(f"LLM: {count(llm.calls_made, 'call')}, {count(llm.cache_hits, 'cache hit')}; saved in {store.path}",
+                   err=True)
+
+
+@main.command()
+@click.option("--neuron", required=True, callback=_neuron_arg, help="L10N2345, 10:2345 or blocks.10.mlp.hook_pre[2345].")
+@model_option
+@_llm_options
+@json_option
+def score(neuron, model_spec, llm_model, base_url, max_calls, concurrency, timeout, max_retries, cache_dir, head_spec,
+          n_prompts, rule, head_scores, include_same_layer, corpus, as_json):
+    """Score the explanations: the LLM predicts, from each explanation alone, where the head is active (test split)."""
+    from minitf.explain.driver import render_summary, score_neuron, summarize_scores
+
+    model, llm, store = _llm_setup(model_spec, neuron, cache_dir, llm_model, base_url, max_calls, concurrency, timeout,
+                                   max_retries)
+    scores, skipped = score_neuron(model, neuron, llm, store, head_spec, corpus=corpus, n_prompts=n_prompts,
+                                   rule=rule, scores=head_scores, include_same_layer=include_same_layer)
+    summary = summarize_scores(scores)
+    if as_json:
+        return _emit_json({"neuron": str(neuron), "scores": [s.to_dict(items=True) for s in scores],
+                           "skipped": skipped, "summary": summary.to_dict(),
+                           "summary_roc_auc": summarize_scores(scores, "roc_auc").to_dict()})
+    for head, reason in skipped.items():
+        click.echo(f"{head}: skipped: {reason}")
+    for s in scores:
+        auc = "–" if s.roc_auc is None else f"{s.roc_auc:.3f}"
+        bacc = "–" if s.balanced_accuracy is None else f"{s.balanced_accuracy:.3f}"
+        click.echo(f"{s.head}: balanced accuracy {bacc}, ROC-AUC {auc} (TP {s.tp} FP {s.fp} TN {s.tn} FN {s.fn}; "
+                   f"{count(s.n_malformed, 'malformed answer')})")
+    click.echo("\n".join(render_summary(summary)))
+    click.echo(f"LLM: {count(llm.calls_made, 'call')}, {count(llm.cache_hits, 'cache hit')}", err=True)
+
+
+@main.command(params=[p for p in trace.params if p.name not in ("as_json", "html_path")])
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="The HTML file to write.")
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
+              help="Where explain/score saved their results [default: $MINITF_CACHE_DIR or ~/.cache/minitf].")
+def report(out, cache_dir, neuron, model_spec, texts, prompt_file, corpus, split, n_prompts, rule, head_scores,
+           include_same_layer, bos, ablate):
+    """A self-contained HTML report of a trace (the same options as trace): one file that works offline."""
+    from minitf.report.page import report_extras, write_html
+
+    model, result = _trace(neuron, model_spec, texts, prompt_file, corpus, split, n_prompts, rule,
+                           include_same_layer, bos, ablate, per_position=True, scores=head_scores)
+    write_html(out, result, *report_extras(model, neuron, result, cache_dir))
+    click.echo(f"{out}: HTML report of {neuron}, {count(len(result['prompts']), 'prompt')}")
+
+
+def _layer_list(ctx, param, values) -> list[int]:
+    """--layer 3 --layer 5, --layer 3,5 or --layer 2-4 → sorted layer numbers."""
+    try:
+        return parse_layers(values)
+    except ValueError as e:  # bad input: one line, as every other (not click's three-line usage error)
+        raise MinitfError(f"--layer {e}") from None
+
+
+def _tok(s: str) -> str:
+    return json.dumps(s, ensure_ascii=False)
+
+
+@main.command()
+@model_option
+@click.option("--layer", "--layers", "layers", multiple=True, callback=_layer_list,
+              help="Layers to show (repeatable; 3,5 or 2-4) [default: all].")
+@click.option("--top", "top", default=10, show_default=True, type=click.IntRange(1, 100000),
+              help="Most congruent neurons per layer.")
+@click.option("--tokens", "n_tokens", default=5, show_default=True, type=click.IntRange(1, 100),
+              help="Promoted / suppressed tokens per neuron.")
+@click.option("--no-filter", is_flag=True, help="Rank by all tokens, not only ' word' tokens (space + ≥ 2 chars).")
+@click.option("--min-count", "min_count", default=0, show_default=True, type=click.IntRange(0),
+              help="Only tokens seen ≥ N times in the corpus count (0: off, the paper's behaviour).")
+@click.option("--corpus", type=click.Path(dir_okay=False), default=None,
+              help="Corpus for --min-count [default: the model's corpus.txt.gz].")
+@json_option
+def neurons(model_spec, layers, top, n_tokens, no_filter, min_count, corpus, as_json):
+    """Next-token neurons: each layer's neurons ranked by congruence max_t W_out[n]·W_U′[:, t]."""
+    from minitf.neurons import filter_rule, layer_table
+
+    model = minitf.load(model_spec)
+    L = model.cfg.n_layer
+    for layer in layers:
+        check_layer(layer, L, where="--layer")
+    tables = {layer: layer_table(model, layer, top=top, filter=not no_filter, k=n_tokens, min_count=min_count,
+                                 corpus=corpus) for layer in layers or range(L)}
+    rule = filter_rule(model, not no_filter, min_count, corpus)
+    if as_json:
+        return _emit_json({"model": str(model.folder), "filter": rule, "min_count": min_count,
+                           "layers": {str(layer): rows for layer, rows in tables.items()}})
+    for layer, rows in tables.items():
+        click.echo(f"layer {layer}: top {len(rows)} of {model.cfg.d_mlp} neurons by congruence over {rule}")
+        click.echo(f"  {'neuron':<10} {'congr.':>7} {'rank':>5} {'kurt.':>7} {'skew':>6} {'class':<11} "
+                   f"{'token':<14} promoted | suppressed")
+        for r in rows:
+            promoted = ", ".join(f"{_tok(t)} {v:.2f}" for _, t, v in r["promoted"])
+            suppressed = ", ".join(f"{_tok(t)} {v:.2f}" for _, t, v in r["suppressed"])
+            click.echo(f"  {r['name']:<10} {r['congruence']:7.3f} {r['rank']:5d} {r['kurtosis']:7.1f} {r['skew']:6.2f} "
+                       f"{r['class'] or '-':<11} {_tok(r['token'] or ''):<14} {promoted} | {suppressed}")
+        click.echo("")
+
+
+@main.command()
+@model_option
+@click.option("--corpus", default=None,  # checked by build_index: one line, exit 1
+              help="Corpus (.txt, .jsonl, .gz of either) [default: the model's corpus.txt.gz].")
+@click.option("--layer", "--layers", "layers", multiple=True, callback=_layer_list,
+              help="Layers to index (repeatable; 3,5 or 2-4) [default: all].")
+@click.option("--split", type=click.Choice(["train", "test", "all"]), default="all", show_default=True,
+              help="Documents to index (all keeps train and test apart in one index).")
+@click.option("--top-k", "k", default=30, show_default=True, type=click.IntRange(1, 10000),
+              help="Top documents kept per neuron.")
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64), help="Worker processes.")
+@click.option("--bos/--no-bos", default=True, show_default=True, help="Prepend <|endoftext|> to each document.")
+@click.option("--index-dir", type=click.Path(file_okay=False), default=None,
+              help="Where to keep the index [default: <corpus>.index/ next to the corpus].")
+@click.option("--rebuild", is_flag=True, help="Rebuild even if an up-to-date index exists.")
+@click.option("--show", "show", multiple=True, callback=lambda c, p, v: [_neuron_arg(c, p, x) for x in v],
+              help="Print this neuron's top documents (repeatable).")
+@click.option("--no-progress", is_flag=True, help="No progress bar on stderr.")
+@click.option("--ray", "ray_address", default=None, metavar="auto|ADDRESS",
+              help="Run the shards on a Ray cluster (one actor per CPU; needs the cluster extra).")
+@click.option("--shard-kib", default=None, type=click.IntRange(1, 1 << 20),
+              help="KiB of text per shard (the unit of work and of resuming; equal builds need equal values) "
+                   "[default: 32].")
+@json_option
+def index(model_spec, corpus, layers, split, k, workers, bos, index_dir, rebuild, show, no_progress, ray_address,
+          shard_kib, as_json):
+    """Index a corpus: each neuron's top-k documents, positive count and activation histogram (resumable)."""
+    from minitf.corpus import default_corpus, tokenized_documents
+    from minitf.index.build import IndexInterrupted, build_index, load_index
+
+    model = minitf.load(model_spec)
+    corpus = default_corpus(model, corpus, needed_for="give --corpus FILE")
+    try:
+        path = build_index(model, corpus, layers=layers or None, k=k, split=split, workers=workers,
+                           progress=not no_progress, bos=bos, index_dir=index_dir, rebuild=rebuild,
+                           ray=ray_address, shard_chars=shard_kib and shard_kib * 1024)
+    except IndexInterrupted as e:
+        click.echo(str(e), err=True)
+        raise
+    idx = load_index(model, corpus, index_dir)
+    m = idx.manifest
+    tops = {str(n): idx.top(n) for n in show}
+    if as_json:
+        return _emit_json({"index": str(path), "manifest": m, "top": {name: [list(t) for t in rows]
+                                                                        for name, rows in tops.items()}})
+    docs, tokens = sum(m["documents"].values()), sum(m["tokens"].values())
+    click.echo(f"{path}: {count(docs, 'document')} ({m['documents']['train']} train, {m['documents']['test']} test), "
+               f"{tokens:,} tokens, layers {m['layers']}, top {m['k']} per neuron; built in {m['build']['seconds']:.1f} s")
+    if not show:
+        return
+    docs = tokenized_documents(model, corpus, {d for rows in tops.values() for d, _, _ in rows}, idx.bos)
+    for n in show:
+        click.echo(f"\n{n}: top documents ({idx.positive_count(n):,} of {idx.positions():,} positions positive)")
+        for d, p, a in tops[str(n)]:
+            ids = docs[d]
+            context = model.decode(ids[max(int(idx.bos), p - 12): p]).replace("\n", "⏎")
+            click.echo(f"  {a:8.3f}  doc {d:>6} pos {p:>4}  …{context}[[{model.token_str(ids[p])}]]")
+
+
+@main.command()
+@click.option("--out", required=True, type=click.Path(), help="Folder for study.json, the site and the resume state.")
+@model_option
+@click.option("--layer", "--layers", "layers", multiple=True, callback=_layer_list,
+              help="Layers to study (3,5 or 2-4) [default: all].")
+@click.option("--per-layer", default=20, show_default=True, type=int, help="Most congruent neurons per layer.")
+@click.option("--exclude", multiple=True, help="Neurons to leave out (L9N2322,L10N7; repeatable).")
+@click.option("--neurons", "neurons_file", type=click.Path(dir_okay=False),
+              help="Study exactly the neurons named in this file, one per line (then --layers/--per-layer are unused).")
+@click.option("--min-count", default=0, show_default=True, type=click.IntRange(0),
+              help="Neuron selection: only tokens seen ≥ N times in the corpus count (0: the paper's filter only).")
+@click.option("--corpus", type=click.Path(dir_okay=False), default=None,
+              help="Corpus to mine prompts from [default: the model's corpus.txt.gz].")
+@click.option("--split", type=click.Choice(["train", "test", "all"]), default="train", show_default=True)
+@click.option("--n-prompts", default=20, show_default=True, type=int, help="Top prompts per neuron.")
+@click.option("--rule", type=click.Choice(["sigma2", "top3"]), default="sigma2", show_default=True)
+@click.option("--scores", type=click.Choice(["paper", "exact"]), default="paper", show_default=True,
+              help="Head scores the rule selects by.")
+@click.option("--include-same-layer", is_flag=True, help="Candidates include the neuron's own layer.")
+@click.option("--ablate", default=0, show_default=True, type=click.IntRange(0, 1000),
+              help="Also ablate this many top heads per neuron (every differential head always is).")
+@click.option("--llm", "llm_model", default=None,
+              help="LLM for explanations [default: gpt-4o-mini when --base-url or OPENAI_API_KEY is set, else none].")
+@click.option("--base-url", default=None, help="OpenAI-compatible server [default: $OPENAI_BASE_URL or OpenAI].")
+@click.option("--max-calls", type=click.IntRange(0), default=None, help="At most this many LLM requests in all.")
+@click.option("--concurrency", type=click.IntRange(1, 64), default=4, show_default=True)
+@click.option("--timeout", type=click.FloatRange(0, min_open=True), default=60.0, show_default=True,
+              help="Seconds to wait for each LLM request.")
+@click.option("--max-retries", type=click.IntRange(0, 100), default=2, show_default=True,
+              help="Retries after a connection error, timeout, 429 or 5xx (the openai client's backoff).")
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
+              help="LLM cache [default: $MINITF_CACHE_DIR or ~/.cache/minitf].")
+@click.option("--restart", is_flag=True, help="Start over in --out, discarding an earlier study there.")
+@click.option("--no-progress", is_flag=True, help="No progress bar on stderr.")
+@json_option
+def study(out, model_spec, layers, per_layer, exclude, neurons_file, min_count, corpus, split, n_prompts, rule, scores,
+          include_same_layer, ablate, llm_model, base_url, max_calls, concurrency, timeout, max_retries, cache_dir, restart,
+          no_progress, as_json):
+    """The paper's experiments over many neurons: trace, ablate, explain and score; aggregates and a site (resumable)."""
+    from minitf.index.build import IndexInterrupted
+    from minitf.study.run import StudyInterrupted, StudyOptions, run_study, summary_lines
+
+    options = StudyOptions(layers=layers, per_layer=per_layer,
+                           exclude=[n for v in exclude for n in v.replace(" ", ",").split(",") if n],
+                           neurons_file=neurons_file, corpus=corpus, split=split, n_prompts=n_prompts, rule=rule,
+                           scores=scores, include_same_layer=include_same_layer, min_count=min_count, ablate=ablate,
+                           llm=llm_model, base_url=base_url, max_calls=max_calls, concurrency=concurrency,
+                           timeout=timeout, max_retries=max_retries, cache_dir=cache_dir)
+    try:
+        result = run_study(minitf.load(model_spec), out, options, restart=restart, progress=not no_progress,
+                           say=lambda line: click.echo(line, err=True))
+    except (StudyInterrupted, IndexInterrupted) as e:
+        click.echo(str(e), err=True)
+        raise
+    if as_json:
+        return _emit_json(result)
+    click.echo("\n".join(summary_lines(result)))
+    click.echo(f"{out}/study.json, {out}/index.html: {len(result['neurons'])} neurons", err=True)
+
+
+if __name__ == "__main__":
+    main()
