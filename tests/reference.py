@@ -112,7 +112,15 @@ def reference_outputs(folder: Path, tokens: np.ndarray) -> dict[str, np.ndarray]
 
 def transformer_lens_model(hf_model: GPT2LMHeadModel):
     """A HookedTransformer built offline from ``hf_model``, processed as ``from_pretrained`` does by default
-    (fold_ln, center_writing_weights, center_unembed, fold_value_biases) — the paper authors' setup."""
+    (fold_ln, center_writing_weights, center_unembed, fold_value_biases) — the paper authors' setup.
+
+    The final LayerNorm is folded into the unembedding here, before TransformerLens's processing:
+    W_U ← diag(γ_f) W_U, b_U ← β_f W_U, γ_f ← 1, β_f ← 0. TransformerLens 3.9's ``fold_layer_norm`` guesses
+    W_U's layout from its shape, and when it is square (d_vocab = d_model, e.g. 8 = 8) it takes W_U [D, V]
+    for [V, D]: it scales W_U's vocabulary columns by γ_f and sums over the vocabulary for b_U, a different
+    model from ``hf_model`` (logits off by O(1)). Folded beforehand, its own fold multiplies by ones and adds
+    zeros whichever axis it picks; on GPT-2's real shapes (50257 ≠ 768) the result is the same model either
+    way, with W_U and b_U centred as before."""
     import warnings
 
     from transformer_lens import HookedTransformer, HookedTransformerConfig
@@ -127,6 +135,10 @@ def transformer_lens_model(hf_model: GPT2LMHeadModel):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         state = convert_gpt2_weights(hf_model, cfg)
+        gamma, beta = state["ln_final.w"].detach(), state["ln_final.b"].detach()  # [D], [D]
+        W_U = state["unembed.W_U"].detach()  # [D, V]
+        state["unembed.W_U"], state["unembed.b_U"] = gamma[:, None] * W_U, beta @ W_U  # [D, V], [V]
+        state["ln_final.w"], state["ln_final.b"] = torch.ones_like(gamma), torch.zeros_like(beta)
         model = HookedTransformer(cfg, move_to_device=False)
         model.load_and_process_state_dict(state, fold_ln=True, center_writing_weights=True, center_unembed=True,
                                           fold_value_biases=True, refactor_factored_attn_matrices=False)
