@@ -175,8 +175,14 @@ def test_ties_are_broken_by_document_then_position(setup, tmp_path, monkeypatch)
 
 
 def test_the_shipped_index_is_what_the_code_builds():
-    """Shard 0 of weights/tiny's corpus, indexed again: its entries in the shipped index are, bit for bit, the
-    head of the shard's own top-k lists (the merge keeps a shard's best entries in its order)."""
+    """Shard 0 of weights/tiny's corpus, indexed again: its entries in the shipped index are the head of the
+    shard's own top-k lists (the merge keeps a shard's best entries in its order) — on any CPU.
+
+    The shipped file was built on one machine; OpenBLAS picks other kernels on another CPU, so activations
+    may differ in the last float32 bits (5.5e-6 relative seen across an AMD EPYC and an Intel Xeon). Values
+    are compared within a tolerance scaled by the list's largest activation, and an entry may stand elsewhere
+    (or drop out of the shard's top k) only where a near-tie within that tolerance lets it. Bit-identity holds
+    on one machine: ``test_index_is_byte_identical_for_any_number_of_workers`` and the resume tests."""
     root = Path(__file__).resolve().parent.parent
     model = Model.load(root / "weights" / "tiny")
     corpus = root / "weights" / "tiny" / "corpus.txt.gz"
@@ -187,14 +193,24 @@ def test_the_shipped_index_is_what_the_code_builds():
     with index_mod.one_blas_thread():
         shard = index_mod.index_shard(model, spec, docs)
     in_shard = np.isin(idx.state.top_doc, [d for d, _ in docs])  # [2, L, k, M]
-    m = in_shard.sum(2)  # [2, L, M] how many of each list come from shard 0
-    assert m.sum() > 1000
-    for name in ("top_act", "top_doc", "top_pos"):
-        full, part = getattr(idx.state, name), getattr(shard, name)
-        head = np.arange(idx.k)[None, None, :, None] < m[:, :, None, :]  # [2, L, k, M] the first m rows
-        np.testing.assert_array_equal(np.sort(full[in_shard]), np.sort(part[head]), err_msg=name)
-        assert np.array_equal(np.moveaxis(full, 2, -1)[np.moveaxis(in_shard, 2, -1)],
-                              np.moveaxis(part, 2, -1)[np.moveaxis(head, 2, -1)]), name
+    assert in_shard.sum() > 1000
+    full, part = idx.state, shard
+    swapped = 0
+    for s, layer, n in zip(*np.nonzero(in_shard.any(2))):
+        keep = in_shard[s, layer, :, n]  # [k] which of the shipped list came from shard 0
+        a_s, d_s, p_s = (x[s, layer, keep, n] for x in (full.top_act, full.top_doc, full.top_pos))  # [m] each
+        a_r, d_r, p_r = (x[s, layer, :, n] for x in (part.top_act, part.top_doc, part.top_pos))  # [k] each
+        m = keep.sum()
+        tol = 1e-4 * max(float(np.abs(a_s).max()), 1e-3)  # float32 across CPUs, with a wide margin
+        assert np.all(np.abs(a_s - a_r[:m]) <= tol), (s, layer, n, a_s, a_r[:m])
+        for i in np.flatnonzero((d_s != d_r[:m]) | (p_s != p_r[:m])):  # an entry elsewhere: only by a near-tie
+            j = np.flatnonzero((d_r == d_s[i]) & (p_r == p_s[i]))
+            if j.size:
+                assert abs(a_r[j[0]] - a_r[i]) <= tol, (s, layer, n, i)
+            else:  # out of the rebuilt shard's top k: it was at its boundary
+                assert a_s[i] <= a_r[-1] + tol, (s, layer, n, i)
+            swapped += 1
+    assert swapped <= 0.01 * in_shard.sum()  # near-ties are rare: a wholesale reordering is a bug
 
 
 @pytest.mark.parametrize("first,then", [(1, 2), (2, 1)])
