@@ -27,10 +27,12 @@ from pathlib import Path
 from typing import Iterator, NamedTuple
 
 from minitf.errors import MinitfError
+from minitf.util.files import regular_file
 
 SPLITS = ("train", "test")
 TEST_PERCENT = 20
 CORPUS_FORMATS = (".txt", ".jsonl", ".txt.gz", ".jsonl.gz")
+MAX_LINE_BYTES = 64 << 20  # one line (a .txt line or a .jsonl document) at most
 _ASCII_SPACE = frozenset(" \t\n\r\f\v")  # whitespace to GPT-2's pre-tokenizer (\s) and to str.isspace alike
 
 
@@ -51,7 +53,9 @@ def corpus_format(path: Path) -> tuple[str, bool]:
 
 
 def _lines(path: Path, gz: bool) -> Iterator[tuple[int, str]]:
-    """(1-based line number, decoded line without its line ending), streaming."""
+    """(1-based line number, decoded line without its line ending), streaming; a line over MAX_LINE_BYTES
+    (e.g. a binary file with no newline) is an error, not a memory blow-up."""
+    regular_file(path, "corpus file")
     try:
         f = gzip.open(path, "rb") if gz else open(path, "rb")
     except FileNotFoundError:
@@ -61,8 +65,10 @@ def _lines(path: Path, gz: bool) -> Iterator[tuple[int, str]]:
     with f:
         lineno = 0
         try:
-            for raw in f:
+            while raw := f.readline(MAX_LINE_BYTES + 1):
                 lineno += 1
+                if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+                    raise MinitfError(f"{path}: line {lineno} is longer than {MAX_LINE_BYTES >> 20} MiB")
                 try:
                     line = raw.decode("utf-8")
                 except UnicodeDecodeError as e:
@@ -136,8 +142,8 @@ def default_corpus(model, corpus: str | Path | None = None, needed_for: str | No
     When there is neither: None, or with ``needed_for`` (what to do, e.g. "give --corpus FILE") a MinitfError
     "<folder> has no corpus.txt.gz and no corpus was given: <needed_for>".
     """
-    if corpus is not None:
-        return Path(corpus)
+    if corpus is not None:  # a missing file is reported where it is read; a FIFO or device never is
+        return regular_file(corpus, "corpus file") if Path(corpus).exists() else Path(corpus)
     path = None if model.folder is None else Path(model.folder) / "corpus.txt.gz"
     if path is not None and path.is_file():
         return path

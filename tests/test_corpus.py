@@ -132,3 +132,27 @@ def test_tokenize_document_long_text_and_special_token():
     text = "word " * 10_000 + "<|endoftext|>"
     assert tokenize_document(model, text) == [TOKENIZER.eot_token] + TOKENIZER.encode(text, allowed_special="all")[:15]
     assert tokenize_document(model, "<|endoftext|> hi", bos=False)[0] == TOKENIZER.eot_token
+
+
+def test_a_fifo_a_device_or_an_endless_line_is_one_error_not_a_hang(tmp_path, monkeypatch):
+    import os
+
+    import minitf.corpus as corpus_mod
+
+    fifo = tmp_path / "c.txt"
+    os.mkfifo(fifo)
+    with pytest.raises(MinitfError, match="is a FIFO, not a corpus file"):
+        list(read_documents(fifo))
+    zero = tmp_path / "zero.txt"
+    zero.symlink_to("/dev/zero")
+    with pytest.raises(MinitfError, match="is a device, not a corpus file"):
+        list(read_documents(zero))
+    with pytest.raises(MinitfError, match="is a device"):
+        default_corpus(None, zero)
+    monkeypatch.setattr(corpus_mod, "MAX_LINE_BYTES", 1 << 20)
+    long = tmp_path / "long.txt"
+    long.write_bytes(b"a" * (3 << 20))
+    with pytest.raises(MinitfError, match="line 1 is longer than 1 MiB"):
+        list(read_documents(long))
+    long.write_bytes(b"a" * (1 << 20) + b"\nb\n")  # exactly the limit, then a newline: fine
+    assert [len(d.text) for d in read_documents(long)] == [(1 << 20) + 2]

@@ -57,6 +57,7 @@ def atomic_write(path: str | Path, data: bytes | str | Callable[[BinaryIO], obje
 def file_sha256(path: str | Path) -> str:
     """sha256 of a file's bytes, read in 1 MiB blocks."""
     h = hashlib.sha256()
+    regular_file(path)
     try:
         with open(path, "rb") as f:
             while block := f.read(BLOCK):
@@ -76,3 +77,25 @@ def cache_path(part: str, cache_dir: str | Path | None = None) -> Path:
     """``<cache_dir or default_cache_dir()>/<part>``, minitf's cache layout: ``llm/`` (LLM responses),
     ``results/`` (explanations and scores), ``neurons/`` (neuron tables of big models)."""
     return (Path(cache_dir) if cache_dir else default_cache_dir()) / part
+
+
+def regular_file(path: str | Path, what: str = "file") -> Path:
+    """``path`` if it names a regular file (after links); else MinitfError naming it and what it is instead.
+
+    Reading a FIFO blocks until a writer comes and a device such as /dev/zero never ends, so every input
+    file (corpus, prompt file, weights) is checked before it is opened."""
+    import stat
+
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise MinitfError(f"{path}: no such {what}") from None
+    except OSError as e:
+        raise MinitfError(f"{path}: cannot read ({e.strerror})") from None
+    if not stat.S_ISREG(mode):
+        kind = ("a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode)
+                else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode)
+                else "not a regular file")
+        raise MinitfError(f"{path}: is {kind}, not a {what}")
+    return path
