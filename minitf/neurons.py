@@ -46,6 +46,7 @@ import numpy as np
 
 from minitf.errors import MinitfError
 from minitf.util.files import atomic_write, default_cache_dir, file_sha256
+from minitf.load.weights import model_sha256
 from minitf.names import Neuron, check_layer, check_neuron, parse_neuron
 
 CHUNK = 512  # neurons per [CHUNK, V] block of scores: 100 MiB for GPT-2's 50257 tokens
@@ -215,8 +216,6 @@ def token_counts(model, corpus: str | Path | None = None) -> np.ndarray:
         return cache.counts[key]
     disk = None
     if path.stat().st_size > COUNTS_DISK_MIN_BYTES:
-        from minitf.index.build import model_sha256
-
         disk = default_cache_dir() / "neurons" / f"counts-{model_sha256(model)}-{file_sha256(path)[:32]}.npy"
         try:
             counts = np.load(disk, allow_pickle=False)
@@ -387,8 +386,6 @@ def _disk_path(model, layer: int) -> Path | None:
     cfg = model.cfg
     if 2.0 * cfg.d_mlp * cfg.d_model * cfg.d_vocab < DISK_CACHE_MIN_FLOPS:
         return None
-    from minitf.index.build import model_sha256
-
     return default_cache_dir() / "neurons" / f"{model_sha256(model)}-L{layer}-v{DISK_VERSION}.npz"
 
 

@@ -291,7 +291,7 @@ def run_study(model, out, options: StudyOptions, restart: bool = False, progress
     """Run (or resume) the study in ``out``; returns study.json's content. ``say`` prints one-line notes."""
     from minitf.corpus import check_split, default_corpus, tokenized_documents
     from minitf.util.files import file_sha256
-    from minitf.index.build import model_sha256
+    from minitf.load.weights import model_sha256
 
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     t0 = time.monotonic()
