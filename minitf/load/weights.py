@@ -32,7 +32,7 @@ import numpy as np
 
 from minitf.errors import MinitfError
 from minitf.util.files import file_sha256
-from minitf.report.text import count
+from minitf.util.fmt import count
 
 _DTYPES = {"F32": 4, "F16": 2, "BF16": 2}
 _IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
