@@ -199,7 +199,7 @@ def study_neuron(model, neuron: Neuron, options: StudyOptions, corpus: Path, ind
     """One neuron's record without its explanations: its full trace, the per-prompt ablation samples of its
     differential heads and its activation histogram from the index; and, when ``explain`` and it has
     differential heads, the trace of its test-split prompts (for ``explain_and_score``), else None."""
-    from minitf.report.page import index_histogram
+    from minitf.index.histogram import index_histogram
     from minitf.trace import TraceOptions, trace
 
     t0 = time.monotonic()
