@@ -83,24 +83,6 @@ def processed_unembed(model) -> np.ndarray:
     return W_U
 
 
-def vocab_moments(x: np.ndarray, inplace: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Per row of x [N, V]: (kurtosis E[(x−μ)⁴]/σ⁴, skew E[(x−μ)³]/σ³) as float64 [N].
-
-    Sums are NumPy's pairwise float32 sums (relative error ~1e-7 here); ``inplace`` lets x be overwritten.
-    """
-    V = x.shape[1]
-    c = x if inplace else x.copy()  # [N, V]
-    c -= x.mean(1, keepdims=True, dtype=np.float64).astype(x.dtype)  # [N, V] x − μ
-    c2 = c * c  # [N, V]
-    var = c2.sum(1).astype(np.float64) / V  # [N]
-    c *= c2  # [N, V] (x − μ)³
-    m3 = c.sum(1).astype(np.float64) / V  # [N]
-    c2 *= c2  # [N, V] (x − μ)⁴
-    m4 = c2.sum(1).astype(np.float64) / V  # [N]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return m4 / (var * var), m3 / var ** 1.5
-
-
 @dataclass
 class LayerScores:
     """Per-neuron congruence scores of one layer (arrays [M])."""

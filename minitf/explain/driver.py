@@ -35,7 +35,7 @@ from minitf.explain.metrics import (  # noqa: F401
 from minitf.explain.prompts import (  # noqa: F401
     DEFAULT_MAX_EXAMPLES, EXPLAIN_PARAMS, EXPLAIN_SYSTEM, EXPLAIN_TEMPLATE, NEWLINE_MARK, PROMPT_FORMAT_VERSION,
     SCORE_PARAMS, SCORE_SYSTEM, SCORE_TEMPLATE, HeadExamples, explain_messages, format_example, format_text,
-    score_messages, split_examples,
+    score_messages,
 )
 from minitf.explain.store import ResultStore  # noqa: F401
 
