@@ -58,7 +58,7 @@ from minitf.errors import MinitfError
 from minitf.util.files import atomic_write, file_sha256
 from minitf.load.weights import model_sha256
 from minitf.util.progress import Progress
-from minitf.names import Neuron, check_layer, parse_neuron
+from minitf.names import Neuron, check_layer, check_neuron, parse_neuron
 from minitf.index.shard import ShardSpec, index_shard, iter_shards, one_blas_thread, use_one_blas_thread
 from minitf.index.topk import HIST_EDGES, TopkState, merge_topk
 
@@ -380,8 +380,7 @@ class NeuronIndex:
         n = neuron if isinstance(neuron, Neuron) else parse_neuron(neuron)
         if n.layer not in self.layers:
             raise MinitfError(f"{self.path}: layer {n.layer} is not indexed (layers {self.layers})")
-        if not 0 <= n.index < self.state.top_act.shape[-1]:
-            raise MinitfError(f"{n}: neuron index out of range ({self.state.top_act.shape[-1]} neurons)")
+        check_neuron(n, None, self.state.top_act.shape[-1], where=f"{self.path}: {n}")
         return self.layers.index(n.layer), n.index
 
     def top(self, neuron: Neuron | str, split: str | None = None) -> list[tuple[int, int, float]]:

@@ -40,7 +40,7 @@ from pathlib import Path
 
 
 from minitf.errors import MinitfError
-from minitf.names import Neuron, parse_head, parse_neuron
+from minitf.names import Neuron, check_layer, parse_head, parse_neuron
 from minitf.study.summary import aggregates, summary_entry, summary_lines  # noqa: F401  (summary_lines: the CLI's)
 
 FORMAT = "minitf-study"
@@ -112,8 +112,7 @@ def select_neurons(model, options: StudyOptions) -> list[Neuron]:
 
     L = model.cfg.n_layer
     for layer in options.layers:
-        if not 0 <= layer < L:
-            raise MinitfError(f"--layers {layer}: the model has {L} layers (0–{L - 1})")
+        check_layer(layer, L, where=f"--layers {layer}")
     if options.per_layer < 1:
         raise MinitfError(f"--per-layer {options.per_layer}: must be at least 1")
     excluded = set()
