@@ -1,16 +1,20 @@
 """``study``: the paper's experiments over many neurons in one resumable run, and their aggregates.
 
-For every studied neuron N = L{l}N{n} (per layer the top K by congruence after the authors' token filter,
-``minitf.neurons``; or a list of one's own), as the per-neuron commands do it:
+The paper's five steps, numbered as in the README. Step 1 chooses the neurons: per layer the top K by
+congruence after the authors' token filter (``minitf.neurons``), or a list of one's own. For every studied
+neuron N = L{l}N{n}, as the per-neuron commands do it:
 
-1. prompts: N's top prompts of ``split``, mined from the corpus index (built first if missing or stale; the
-   index is loaded once and the documents of all neurons are read in one pass over the corpus);
-2. trace (``minitf.trace``): every candidate head's direct effect, active and differential heads, and the
-   ablation check of the differential heads (and ``ablate`` top ones); for each differential head h the
-   trace's per-prompt drops Δp = p(token) − p(token | h removed) and Δpost are kept, with whether h is active;
-3. with an LLM: each differential head explained from the train-split trace and scored on the test-split
-   trace (``minitf.explain.driver.evaluate_head``: balanced accuracy, ROC-AUC where logprobs come back);
-4. aggregates per layer and overall (``minitf.study.summary``): neurons, neurons with ≥ 1 differential head,
+* step 2, prompts: N's top prompts of ``split``, mined from the corpus index (built first if missing or stale;
+  the index is loaded once and the documents of all neurons are read in one pass over the corpus);
+* steps 3 and 5, trace (``minitf.trace``): every candidate head's direct effect, active and differential heads,
+  and the ablation check of the differential heads (and ``ablate`` top ones); for each differential head h
+  the trace's per-prompt drops Δp = p(token) − p(token | h removed) and Δpost are kept, with whether h is
+  active;
+* step 4, with an LLM: each differential head explained from the train-split trace and scored on the
+  test-split trace (``minitf.explain.driver.evaluate_head``: balanced accuracy, ROC-AUC where logprobs come
+  back).
+
+Then the aggregates per layer and overall (``minitf.study.summary``): neurons, neurons with ≥ 1 differential head,
    differential heads per neuron, layer distance l − l_h of each differential head, explanation scores
    (mean ± std with N − 1, median, histogram over [0, 1], skipped), and over all (neuron, differential head)
    pairs the pooled per-prompt Δp and Δpost on active vs inactive prompts: means, medians and the two-sample

@@ -17,7 +17,7 @@ from minitf.util.fmt import num as _fmt
 SCORE_BINS = 10  # explanation-score histogram bins over [0, 1]
 
 
-# ---- step 5: aggregates --------------------------------------------------------------------------------
+# ---- aggregates over the neurons' records --------------------------------------------------------------
 def _dist(values) -> dict:
     """count, mean, std (N − 1), median of a list of numbers (None where undefined)."""
     x = np.asarray(values, np.float64)
