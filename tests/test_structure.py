@@ -126,3 +126,21 @@ def test_minitf_never_imports_the_reference_libraries():
     assert "numpy" in roots["minitf.model"]
     bad = {name: sorted(r & FORBIDDEN) for name, r in roots.items() if r & FORBIDDEN}
     assert bad == {}
+
+
+def test_the_readme_layout_names_every_module():
+    """Each subpackage of minitf/ and each module in it appears in the README's Layout section."""
+    readme = (PACKAGE.parent / "README.md").read_text(encoding="utf-8")
+    layout = readme.split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
+    missing = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(PACKAGE)
+        if rel.name == "__init__.py" and len(rel.parts) > 1:
+            name = f"`minitf/{rel.parent.as_posix()}/`"
+        elif len(rel.parts) == 1:
+            name = f"`minitf/{rel.name}`" if rel.name not in ("__main__.py", "cli.py") else f"`{rel.name}`"
+        else:
+            name = f"`{rel.name}`"
+        if name not in layout:
+            missing.append(str(rel))
+    assert missing == []
