@@ -35,7 +35,7 @@ STEPS = [
     ("  of which ablation (differential heads)", "minitf/ablation.py", "ablate_heads"),
     ("  of which each head's source split", "minitf/attribution.py", "head_sources"),
     ("  of which per-position effects (site)", "minitf/trace.py", "_per_position"),
-    ("activation histogram from the index", "minitf/report.py", "index_histogram"),
+    ("activation histogram from the index", "minitf/index/histogram.py", "index_histogram"),
     ("write neuron records", "minitf/study.py", "_atomic_json"),
     ("aggregates", "minitf/study_summary.py", "aggregates"),
     ("site (index.html + neuron pages)", "minitf/study_site.py", "write_site"),

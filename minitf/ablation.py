@@ -19,7 +19,7 @@ import numpy as np
 
 from minitf.model import Intervention, Model, Run
 from minitf.names import Head, Neuron
-from minitf.runs import softmax
+from minitf.kernels import softmax
 
 
 def ablate_heads(model: Model, prompts: list[list[int]], neuron: Neuron, token: int, heads: list[Head], *,

@@ -12,7 +12,7 @@ import click
 import minitf
 from minitf.errors import MinitfError
 from minitf.names import check_layer, check_neuron, parse_layers
-from minitf.report.text import count
+from minitf.util.fmt import count, num
 
 
 class _Group(click.Group):
@@ -263,8 +263,7 @@ def score(neuron, model_spec, llm_model, base_url, max_calls, concurrency, timeo
     for head, reason in skipped.items():
         click.echo(f"{head}: skipped: {reason}")
     for s in scores:
-        auc = "–" if s.roc_auc is None else f"{s.roc_auc:.3f}"
-        bacc = "–" if s.balanced_accuracy is None else f"{s.balanced_accuracy:.3f}"
+        auc, bacc = num(s.roc_auc), num(s.balanced_accuracy)
         click.echo(f"{s.head}: balanced accuracy {bacc}, ROC-AUC {auc} (TP {s.tp} FP {s.fp} TN {s.tn} FN {s.fn}; "
                    f"{count(s.n_malformed, 'malformed answer')})")
     click.echo("\n".join(render_summary(summary)))

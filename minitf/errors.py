@@ -14,5 +14,7 @@ def warn(message: str) -> None:
 
     Every warning minitf gives goes through here — never Python's ``warnings`` module (whose
     ``file:line: UserWarning: …`` format, source line included, is meant for developers) nor ``logging``.
+    ``logging`` carries only notes for developers, below WARNING (the LLM client's logprobs fallback, at
+    INFO), which show nothing unless the caller configures logging.
     """
     print("warning: " + " ".join(str(message).split()), file=sys.stderr, flush=True)

@@ -1,4 +1,5 @@
-"""The paper's selection rules: which heads are active on a prompt, and which are differential for a neuron.
+"""The paper's selection rules (step 3): which heads are active on a prompt, and which are differential for a
+neuron.
 
 Active heads of one prompt, over the candidate heads' direct effects e_1 … e_N (candidates: the heads of
 layers < l, as in the paper; optionally layer l too):

@@ -5,7 +5,7 @@ import numpy as np
 
 from minitf.errors import MinitfError
 from minitf.model import Model
-from minitf.runs import softmax
+from minitf.kernels import softmax
 from minitf.load.weights import read_safetensors_header
 
 

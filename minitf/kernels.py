@@ -1,8 +1,10 @@
 """The forward pass's fast paths, kept out of ``minitf.model`` so that file reads as the math alone.
 
-Each function here computes exactly the formula in its docstring, in float32, and says why it is faster than
-the one-line NumPy it replaces; ``tests/test_kernels.py`` checks each against that line (random shapes, padded
-batches) to float32 rounding, and ``bench/kernels.py`` times each against it.
+The file opens with the plain references, the formulas as one readable NumPy line or three each, in float64
+(``plain_layer_norm``, ``plain_gelu``, ``plain_attention``), and ``softmax``. Below them, each fast kernel computes
+exactly its reference's formula, in float32, names its reference and says why it is faster;
+``tests/test_kernels.py`` checks each against its reference (random shapes, padded batches) to float32
+rounding, and ``bench/kernels.py`` times each against the one-liner.
 
 Threads: NumPy releases the GIL in its loops, so a few Python threads keep every core busy in the work BLAS
 does not do (LayerNorm, softmax) and in attention's many small products. The number of threads is the
@@ -25,6 +27,37 @@ import numpy as np
 PARALLEL_MIN = 1 << 16  # elements below which elementwise work stays on one thread
 ROWS_PER_CHUNK = 256  # LayerNorm rows whose temporaries stay in cache
 ATTENTION_BLOCK_BYTES = 1 << 21  # scores of one block of query rows (all of a share's heads)
+
+
+# ---- the plain references: the formulas the fast kernels below must equal -------------------------------
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """exp(x − max x) / Σ exp(x − max x) over the last axis, float32: logits → probabilities."""
+    e = np.exp(logits - logits.max(-1, keepdims=True))  # [..., V]
+    return e / e.sum(-1, keepdims=True)
+
+
+def plain_layer_norm(x: np.ndarray, g: np.ndarray, b: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:
+    """LN(x) = (x − mean x) / σ · γ + β, σ = √(var x + ε) over the last axis, in float64: (LN(x), σ)."""
+    x = x.astype(np.float64)
+    sigma = np.sqrt(x.var(-1) + eps)  # [...]
+    return (x - x.mean(-1, keepdims=True)) / sigma[..., None] * g + b, sigma
+
+
+def plain_gelu(x: np.ndarray) -> np.ndarray:
+    """GPT-2's tanh GELU ½x(1 + tanh(√(2/π)(x + 0.044715x³))), in float64."""
+    x = x.astype(np.float64)
+    return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
+
+
+def plain_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """softmax(q kᵀ/√Dh + causal mask) v in float64, q, k, v [B, T, H, Dh]: (z [B, T, H, Dh], pattern [B, H, T, T]).
+    """
+    q, k, v = (a.astype(np.float64) for a in (q, k, v))
+    T, Dh = q.shape[1], q.shape[3]
+    s = np.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(Dh) + np.triu(np.full((T, T), -np.inf), 1)  # [B, H, T, T]
+    p = np.exp(s - s.max(-1, keepdims=True))  # [B, H, T, T]
+    p /= p.sum(-1, keepdims=True)
+    return np.einsum("bhqk,bkhd->bqhd", p, v), p
 
 
 # ---- BLAS thread control and the thread pool ------------------------------------------------------------
@@ -132,8 +165,9 @@ def split(n: int, parts: int) -> list[tuple[int, int]]:
 def linear(x: np.ndarray, W: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
     """x W + b for x [..., K], W [K, N], b [N] → [..., N].
 
-    Faster than ``x @ W + b``: ``@`` on a 3-D x runs one GEMM per prompt (small ones, at a lower rate),
-    this runs one GEMM over all B·T rows; and b is added in place instead of into a second [..., N] array.
+    Reference: ``x @ W + b`` itself. Faster than it: ``@`` on a 3-D x runs one GEMM per prompt (small ones, at
+    a lower rate), this runs one GEMM over all B·T rows; and b is added in place instead of into a second
+    [..., N] array.
     """
     K = x.shape[-1]
     out = (x.reshape(-1, K) @ W).reshape(x.shape[:-1] + (W.shape[1],))  # [..., N]
@@ -145,8 +179,9 @@ def linear(x: np.ndarray, W: np.ndarray, b: np.ndarray | None = None) -> np.ndar
 def layer_norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:
     """LN(x) = (x − mean x) / σ · γ + β, σ = √(var x + ε) over the last axis. Returns (LN(x) [..., D], σ [...]).
 
-    Faster than the one-liner: rows go in chunks of ``ROWS_PER_CHUNK`` whose temporaries stay in cache, each
-    step is done in place into the output, and the chunks are shared among the pool's threads.
+    Reference: ``plain_layer_norm``. Faster than its one-liner: rows go in chunks of ``ROWS_PER_CHUNK`` whose
+    temporaries stay in cache, each step is done in place into the output, and the chunks are shared among the
+    pool's threads.
     """
     D = x.shape[-1]
     rows = x.reshape(-1, D)  # [N, D]
@@ -173,9 +208,10 @@ def layer_norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float) -
 def gelu_new(x: np.ndarray) -> np.ndarray:
     """GPT-2's tanh GELU: ½x(1 + tanh(√(2/π)(x + 0.044715x³))), in float32.
 
-    Faster than the one-liner (which makes six temporaries of x's size): in-place steps in chunks of
-    ~64 K elements, so the scratch stays in cache. On one thread: sharing the chunks among threads did not
-    pay (``bench/kernels.py`` on 2 cores, [8, 128, 3072]: 2.9 ms on one thread, 4.6 ms on two, 7.6 ms plain).
+    Reference: ``plain_gelu``. Faster than its one-liner (which makes six temporaries of x's size): in-place
+    steps in chunks of ~64 K elements, so the scratch stays in cache. On one thread: sharing the chunks among
+    threads did not pay (``bench/kernels.py`` on 2 cores, [8, 128, 3072]: 2.9 ms on one thread, 4.6 ms on two,
+    7.6 ms plain).
     """
     out = np.empty_like(x)  # [...]
     flat_x, flat_out = x.reshape(-1), out.reshape(-1)  # [N]
@@ -202,11 +238,12 @@ def causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray,
     q, k, v: [B, T, H, Dh] (views into the fused qkv are fine); returns z [B, T, H, Dh]. ``pattern``: a
     [B, H, T, T] array of zeros to receive softmax(…), or None.
 
-    Faster than the one-liner (which builds [B, H, T, T] scores, masks half of them and makes several
-    passes over them): query rows go in blocks; a block of rows i0…i1 needs keys 0…i1 only (the mask is added
-    on the diagonal block), its scores stay in cache through the softmax, and nothing is computed for the
-    keys a query never sees; short prompts go several at a time. Prompts (or, with fewer prompts than
-    threads, heads) are shared among the pool's threads, each running its small products on one BLAS thread.
+    Reference: ``plain_attention``. Faster than its one-liner (which builds [B, H, T, T] scores, masks half of
+    them and makes several passes over them): query rows go in blocks; a block of rows i0…i1 needs keys 0…i1
+    only (the mask is added on the diagonal block), its scores stay in cache through the softmax, and nothing
+    is computed for the keys a query never sees; short prompts go several at a time. Prompts (or, with fewer
+    prompts than threads, heads) are shared among the pool's threads, each running its small products on one
+    BLAS thread.
     """
     B, T, H, Dh = q.shape
     z = np.empty((B, T, H, Dh), np.float32)  # [B, T, H, Dh]

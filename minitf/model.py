@@ -28,7 +28,7 @@ import numpy as np
 
 from minitf.errors import MinitfError
 from minitf.kernels import causal_attention, gelu_new, layer_norm, linear, pool
-from minitf.names import parse_head, parse_neuron
+from minitf.names import check_layer, parse_head, parse_neuron
 from minitf.runs import Intervention, Recorder, Run, pad
 from minitf.load.weights import Config, load_weights
 
@@ -126,8 +126,7 @@ class Model:
         if unknown := {k if isinstance(k, str) else k[0] for k in keep} - set(INTERNALS):
             raise ValueError(f"unknown internals {sorted(unknown)}; choose from {INTERNALS}")
         last_layer = cfg.n_layer - 1 if stop_at_layer is None else stop_at_layer
-        if not 0 <= last_layer < cfg.n_layer:
-            raise MinitfError(f"stop_at_layer {stop_at_layer}: the model has {cfg.n_layer} layers (0–{cfg.n_layer - 1})")
+        check_layer(last_layer, cfg.n_layer, where="stop_at_layer")
         if tokens.size and (tokens.min() < 0 or tokens.max() >= cfg.d_vocab):
             raise MinitfError(f"token id out of range: the model's vocabulary has {cfg.d_vocab} ids")
         if start_layer and (resid_pre is None or resid_pre.shape != tokens.shape + (cfg.d_model,)

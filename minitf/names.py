@@ -3,7 +3,8 @@
 Neuron specs also accept ``10:2345`` and TransformerLens hook names ``blocks.10.mlp.hook_pre[2345]``
 (or ``hook_post``); layer lists are ``3``, ``3,5`` or ``2-4``. Malformed specs raise ``ValueError`` (a usage
 error); out-of-range ones raise ``MinitfError`` naming the model's sizes, e.g. "the model has 6 layers (0–5)".
-The range checks (``check_layer``, ``check_neuron``, ``check_head``) are the only ones in minitf.
+Every check of a layer, head or neuron number against the model's sizes in minitf is one of these three:
+``check_layer``, ``check_neuron``, ``check_head``.
 """
 from __future__ import annotations
 

@@ -46,6 +46,7 @@ import numpy as np
 
 from minitf.errors import MinitfError
 from minitf.util.files import atomic_write, default_cache_dir, file_sha256
+from minitf.load.weights import model_sha256
 from minitf.names import Neuron, check_layer, check_neuron, parse_neuron
 
 CHUNK = 512  # neurons per [CHUNK, V] block of scores: 100 MiB for GPT-2's 50257 tokens
@@ -80,24 +81,6 @@ def processed_unembed(model) -> np.ndarray:
     W_U -= W_U.mean(0, keepdims=True)  # [D, V] each column sums to 0 over d_model
     W_U -= W_U.mean(1, keepdims=True)  # [D, V] each row sums to 0 over the vocabulary
     return W_U
-
-
-def vocab_moments(x: np.ndarray, inplace: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Per row of x [N, V]: (kurtosis E[(x−μ)⁴]/σ⁴, skew E[(x−μ)³]/σ³) as float64 [N].
-
-    Sums are NumPy's pairwise float32 sums (relative error ~1e-7 here); ``inplace`` lets x be overwritten.
-    """
-    V = x.shape[1]
-    c = x if inplace else x.copy()  # [N, V]
-    c -= x.mean(1, keepdims=True, dtype=np.float64).astype(x.dtype)  # [N, V] x − μ
-    c2 = c * c  # [N, V]
-    var = c2.sum(1).astype(np.float64) / V  # [N]
-    c *= c2  # [N, V] (x − μ)³
-    m3 = c.sum(1).astype(np.float64) / V  # [N]
-    c2 *= c2  # [N, V] (x − μ)⁴
-    m4 = c2.sum(1).astype(np.float64) / V  # [N]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return m4 / (var * var), m3 / var ** 1.5
 
 
 @dataclass
@@ -215,8 +198,6 @@ def token_counts(model, corpus: str | Path | None = None) -> np.ndarray:
         return cache.counts[key]
     disk = None
     if path.stat().st_size > COUNTS_DISK_MIN_BYTES:
-        from minitf.index.build import model_sha256
-
         disk = default_cache_dir() / "neurons" / f"counts-{model_sha256(model)}-{file_sha256(path)[:32]}.npy"
         try:
             counts = np.load(disk, allow_pickle=False)
@@ -387,8 +368,6 @@ def _disk_path(model, layer: int) -> Path | None:
     cfg = model.cfg
     if 2.0 * cfg.d_mlp * cfg.d_model * cfg.d_vocab < DISK_CACHE_MIN_FLOPS:
         return None
-    from minitf.index.build import model_sha256
-
     return default_cache_dir() / "neurons" / f"{model_sha256(model)}-L{layer}-v{DISK_VERSION}.npz"
 
 

@@ -1,4 +1,4 @@
-"""A neuron's top prompts, trimmed to the context that still switches it on (paper §3.3).
+"""A neuron's top prompts, trimmed to the context that still switches it on (paper step 2, its §3.3).
 
 For a neuron N = L{l}N{n}, the top-activating documents come from the corpus's index when there is a fresh
 one that covers N (``minitf.index.build``), else from a scan of the corpus for this one neuron (a forward pass

@@ -97,8 +97,3 @@ def pad(tokens, n_ctx: int) -> tuple[np.ndarray, np.ndarray]:
         out[i, : len(p)] = p
     return out, lengths
 
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """exp(x − max x) / Σ exp(x − max x) over the last axis, float32: logits → probabilities."""
-    e = np.exp(logits - logits.max(-1, keepdims=True))  # [..., V]
-    return e / e.sum(-1, keepdims=True)

@@ -1,15 +1,17 @@
-"""``trace``: which attention heads switch a neuron on, over a set of prompts — the paper's steps 2, 3 and 5.
+"""``trace``: which attention heads switch a neuron on, over a set of prompts — the paper's steps 2, 3 and 5
+(numbered as in the README: 1 next-token neurons, 2 the prompts that fire them, 3 the heads that drive them,
+4 an LLM explanation, scored, 5 the ablation check).
 
-1. prompts: given texts, or the neuron's top-activating prompts mined from a corpus (``minitf.prompts``);
-2. one forward pass up to the neuron's layer records what ``minitf.attribution`` needs; every component's
-   exact direct effect on the neuron's pre-activation at each prompt's last token, and the identity check
-   max |Σ terms + constant − pre|;
-3. the paper's rules (``minitf.heads``) mark active heads per prompt and differential heads per neuron;
-   for the top heads, the source tokens they looked up (their context part split over source positions).
-   ``scores`` says what selects: "paper" each head's context part (the authors' scores / σ), "exact" its
-   whole term (context + constant part);
-4. ablation (``minitf.ablation``): remove each top head, measure Δpost and Δp(token) — "paper" replaces z_h
-   by its constant value part (TransformerLens's ``hook_v`` zeroed on folded weights), "exact" zeroes z_h.
+* step 2, prompts: given texts, or the neuron's top-activating prompts mined from a corpus (``minitf.prompts``);
+* step 3, heads: one forward pass up to the neuron's layer records what ``minitf.attribution`` needs; every
+  component's exact direct effect on the neuron's pre-activation at each prompt's last token, and the
+  identity check max |Σ terms + constant − pre|; the paper's rules (``minitf.heads``) mark active heads per
+  prompt and differential heads per neuron; for the top heads, the source tokens they looked up (their
+  context part split over source positions). ``scores`` says what selects: "paper" each head's context part
+  (the authors' scores / σ), "exact" its whole term (context + constant part);
+* step 5, ablation (``minitf.ablation``): remove each top head, measure Δpost and Δp(token) — "paper"
+  replaces z_h by its constant value part (TransformerLens's ``hook_v`` zeroed on folded weights), "exact"
+  zeroes z_h.
 
 The result is a plain dict with a stable schema (``TRACE_SCHEMA``, documented in the README) that the CLI
 prints as text or JSON and that the HTML report renders.

@@ -8,7 +8,7 @@ from minitf import Intervention, Model
 from minitf.ablation import ablate_heads
 from minitf.attribution import NEEDED
 from minitf.names import Head, Neuron
-from minitf.runs import softmax
+from minitf.kernels import softmax
 from numpy_models import random_model
 
 model_args = st.fixed_dictionaries({

@@ -137,7 +137,7 @@ def test_download_takes_only_the_gpt2_sizes(tmp_path):
 
 
 def test_counts_are_singular_for_one():
-    from minitf.report.text import count
+    from minitf.util.fmt import count
 
     assert (count(0, "prompt"), count(1, "prompt"), count(2, "cache hit")) == ("0 prompts", "1 prompt", "2 cache hits")
     out = cli("trace", "--neuron", "L1N1", "--model", MODEL, "--text", "the king").stdout

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import minitf
-from minitf.runs import softmax
+from minitf.kernels import softmax
 
 TINY = Path(__file__).resolve().parents[1] / "weights" / "tiny"
 

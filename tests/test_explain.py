@@ -36,7 +36,6 @@ from minitf.explain.driver import (
     roc_auc,
     score_head,
     score_messages,
-    split_examples,
     summarize,
     summarize_scores,
     yes_probability,
@@ -293,17 +292,6 @@ def test_evaluate_head_empty_explanation() -> None:
     llm = FakeLLM(explanation="")
     result = evaluate_head(llm, EXAMPLES, EXAMPLES)
     assert result.skipped and "empty explanation" in result.skip_reason and len(llm.requests) == 1
-
-
-def test_split_examples() -> None:
-    ex = HeadExamples("L4N100", "L2H3", " Israel", [f"a{i}" for i in range(10)], [f"i{i}" for i in range(5)])
-    train, test = split_examples(ex, test_fraction=0.4, seed=1)
-    assert (len(train.active), len(test.active), len(train.inactive), len(test.inactive)) == (6, 4, 3, 2)
-    assert sorted(train.active + test.active) == sorted(ex.active)
-    assert sorted(train.inactive + test.inactive) == sorted(ex.inactive)
-    assert split_examples(ex, 0.4, seed=1) == (train, test)  # deterministic
-    with pytest.raises(MinitfError, match="test_fraction"):
-        split_examples(ex, 1.0)
 
 
 # ------------------------------------------------------------------------------------- summary

@@ -27,7 +27,7 @@ import pytest
 
 from minitf.explain.driver import HeadExamples, explain_messages, format_example
 from minitf.explain.llm import MISSING_KEY_MESSAGE
-from minitf.report.text import count
+from minitf.util.fmt import count
 from test_llm import SECRET, FakeServer, dead_url
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,34 +1,12 @@
 """Each fast kernel of ``minitf.kernels`` equals the plain NumPy formula it replaces, to float32 rounding
 (random shapes; attention also on right-padded batches and with the pool at one thread)."""
-import math
-
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from minitf import kernels
-
-
-def plain_layer_norm(x, g, b, eps):
-    x = x.astype(np.float64)
-    sigma = np.sqrt(x.var(-1) + eps)  # [...]
-    return (x - x.mean(-1, keepdims=True)) / sigma[..., None] * g + b, sigma
-
-
-def plain_gelu(x):
-    x = x.astype(np.float64)
-    return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
-
-
-def plain_attention(q, k, v):
-    """softmax(q kᵀ/√Dh + causal mask) v in float64: (z [B, T, H, Dh], pattern [B, H, T, T])."""
-    q, k, v = (a.astype(np.float64) for a in (q, k, v))
-    T, Dh = q.shape[1], q.shape[3]
-    s = np.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(Dh) + np.triu(np.full((T, T), -np.inf), 1)  # [B, H, T, T]
-    p = np.exp(s - s.max(-1, keepdims=True))
-    p /= p.sum(-1, keepdims=True)
-    return np.einsum("bhqk,bkhd->bqhd", p, v), p
+from minitf.kernels import plain_attention, plain_gelu, plain_layer_norm
 
 
 def arrays(draw, shape, scale=3.0):

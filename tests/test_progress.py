@@ -2,7 +2,8 @@
 import io
 
 import minitf.util.progress as progress
-from minitf.util.progress import Progress, duration, megabytes
+from minitf.util.fmt import duration, megabytes
+from minitf.util.progress import Progress
 
 
 class Tty(io.StringIO):

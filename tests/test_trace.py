@@ -50,7 +50,7 @@ def test_trace_numbers_agree_with_the_engine(model):
 def test_ablation_matches_a_direct_intervention(model, scores):
     """paper: z_h replaced by its constant value part b_V + β₁W_V (TransformerLens's hook_v ablation); exact: z_h = 0."""
     from minitf import Intervention
-    from minitf.runs import softmax
+    from minitf.kernels import softmax
     neuron = Neuron(2, 7)
     prompts = prompts_from_texts(model, TEXTS)
     result = trace(model, neuron, prompts, TraceOptions(ablate=1, scores=scores), card=card(token_id=11))

@@ -4,10 +4,10 @@ For a next-token neuron (e.g. one that promotes " Israel") and a *differential* 
 (active on 25-75 % of the neuron's top prompts), the trace gives an active / inactive split of
 prompts. An LLM
 
-1. writes an explanation of when the head is active from the *train* examples
-   (:func:`explain_messages`), and
-2. answers Yes/No for each held-out *test* prompt from the explanation alone
-   (:func:`score_messages`).
+* writes an explanation of when the head is active from the *train* examples
+  (:func:`explain_messages`), and
+* answers Yes/No for each held-out *test* prompt from the explanation alone
+  (:func:`score_messages`).
 
 The explanation's score is the balanced accuracy of those answers,
 ``(TPR + TNR) / 2`` (:func:`balanced_accuracy`); where the server returns log-probabilities we also
@@ -35,7 +35,7 @@ from minitf.explain.metrics import (  # noqa: F401
 from minitf.explain.prompts import (  # noqa: F401
     DEFAULT_MAX_EXAMPLES, EXPLAIN_PARAMS, EXPLAIN_SYSTEM, EXPLAIN_TEMPLATE, NEWLINE_MARK, PROMPT_FORMAT_VERSION,
     SCORE_PARAMS, SCORE_SYSTEM, SCORE_TEMPLATE, HeadExamples, explain_messages, format_example, format_text,
-    score_messages, split_examples,
+    score_messages,
 )
 from minitf.explain.store import ResultStore  # noqa: F401
 

@@ -53,7 +53,7 @@ from typing import Any, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
 from minitf.errors import MinitfError, warn
-from minitf.report.text import count
+from minitf.util.fmt import count
 from minitf.explain.driver import PROMPT_FORMAT_VERSION
 
 log = logging.getLogger(__name__)

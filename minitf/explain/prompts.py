@@ -13,8 +13,7 @@ of the LLM cache key, so old cached answers are not reused for a new prompt.
 
 from __future__ import annotations
 
-import random
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 from minitf.errors import MinitfError
@@ -50,31 +49,6 @@ class HeadExamples:
     token: str
     active: list[str]
     inactive: list[str]
-
-
-def split_examples(
-    ex: HeadExamples, test_fraction: float = 0.5, seed: int = 0
-) -> tuple[HeadExamples, HeadExamples]:
-    """Shuffle each class with ``seed`` and split it into (train, test), stratified by class.
-
-    Each class contributes ``round(len(class) * test_fraction)`` prompts to the test split.
-    """
-    if not 0.0 < test_fraction < 1.0:
-        raise MinitfError(f"test_fraction: must be between 0 and 1, got {test_fraction}")
-    rng = random.Random(seed)
-
-    def split(prompts: list[str]) -> tuple[list[str], list[str]]:
-        shuffled = list(prompts)
-        rng.shuffle(shuffled)
-        n_test = round(len(shuffled) * test_fraction)
-        return shuffled[n_test:], shuffled[:n_test]
-
-    active_train, active_test = split(ex.active)
-    inactive_train, inactive_test = split(ex.inactive)
-    return (
-        replace(ex, active=active_train, inactive=inactive_train),
-        replace(ex, active=active_test, inactive=inactive_test),
-    )
 
 
 def format_text(text: str) -> str:
@@ -123,7 +97,7 @@ def explain_messages(ex: HeadExamples, max_examples: int = DEFAULT_MAX_EXAMPLES)
     """System + user chat messages asking the LLM when the head is active.
 
     Shows the first ``max_examples`` active and the first ``max_examples`` inactive prompts
-    (shuffle beforehand, e.g. with :func:`split_examples`, if the order is meaningful).
+    (shuffle beforehand if the order is meaningful).
     """
     if max_examples < 1:
         raise MinitfError(f"max_examples: must be at least 1, got {max_examples}")

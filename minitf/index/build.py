@@ -38,7 +38,6 @@ no ``if __name__ == "__main__":`` guard and a notebook works; ``workers=1`` runs
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import multiprocessing as mp
 import os
@@ -46,7 +45,6 @@ import shutil
 import signal
 import sys
 import time
-import weakref
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from datetime import datetime, timezone
@@ -58,8 +56,9 @@ import numpy as np
 from minitf.corpus import SPLITS, check_split, corpus_format
 from minitf.errors import MinitfError
 from minitf.util.files import atomic_write, file_sha256
+from minitf.load.weights import model_sha256
 from minitf.util.progress import Progress
-from minitf.names import Neuron, check_layer, parse_neuron
+from minitf.names import Neuron, check_layer, check_neuron, parse_neuron
 from minitf.index.shard import ShardSpec, index_shard, iter_shards, one_blas_thread, use_one_blas_thread
 from minitf.index.topk import HIST_EDGES, TopkState, merge_topk
 
@@ -70,30 +69,12 @@ SHARD_CHARS = 1 << 15  # characters of consecutive documents per shard: the unit
 STOP_AFTER_ENV = "MINITF_INDEX_STOP_AFTER"
 _BLAS_ENV = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
-_MODEL_SHA: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
 
 class IndexInterrupted(KeyboardInterrupt):
     """The build stopped early (Ctrl-C or ``MINITF_INDEX_STOP_AFTER``); its progress is saved."""
 
 
 # ---- fingerprints and paths -----------------------------------------------------------------------
-def model_sha256(model) -> str:
-    """sha256 over the float32 weights (sorted names, shapes, bytes) and the folder's tokenizer files."""
-    if model not in _MODEL_SHA:
-        h = hashlib.sha256()
-        for name in sorted(model.w):
-            a = np.ascontiguousarray(model.w[name], dtype=np.float32)
-            h.update(f"{name}:{a.shape}\n".encode())
-            h.update(memoryview(a).cast("B"))
-        if model.folder is not None:
-            for name in ("vocab.json", "merges.txt"):
-                if (Path(model.folder) / name).is_file():
-                    h.update(name.encode() + bytes.fromhex(file_sha256(Path(model.folder) / name)))
-        _MODEL_SHA[model] = h.hexdigest()
-    return _MODEL_SHA[model]
-
-
 def model_name(model) -> str:
     """The index file's stem: the model folder's name ("tiny", "gpt2"), or "model" without a folder."""
     return Path(model.folder).resolve().name if model.folder is not None else "model"
@@ -399,8 +380,7 @@ class NeuronIndex:
         n = neuron if isinstance(neuron, Neuron) else parse_neuron(neuron)
         if n.layer not in self.layers:
             raise MinitfError(f"{self.path}: layer {n.layer} is not indexed (layers {self.layers})")
-        if not 0 <= n.index < self.state.top_act.shape[-1]:
-            raise MinitfError(f"{n}: neuron index out of range ({self.state.top_act.shape[-1]} neurons)")
+        check_neuron(n, None, self.state.top_act.shape[-1], where=f"{self.path}: {n}")
         return self.layers.index(n.layer), n.index
 
     def top(self, neuron: Neuron | str, split: str | None = None) -> list[tuple[int, int, float]]:
@@ -454,5 +434,5 @@ def load_index(model, corpus: str | Path, index_dir: str | Path | None = None) -
     return NeuronIndex(npz, manifest, arrays)
 
 
-__all__ = ["build_index", "load_index", "NeuronIndex", "IndexInterrupted", "model_sha256", "index_paths", "HIST_EDGES",
+__all__ = ["build_index", "load_index", "NeuronIndex", "IndexInterrupted", "index_paths", "HIST_EDGES",
            "iter_shards", "index_shard", "ShardSpec", "TopkState"]

@@ -82,10 +82,3 @@ class TopkState:
                     self.add_candidates(s, li, other.top_act[s, li][:, cols], other.top_doc[s, li][:, cols],
                                         other.top_pos[s, li][:, cols], cols)
 
-
-def merge_states(states: list[TopkState]) -> TopkState:
-    """One state from several disjoint ones (the order of ``states`` does not matter)."""
-    out = TopkState(*(np.copy(getattr(states[0], name)) for name in TopkState.ARRAYS))
-    for st in states[1:]:
-        out.merge(st)
-    return out

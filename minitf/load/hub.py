@@ -30,7 +30,8 @@ from urllib.parse import urlsplit
 
 from minitf.errors import MinitfError
 from minitf.util.files import file_sha256
-from minitf.util.progress import Progress, megabytes
+from minitf.util.fmt import megabytes
+from minitf.util.progress import Progress
 
 FILES = ("config.json", "vocab.json", "merges.txt", "model.safetensors")
 GPT2_SIZES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")  # what ``download`` fetches (OpenAI's GPT-2)

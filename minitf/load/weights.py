@@ -15,21 +15,28 @@ A folder holds ``config.json`` and ``model.safetensors`` (plus ``vocab.json`` / 
 
 Keys may carry the ``transformer.`` prefix (transformers' ``save_pretrained``) or not (the Hub's files).
 ``lm_head.weight`` is used when present, else the unembedding is tied to ``wte``.
+
+``model_sha256`` is a loaded model's identity: the key of its neuron index, its cached neuron tables and a
+study's settings.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from minitf.errors import MinitfError
-from minitf.report.text import count
+from minitf.util.files import file_sha256
+from minitf.util.fmt import count
 
 _DTYPES = {"F32": 4, "F16": 2, "BF16": 2}
 _IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
+_MODEL_SHA: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 @dataclass(frozen=True)
@@ -47,11 +54,6 @@ class Config:
     @property
     def d_head(self) -> int:
         return self.d_model // self.n_head
-
-    def n_params(self) -> int:
-        D, M, V, L = self.d_model, self.d_mlp, self.d_vocab, self.n_layer
-        per_layer = 2 * 2 * D + (D * 3 * D + 3 * D) + (D * D + D) + (D * M + M) + (M * D + D)
-        return V * D + self.n_ctx * D + L * per_layer + 2 * D
 
 
 def read_config(path: Path) -> Config:
@@ -265,3 +267,18 @@ def load_weights(folder: Path) -> tuple[Config, dict[str, np.ndarray]]:
         del weights["lm_head.weight"]
     return cfg, weights
 
+
+def model_sha256(model) -> str:
+    """sha256 over the float32 weights (sorted names, shapes, bytes) and the folder's tokenizer files."""
+    if model not in _MODEL_SHA:
+        h = hashlib.sha256()
+        for name in sorted(model.w):
+            a = np.ascontiguousarray(model.w[name], dtype=np.float32)
+            h.update(f"{name}:{a.shape}\n".encode())
+            h.update(memoryview(a).cast("B"))
+        if model.folder is not None:
+            for name in ("vocab.json", "merges.txt"):
+                if (Path(model.folder) / name).is_file():
+                    h.update(name.encode() + bytes.fromhex(file_sha256(Path(model.folder) / name)))
+        _MODEL_SHA[model] = h.hexdigest()
+    return _MODEL_SHA[model]

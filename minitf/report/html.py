@@ -12,6 +12,8 @@ import json
 import math
 from pathlib import Path
 
+from minitf.util.fmt import num, si
+
 ASSETS = Path(__file__).resolve().parent / "assets"
 STYLE = "\n" + (ASSETS / "report.css").read_text(encoding="utf-8")
 SCRIPT = "\n" + (ASSETS / "report.js").read_text(encoding="utf-8")
@@ -43,10 +45,9 @@ def _tok(token: str, cls: str = "tok") -> str:
     return f'<span class="{cls}">{_e(_visible(token)) or "&#8203;"}</span>'
 
 
-def _num(x, fmt: str = "+.3f") -> str:
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "–"
-    return format(x, fmt).replace("-", "−")
+def _num(x, spec: str = "+.3f") -> str:
+    """A number with a typographic minus, or "–"."""
+    return num(x, spec).replace("-", "−")
 
 
 def _dp(x) -> str:
@@ -197,10 +198,10 @@ def _histogram_svg(histogram: dict, marks: list[float]) -> str:
         h = (axis_y - top - 6) * math.log10(1 + c) / ymax
         traced = sum(1 for m in marks if lo < m <= hi or (lo == -math.inf and m <= hi))
         tip = f"({_num(lo, 'g')}, {_num(hi, 'g')}]: {c:,} positions" + (f"; {traced} traced prompts" if traced else "")
-        parts.append(svg_bar(x, slot, h, axis_y, tip, "#94a3b8", 2, _count(c) if c else "",
+        parts.append(svg_bar(x, slot, h, axis_y, tip, "#94a3b8", 2, si(c) if c else "",
                              _bin_label(lo, hi) if k % label_every == 0 else "", f"▲{traced}" if traced else ""))
     total = histogram.get("positions", sum(counts))
-    caption = f"activation over {_count(total)} indexed positions"
+    caption = f"activation over {si(total)} indexed positions"
     if histogram.get("positive") is not None and total:
         caption += f", positive at {histogram['positive'] / total:.2%}"
     if histogram.get("split"):
@@ -208,14 +209,6 @@ def _histogram_svg(histogram: dict, marks: list[float]) -> str:
     return (f'<figure class=hist><svg viewBox="0 0 {W} {H}" width="{W}" height="{H}" role="img" '
             f'aria-label="activation histogram">{"".join(parts)}</svg><figcaption>{_e(caption)}; '
             f'<span class=mark>▲n</span>: the traced prompts in that bin</figcaption></figure>')
-
-
-def _count(n: int) -> str:
-    """12 · 3.4k · 5.6M."""
-    for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if n >= div:
-            return f"{n / div:.3g}{unit}"
-    return str(n)
 
 
 def _card(trace: dict, histogram: dict | None) -> str:

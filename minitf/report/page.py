@@ -32,7 +32,7 @@ from minitf.errors import MinitfError
 from minitf.util.files import atomic_write
 from minitf.report.html import page, score_key
 
-__all__ = ["render_html", "write_html", "report_extras", "index_histogram"]
+__all__ = ["render_html", "write_html", "report_extras"]
 
 
 def _require(trace: dict, *keys: str) -> None:
@@ -94,36 +94,10 @@ def report_extras(model, neuron, trace: dict, cache_dir=None) -> tuple[dict | No
     neuron (``minitf.explain.driver.ResultStore``) and the neuron's activation histogram from the index of the
     trace's corpus (or the model's own corpus). A missing or stale index gives {"note": why} instead."""
     from minitf.explain.store import ResultStore
+    from minitf.index.histogram import index_histogram
 
     explanations = None
     if model.folder is not None:  # results are stored per model folder
         store = ResultStore(cache_dir, model.folder, str(neuron))
         explanations = store.load() or None
     return explanations, index_histogram(model, neuron, trace)
-
-
-def index_histogram(model, neuron, trace: dict, index=None) -> dict | None:
-    """{"edges", "counts", "positions", "positive", "split"} from the neuron index, or {"note": why not}.
-    ``index``: the trace's corpus's index, already loaded (``minitf.study.run``)."""
-    from minitf.corpus import default_corpus
-    from minitf.index.build import load_index
-
-    s = trace.get("settings", {})
-    corpus = default_corpus(model, s.get("corpus") or None)
-    if corpus is None:
-        return None
-    split = s.get("split") if s.get("split") in ("train", "test") else None
-    try:
-        index = index if index is not None else load_index(model, corpus)
-        if index is None:
-            return {"note": f"no neuron index of {Path(corpus).name}; build it with the index command"}
-        if neuron.layer not in index.layers:
-            return {"note": f"layer {neuron.layer} is not in the index of {Path(corpus).name}"}
-        if split is not None and index.split not in (None, split):
-            split = None
-        edges, counts = index.histogram(neuron, split)
-        return {"edges": [float(e) for e in edges], "counts": [int(c) for c in counts],
-                "positions": index.positions(split), "positive": index.positive_count(neuron, split),
-                "split": split or index.split}
-    except MinitfError as e:  # a stale or unreadable index: say so on the page, still write the report
-        return {"note": str(e)}

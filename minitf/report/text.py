@@ -1,10 +1,7 @@
 """Plain-text views of a trace and a neuron card, as lines for the CLI to print."""
 from __future__ import annotations
 
-
-def count(n: int, noun: str) -> str:
-    """``n`` and the noun, plural unless n is 1: count(1, "prompt") → "1 prompt", count(3, "cache hit") → "3 cache hits"."""
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+from minitf.util.fmt import count, num
 
 
 def show(text: str, width: int = 70) -> str:
@@ -84,5 +81,5 @@ def trace_lines(result: dict, max_prompts: int = 20) -> list[str]:
     return lines
 
 
-def _num(x, fmt: str = "+.3f") -> str:
-    return "–" if x is None else format(x, fmt)
+def _num(x, spec: str = "+.3f") -> str:
+    return num(x, spec)

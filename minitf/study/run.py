@@ -1,16 +1,20 @@
 """``study``: the paper's experiments over many neurons in one resumable run, and their aggregates.
 
-For every studied neuron N = L{l}N{n} (per layer the top K by congruence after the authors' token filter,
-``minitf.neurons``; or a list of one's own), as the per-neuron commands do it:
+The paper's five steps, numbered as in the README. Step 1 chooses the neurons: per layer the top K by
+congruence after the authors' token filter (``minitf.neurons``), or a list of one's own. For every studied
+neuron N = L{l}N{n}, as the per-neuron commands do it:
 
-1. prompts: N's top prompts of ``split``, mined from the corpus index (built first if missing or stale; the
-   index is loaded once and the documents of all neurons are read in one pass over the corpus);
-2. trace (``minitf.trace``): every candidate head's direct effect, active and differential heads, and the
-   ablation check of the differential heads (and ``ablate`` top ones); for each differential head h the
-   trace's per-prompt drops Δp = p(token) − p(token | h removed) and Δpost are kept, with whether h is active;
-3. with an LLM: each differential head explained from the train-split trace and scored on the test-split
-   trace (``minitf.explain.driver.evaluate_head``: balanced accuracy, ROC-AUC where logprobs come back);
-4. aggregates per layer and overall (``minitf.study.summary``): neurons, neurons with ≥ 1 differential head,
+* step 2, prompts: N's top prompts of ``split``, mined from the corpus index (built first if missing or stale;
+  the index is loaded once and the documents of all neurons are read in one pass over the corpus);
+* steps 3 and 5, trace (``minitf.trace``): every candidate head's direct effect, active and differential heads,
+  and the ablation check of the differential heads (and ``ablate`` top ones); for each differential head h
+  the trace's per-prompt drops Δp = p(token) − p(token | h removed) and Δpost are kept, with whether h is
+  active;
+* step 4, with an LLM: each differential head explained from the train-split trace and scored on the
+  test-split trace (``minitf.explain.driver.evaluate_head``: balanced accuracy, ROC-AUC where logprobs come
+  back).
+
+Then the aggregates per layer and overall (``minitf.study.summary``): neurons, neurons with ≥ 1 differential head,
    differential heads per neuron, layer distance l − l_h of each differential head, explanation scores
    (mean ± std with N − 1, median, histogram over [0, 1], skipped), and over all (neuron, differential head)
    pairs the pooled per-prompt Δp and Δpost on active vs inactive prompts: means, medians and the two-sample
@@ -40,7 +44,7 @@ from pathlib import Path
 
 
 from minitf.errors import MinitfError
-from minitf.names import Neuron, parse_head, parse_neuron
+from minitf.names import Neuron, check_layer, parse_head, parse_neuron
 from minitf.study.summary import aggregates, summary_entry, summary_lines  # noqa: F401  (summary_lines: the CLI's)
 
 FORMAT = "minitf-study"
@@ -112,8 +116,7 @@ def select_neurons(model, options: StudyOptions) -> list[Neuron]:
 
     L = model.cfg.n_layer
     for layer in options.layers:
-        if not 0 <= layer < L:
-            raise MinitfError(f"--layers {layer}: the model has {L} layers (0–{L - 1})")
+        check_layer(layer, L, where=f"--layers {layer}")
     if options.per_layer < 1:
         raise MinitfError(f"--per-layer {options.per_layer}: must be at least 1")
     excluded = set()
@@ -199,7 +202,7 @@ def study_neuron(model, neuron: Neuron, options: StudyOptions, corpus: Path, ind
     """One neuron's record without its explanations: its full trace, the per-prompt ablation samples of its
     differential heads and its activation histogram from the index; and, when ``explain`` and it has
     differential heads, the trace of its test-split prompts (for ``explain_and_score``), else None."""
-    from minitf.report.page import index_histogram
+    from minitf.index.histogram import index_histogram
     from minitf.trace import TraceOptions, trace
 
     t0 = time.monotonic()
@@ -291,7 +294,7 @@ def run_study(model, out, options: StudyOptions, restart: bool = False, progress
     """Run (or resume) the study in ``out``; returns study.json's content. ``say`` prints one-line notes."""
     from minitf.corpus import check_split, default_corpus, tokenized_documents
     from minitf.util.files import file_sha256
-    from minitf.index.build import model_sha256
+    from minitf.load.weights import model_sha256
 
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     t0 = time.monotonic()

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from minitf.report.page import write_html
 from minitf.report.html import STYLE, _e, svg_bar
+from minitf.util.fmt import num as _f
 
 _SCRIPT = r"""
 (function () {
@@ -56,10 +57,6 @@ td.nw{white-space:nowrap}
 .figs figure{margin:0}
 .figs figcaption{font-size:12px;color:var(--dim)}
 """
-
-
-def _f(x, spec: str = ".3f") -> str:
-    return "–" if x is None else format(x, spec)
 
 
 def bar_svg(title: str, labels: list[str], counts: list[int], caption: str) -> str:

@@ -12,11 +12,12 @@ import numpy as np
 
 from minitf.ablation import ks_2samp
 from minitf.names import parse_head
+from minitf.util.fmt import num as _fmt
 
 SCORE_BINS = 10  # explanation-score histogram bins over [0, 1]
 
 
-# ---- step 5: aggregates --------------------------------------------------------------------------------
+# ---- aggregates over the neurons' records --------------------------------------------------------------
 def _dist(values) -> dict:
     """count, mean, std (N − 1), median of a list of numbers (None where undefined)."""
     x = np.asarray(values, np.float64)
@@ -99,10 +100,6 @@ def summary_entry(record: dict) -> dict:
 
 
 # ---- text ----------------------------------------------------------------------------------------------
-def _fmt(x, spec: str = ".3f") -> str:
-    return "–" if x is None else format(x, spec)
-
-
 def summary_lines(study: dict) -> list[str]:
     """The printed table: one row per layer and one for all neurons."""
     s = study["settings"]

@@ -1,7 +1,8 @@
 """minitf's files: one atomic write, one file hash, and where minitf keeps its cache.
 
-Every file minitf writes (reports, results, indexes, LLM cache entries) goes through :func:`atomic_write`,
-so a reader sees the old file or the new one, never half of one, even with several writers at once:
+Every file minitf writes (reports, study records and site, explanation results, indexes, neuron tables, LLM
+cache entries) goes through :func:`atomic_write`, so a reader sees the old file or the new one, never half of
+one, even with several writers at once:
 
     temp = mkstemp(dir=path's folder)      unique name, same file system as path
     write(temp); flush; fsync(temp)        the bytes are on disk before they get the name
@@ -9,6 +10,10 @@ so a reader sees the old file or the new one, never half of one, even with sever
 
 A failure (disk full, permissions, an exception in ``write``) removes the temp file and leaves ``path``
 as it was.
+
+The one exception is a download (``minitf.load.hub``): it streams into ``<name>.part`` beside its target,
+kept when interrupted so that the next run resumes it, and renames it onto the target (``os.replace``) only
+once its size and hash check out, so the target too is never half a file.
 """
 from __future__ import annotations
 

@@ -16,22 +16,9 @@ from typing import Callable, TextIO
 
 import click
 
+from minitf.util.fmt import duration, thousands
+
 REDRAW_SECONDS = 0.1
-
-
-def megabytes(n: float) -> str:
-    """A byte count for people: ``12.3 MB`` or ``4.5 kB``."""
-    return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB"
-
-
-def count(n: float) -> str:
-    return f"{int(n):,}"
-
-
-def duration(seconds: float) -> str:
-    """``m:ss``, or ``h:mm:ss`` from an hour on."""
-    s = int(seconds)
-    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
 
 class Progress:
@@ -49,7 +36,7 @@ class Progress:
     """
 
     def __init__(self, label: str, total: int | None = None, done: int = 0, *, unit: str = "",
-                 amount: Callable[[float], str] = count, counters: dict[str, int] | None = None, rate_of: str = "",
+                 amount: Callable[[float], str] = thousands, counters: dict[str, int] | None = None, rate_of: str = "",
                  enabled: bool = True, live: bool = True, every: float | None = None, file: TextIO | None = None):
         self.label, self.total, self.done, self.start_done = label, total, done, done
         self.unit, self.amount, self.rate_of, self.every = unit, amount, rate_of, every
@@ -77,7 +64,7 @@ class Progress:
         if percent and self.total:
             text += f" ({100 * self.done / self.total:.0f}%)"
         for name, value in self.counters.items():
-            text += f"  {count(value)} {name}"
+            text += f"  {thousands(value)} {name}"
         elapsed = max(self.elapsed, 1e-6)
         rate = (self.counters[self.rate_of] if self.rate_of else self.done - self.start_done) / elapsed
         text += f"  {self.amount(rate)}{unit if not self.rate_of else ' ' + self.rate_of}/s"
