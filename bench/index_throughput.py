@@ -123,8 +123,8 @@ def _blas_threads() -> int | None:
 
 
 def worker_blas_threads() -> int | None:
-    """BLAS threads in an index worker (minitf.index.build.one_blas_thread, as its workers and Ray actors run)."""
-    from minitf.index.build import one_blas_thread
+    """BLAS threads in an index worker (minitf.index.shard.one_blas_thread, as its workers and Ray actors run)."""
+    from minitf.index.shard import one_blas_thread
 
     with one_blas_thread():
         return _blas_threads()
@@ -195,7 +195,7 @@ def profile(model: Model, corpus: Path, layers: list[int]) -> dict:
 
     S._update = timed_update
     try:
-        with I.one_blas_thread():
+        with S.one_blas_thread():
             t = time.perf_counter()
             for _, docs in I.iter_shards(corpus, None, I.SHARD_CHARS):
                 I.index_shard(model, spec, docs)

@@ -10,6 +10,7 @@ import sys
 import click
 
 import minitf
+from minitf.explain.llm import DEFAULT_CONCURRENCY, DEFAULT_MAX_RETRIES, DEFAULT_MODEL, DEFAULT_TIMEOUT
 from minitf.errors import MinitfError
 from minitf.names import check_layer, check_neuron, parse_layers
 from minitf.util.fmt import count, num
@@ -173,13 +174,13 @@ def _head_arg(ctx, param, value):
 
 def _llm_options(f):
     for option in reversed([
-        click.option("--llm", "llm_model", default="gpt-4o-mini", show_default=True, help="LLM model name."),
+        click.option("--llm", "llm_model", default=DEFAULT_MODEL, show_default=True, help="LLM model name."),
         click.option("--base-url", default=None, help="OpenAI-compatible server [default: $OPENAI_BASE_URL or OpenAI]."),
         click.option("--max-calls", type=click.IntRange(0), default=None, help="At most this many LLM requests."),
-        click.option("--concurrency", type=click.IntRange(1, 64), default=4, show_default=True),
-        click.option("--timeout", type=click.FloatRange(0, min_open=True), default=60.0, show_default=True,  # llm.DEFAULT_*
+        click.option("--concurrency", type=click.IntRange(1, 64), default=DEFAULT_CONCURRENCY, show_default=True),
+        click.option("--timeout", type=click.FloatRange(0, min_open=True), default=DEFAULT_TIMEOUT, show_default=True,
                      help="Seconds to wait for each LLM request."),
-        click.option("--max-retries", type=click.IntRange(0, 100), default=2, show_default=True,
+        click.option("--max-retries", type=click.IntRange(0, 100), default=DEFAULT_MAX_RETRIES, show_default=True,
                      help="Retries after a connection error, timeout, 429 or 5xx (the openai client's backoff)."),
         click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
                      help="LLM cache and results [default: $MINITF_CACHE_DIR or ~/.cache/minitf]."),
@@ -418,13 +419,13 @@ def index(model_spec, corpus, layers, split, k, workers, bos, index_dir, rebuild
 @click.option("--ablate", default=0, show_default=True, type=click.IntRange(0, 1000),
               help="Also ablate this many top heads per neuron (every differential head always is).")
 @click.option("--llm", "llm_model", default=None,
-              help="LLM for explanations [default: gpt-4o-mini when --base-url or OPENAI_API_KEY is set, else none].")
+              help=f"LLM for explanations [default: {DEFAULT_MODEL} when --base-url or OPENAI_API_KEY is set, else none].")
 @click.option("--base-url", default=None, help="OpenAI-compatible server [default: $OPENAI_BASE_URL or OpenAI].")
 @click.option("--max-calls", type=click.IntRange(0), default=None, help="At most this many LLM requests in all.")
-@click.option("--concurrency", type=click.IntRange(1, 64), default=4, show_default=True)
-@click.option("--timeout", type=click.FloatRange(0, min_open=True), default=60.0, show_default=True,
+@click.option("--concurrency", type=click.IntRange(1, 64), default=DEFAULT_CONCURRENCY, show_default=True)
+@click.option("--timeout", type=click.FloatRange(0, min_open=True), default=DEFAULT_TIMEOUT, show_default=True,
               help="Seconds to wait for each LLM request.")
-@click.option("--max-retries", type=click.IntRange(0, 100), default=2, show_default=True,
+@click.option("--max-retries", type=click.IntRange(0, 100), default=DEFAULT_MAX_RETRIES, show_default=True,
               help="Retries after a connection error, timeout, 429 or 5xx (the openai client's backoff).")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
               help="LLM cache [default: $MINITF_CACHE_DIR or ~/.cache/minitf].")

@@ -336,7 +336,8 @@ def test_score_refuses_an_explanation_made_under_another_rule(tmp_path):
     from pathlib import Path
 
     from minitf import Model, Neuron
-    from minitf.explain.driver import PROMPT_FORMAT_VERSION, ResultStore, score_neuron
+    from minitf.explain.driver import ResultStore, score_neuron
+    from minitf.explain.prompts import PROMPT_FORMAT_VERSION
 
     model = Model.load(Path(__file__).resolve().parent / "golden" / "prefixed_f16")
     store = ResultStore(tmp_path, model.folder, "L2N7")
@@ -349,7 +350,8 @@ def test_score_refuses_an_explanation_made_from_other_head_scores(tmp_path):
     from pathlib import Path
 
     from minitf import Model, Neuron
-    from minitf.explain.driver import PROMPT_FORMAT_VERSION, ResultStore, score_neuron
+    from minitf.explain.driver import ResultStore, score_neuron
+    from minitf.explain.prompts import PROMPT_FORMAT_VERSION
 
     model = Model.load(Path(__file__).resolve().parent / "golden" / "prefixed_f16")
     store = ResultStore(tmp_path, model.folder, "L2N7")

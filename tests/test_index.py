@@ -10,6 +10,7 @@ from click.testing import CliRunner
 
 import minitf.index.build as index_mod
 import minitf.index.shard as shard_mod
+import minitf.index.workers as workers_mod
 from minitf import Model
 from minitf.corpus import documents, split_of, tokenize_document
 from minitf.errors import MinitfError
@@ -190,7 +191,7 @@ def test_the_shipped_index_is_what_the_code_builds():
     assert idx is not None and idx.manifest["shard_chars"] == index_mod.SHARD_CHARS
     sid, docs = next(index_mod.iter_shards(corpus, idx.split, index_mod.SHARD_CHARS))
     spec = index_mod.ShardSpec(tuple(idx.layers), idx.k, idx.bos, idx.manifest["tokens_per_batch"])
-    with index_mod.one_blas_thread():
+    with shard_mod.one_blas_thread():
         shard = index_mod.index_shard(model, spec, docs)
     in_shard = np.isin(idx.state.top_doc, [d for d, _ in docs])  # [2, L, k, M]
     assert in_shard.sum() > 1000
@@ -219,16 +220,14 @@ def test_interrupted_build_resumes_to_the_same_result(setup, tmp_path, monkeypat
     monkeypatch.setattr(index_mod, "SHARD_CHARS", 500)
     full = build(model, corpus, tmp_path / "full", k=4, workers=1)
     d = tmp_path / "resumed"
-    monkeypatch.setenv(index_mod.STOP_AFTER_ENV, "2")
     with pytest.raises(IndexInterrupted):
-        build_index(model, corpus, index_dir=d, k=4, workers=first, progress=False)
+        build_index(model, corpus, index_dir=d, k=4, workers=first, progress=False, stop_after=2)
     npz, _, partial = index_paths(model, corpus, d)
     saved = json.loads(str(np.load(partial / "state.npz")["manifest"]))["shards"]
     assert not npz.exists() and len(saved) == 2
-    monkeypatch.delenv(index_mod.STOP_AFTER_ENV)
     ran = []
-    real = index_mod.index_shard
-    monkeypatch.setattr(index_mod, "index_shard", lambda m, spec, docs: ran.append(docs[0][0]) or real(m, spec, docs))
+    real = workers_mod.index_shard
+    monkeypatch.setattr(workers_mod, "index_shard", lambda m, spec, docs: ran.append(docs[0][0]) or real(m, spec, docs))
     resumed = build(model, corpus, d, k=4, workers=then)  # resumes, with another number of workers
     assert not partial.exists()
     if then == 1:  # in-process: we see which shards ran again — none of the saved ones
@@ -240,10 +239,8 @@ def test_interrupted_build_resumes_to_the_same_result(setup, tmp_path, monkeypat
 def test_changed_settings_start_the_partial_build_over(setup, tmp_path, monkeypatch):
     _, model, corpus = setup
     monkeypatch.setattr(index_mod, "SHARD_CHARS", 500)
-    monkeypatch.setenv(index_mod.STOP_AFTER_ENV, "1")
     with pytest.raises(IndexInterrupted):
-        build_index(model, corpus, k=4, workers=1, progress=False, index_dir=tmp_path)
-    monkeypatch.delenv(index_mod.STOP_AFTER_ENV)
+        build_index(model, corpus, k=4, workers=1, progress=False, index_dir=tmp_path, stop_after=1)
     a = build(model, corpus, tmp_path, k=6, workers=1)  # other k: not a resume
     same_index(a, build(model, corpus, tmp_path / "ref", k=6, workers=1))
 
@@ -315,7 +312,7 @@ def test_a_worker_that_dies_is_reported_and_a_rerun_resumes(setup, tmp_path, mon
 
     _, model, corpus = setup
     monkeypatch.setattr(index_mod, "SHARD_CHARS", 500)
-    real = index_mod.index_shard
+    real = workers_mod.index_shard
     calls = []
 
     def dying(m, spec, docs):  # runs in the forked worker: its 3rd shard kills it
@@ -324,12 +321,12 @@ def test_a_worker_that_dies_is_reported_and_a_rerun_resumes(setup, tmp_path, mon
             os._exit(9)
         return real(m, spec, docs)
 
-    monkeypatch.setattr(index_mod, "index_shard", dying)
+    monkeypatch.setattr(workers_mod, "index_shard", dying)
     with pytest.raises(MinitfError, match="an index worker died.*rerun to resume"):
         build_index(model, corpus, k=4, workers=2, progress=False, index_dir=tmp_path / "d")
     saved = json.loads(str(np.load(tmp_path / "d" / "tiny.partial" / "state.npz")["manifest"]))["shards"]
     assert len(saved) >= 1
-    monkeypatch.setattr(index_mod, "index_shard", real)
+    monkeypatch.setattr(workers_mod, "index_shard", real)
     same_index(build(model, corpus, tmp_path / "d", k=4, workers=2), build(model, corpus, tmp_path / "r", k=4, workers=1))
 
 

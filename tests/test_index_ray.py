@@ -74,13 +74,11 @@ def test_a_killed_actor_is_replaced_and_the_result_is_the_same(cluster, tmp_path
 def test_an_interrupted_driver_resumes_without_redoing_shards(cluster, tmp_path, small_shards, monkeypatch):
     _, model, corpus = cluster
     d = tmp_path / "ray"
-    monkeypatch.setenv(index_mod.STOP_AFTER_ENV, "3")
     with pytest.raises(IndexInterrupted, match="rerun to resume"):
-        build_index(model, corpus, k=4, ray="auto", progress=False, index_dir=d)
+        build_index(model, corpus, k=4, ray="auto", progress=False, index_dir=d, stop_after=3)
     state = index_paths(model, corpus, d)[2] / "state.npz"
     saved = json.loads(str(np.load(state)["manifest"]))["shards"]
     assert len(saved) >= 3
-    monkeypatch.delenv(index_mod.STOP_AFTER_ENV)
     import minitf.index.cluster as cluster_mod
 
     sent = []

@@ -38,6 +38,7 @@ from minitf.explain.prompts import (  # noqa: F401
     score_messages,
 )
 from minitf.explain.store import ResultStore  # noqa: F401
+from minitf.explain.llm import LLM, DEFAULT_CONCURRENCY, DEFAULT_MAX_RETRIES, DEFAULT_MODEL, DEFAULT_TIMEOUT
 
 
 class CompletionClient(Protocol):
@@ -104,11 +105,11 @@ def head_examples(trace: dict[str, Any], head: str) -> HeadExamples:
     return HeadExamples(trace["neuron"]["name"], head, trace["neuron"]["token"]["str"], active, inactive)
 
 
-def llm_client(model_name: str, base_url: str | None = None, cache_dir=None, max_calls: int | None = None,
-               concurrency: int = 4, timeout: float = 60.0, max_retries: int = 2):
-    """The LLM of the explain and score commands, its responses cached under ``<minitf cache>/llm``."""
+def llm_client(model_name: str = DEFAULT_MODEL, base_url: str | None = None, cache_dir=None,
+               max_calls: int | None = None, concurrency: int = DEFAULT_CONCURRENCY, timeout: float = DEFAULT_TIMEOUT,
+               max_retries: int = DEFAULT_MAX_RETRIES) -> LLM:
+    """The LLM of the explain, score and study commands, its responses cached under ``<minitf cache>/llm``."""
     from minitf.util.files import cache_path
-    from minitf.explain.llm import LLM
 
     return LLM(model_name, base_url, cache_dir=cache_path("llm", cache_dir), max_calls=max_calls,
                concurrency=concurrency, timeout=timeout, max_retries=max_retries)

@@ -1,24 +1,17 @@
-"""A small chat-completions client: on-disk cache, bounded concurrency, a call budget.
+"""A small chat-completions client: cached, budgeted, with bounded concurrency.
 
 Talks to OpenAI or any OpenAI-compatible server (vLLM, llama.cpp, Ollama …) through the official
 ``openai`` package, created lazily on the first cache miss, so nothing here needs a key at import
-time or when every answer is cached.
+time or when every answer is cached. Its parts, each in its own module:
 
-Credentials
-    The key comes from ``OPENAI_API_KEY`` and the server from ``base_url`` or ``OPENAI_BASE_URL``
-    (default: OpenAI). With neither a key nor a base URL a cache miss raises
-    ``MinitfError("OPENAI_API_KEY is not set: …")``; with a base URL and no key, ``"none"`` is sent
-    (local servers ignore it). The key is never printed, logged or written to the cache; error
-    messages are scrubbed of it.
-
-Cache
-    One JSON file ``<cache_dir>/<sha256>.json`` per request, keyed by the sha256 of the canonical
-    JSON of ``(server, model, messages, params, PROMPT_FORMAT_VERSION)``, the server being the base
-    URL without credentials, query or trailing slash: two servers never share an answer, and a
-    server that cannot be reached fails even when another one's answers are cached. The file holds
-    the request (model, messages, params; no key, no URL) and the response (text, per-token
-    logprobs, finish reason). Written atomically (temp file + ``os.replace``). An unreadable cache
-    file is treated as a miss and rewritten.
+* credentials (``minitf.explain.credentials``): the server from ``base_url`` or ``OPENAI_BASE_URL``
+  (default: OpenAI), the key from ``OPENAI_API_KEY``; the key never printed, logged or cached, error
+  messages scrubbed of it;
+* the response cache (``minitf.explain.cache``): one JSON file per request, keyed by the sha256 of
+  (server, model, messages, params, PROMPT_FORMAT_VERSION);
+* the budget (``minitf.explain.budget``): ``max_calls`` caps the requests sent to the server (cache
+  misses; a request's retries count once); the next miss raises ``BudgetExhausted``, and what was
+  answered so far is cached, so a rerun continues where it stopped.
 
 Retries
     The openai client's own: up to ``max_retries`` retries on connection errors, timeouts, HTTP
@@ -32,39 +25,30 @@ Retries
     ``logprobs``/``top_logprobs``; if that works, later requests leave them out
     (``logprobs_supported`` becomes False).
 
-Budget
-    ``max_calls`` caps the number of requests sent to the server (cache misses; a request's
-    retries count once). The next miss raises ``MinitfError("--max-calls N reached: …")``; what was
-    answered so far is cached, so a rerun continues where it stopped.
+The defaults below (model, timeout, retries, concurrency) are the only ones: the CLI and the study use them.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, wait, FIRST_EXCEPTION
 from pathlib import Path
 from typing import Any, Sequence
-from urllib.parse import urlsplit, urlunsplit
 
-from minitf.errors import MinitfError, warn
+from minitf.errors import MinitfError
+from minitf.explain.budget import BudgetExhausted, CallBudget  # noqa: F401  (BudgetExhausted: the client's error)
+from minitf.explain.cache import ResponseCache, cache_key
+from minitf.explain.credentials import MISSING_KEY_MESSAGE, Credentials, redact_url, server_id  # noqa: F401
 from minitf.util.fmt import count
-from minitf.explain.driver import PROMPT_FORMAT_VERSION
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SERVER = "https://api.openai.com/v1"
-NO_KEY_PLACEHOLDER = "none"
-MISSING_KEY_MESSAGE = (
-    "OPENAI_API_KEY is not set: export it, or pass --base-url for a local OpenAI-compatible server"
-)
+DEFAULT_MODEL = "gpt-4o-mini"  # --llm
 DEFAULT_TIMEOUT = 60.0  # seconds per HTTP attempt (--timeout); a long explanation from a slow server needs it
 DEFAULT_MAX_RETRIES = 2  # the openai client's retries after the first attempt (--max-retries)
+DEFAULT_CONCURRENCY = 4  # requests in flight in complete_many (--concurrency)
 _RETRIED_STATUSES = {408, 409, 429} | set(range(500, 600))  # what the openai client retries
 _LOGPROB_PARAMS = ("logprobs", "top_logprobs")
 _STATUS_HINTS = {
@@ -72,34 +56,6 @@ _STATUS_HINTS = {
     403: ": check OPENAI_API_KEY and the model's access",
     404: ": check --model and --base-url",
 }
-
-
-def server_id(base_url: str | None) -> str:
-    """The server part of the cache key: ``base_url`` (else ``OPENAI_BASE_URL``, else OpenAI) without
-    credentials, query, fragment or trailing slash."""
-    return redact_url(base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_SERVER).rstrip("/")
-
-
-def cache_key(server: str, model: str, messages: Sequence[dict[str, Any]], params: dict[str, Any]) -> str:
-    """sha256 (hex) of the canonical JSON of (server, model, messages, params, PROMPT_FORMAT_VERSION)."""
-    payload = {
-        "server": server,
-        "model": model,
-        "messages": list(messages),
-        "params": params,
-        "prompt_format_version": PROMPT_FORMAT_VERSION,
-    }
-    canonical = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
-
-
-def redact_url(url: str) -> str:
-    """``url`` without user:password, query or fragment (for messages)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
 class LLM:
@@ -117,6 +73,7 @@ class LLM:
             408/409/429, 5xx).
 
     Attributes (counters, safe to read after a run):
+        server: the server's name in messages and cache keys (``credentials.server_id``).
         calls_made: requests sent to the server (cache misses), retries not counted.
         cache_hits: requests answered from the cache.
         http_attempts: HTTP requests sent, retries and the logprobs fallback included.
@@ -131,14 +88,12 @@ class LLM:
         *,
         cache_dir: Path | str | None,
         max_calls: int | None = None,
-        concurrency: int = 4,
+        concurrency: int = DEFAULT_CONCURRENCY,
         timeout: float = DEFAULT_TIMEOUT,
         max_retries: int = DEFAULT_MAX_RETRIES,
     ) -> None:
         if not model:
             raise MinitfError("--llm: the LLM model name must not be empty")
-        if max_calls is not None and max_calls < 0:
-            raise MinitfError(f"--max-calls: must be 0 or more, got {max_calls}")
         if concurrency < 1:
             raise MinitfError(f"--concurrency: must be at least 1, got {concurrency}")
         if max_retries < 0:
@@ -147,14 +102,14 @@ class LLM:
             raise MinitfError(f"--timeout: must be positive, got {timeout}")
         self.model = model
         self.base_url = base_url
-        self.server = server_id(base_url)
-        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
-        self.max_calls = max_calls
+        self.budget = CallBudget(max_calls)
+        self.credentials = Credentials.from_env(base_url)
+        self.server = self.credentials.server
+        self.cache = ResponseCache(cache_dir)
         self.concurrency = concurrency
         self.timeout = timeout
         self.max_retries = max_retries
 
-        self.calls_made = 0
         self.cache_hits = 0
         self.http_attempts = 0
         self.retries = 0
@@ -162,11 +117,21 @@ class LLM:
 
         self._lock = threading.Lock()
         self._client: Any = None
-        self._server = ""
-        self._secret: str | None = None
 
     def __repr__(self) -> str:
         return f"LLM(model={self.model!r}, base_url={self.base_url!r}, cache_dir={str(self.cache_dir)!r})"
+
+    @property
+    def cache_dir(self) -> Path | None:
+        return self.cache.folder
+
+    @property
+    def max_calls(self) -> int | None:
+        return self.budget.max_calls
+
+    @property
+    def calls_made(self) -> int:
+        return self.budget.calls_made
 
     # ---------------------------------------------------------------- public
 
@@ -186,17 +151,19 @@ class LLM:
         ``params`` are chat-completions parameters (``max_tokens``, ``temperature``, ``logprobs``,
         ``top_logprobs`` …). Returns ``{"text": str, "logprobs": list | None, "finish_reason":
         str | None, "model": str | None, "cached": bool}``; ``logprobs`` lists the generated tokens
-        as ``{"token", "logprob", "top_logprobs": [{"token", "logprob"}, …]}``.
+        as ``{"token", "logprob", "top_logprobs": [{"token", "logprob"}, …]}``. Raises BudgetExhausted
+        when the answer is not cached and ``max_calls`` requests were sent.
         """
         key = cache_key(self.server, self.model, messages, params)
-        cached = self._cache_read(key)
+        cached = self.cache.get(key)
         if cached is not None:
             with self._lock:
                 self.cache_hits += 1
             return {**cached, "cached": True}
-        self._reserve_call()
+        self.budget.spend(cache_hits=self.cache_hits)
         response = self._request(messages, params)
-        self._cache_write(key, messages, params, response)
+        self.cache.put(key, {"model": self.model, "messages": messages, "params": params}, response,
+                       scrub=self.credentials.scrub)
         return {**response, "cached": False}
 
     def complete_many(self, requests: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -236,44 +203,24 @@ class LLM:
                     results[futures[future]] = future.result()
         return [results[k] for k in keys]
 
-    # ---------------------------------------------------------------- budget, client
-
-    def _reserve_call(self) -> None:
-        with self._lock:
-            if self.max_calls is not None and self.calls_made >= self.max_calls:
-                raise MinitfError(
-                    f"--max-calls {self.max_calls} reached: {count(self.calls_made, 'call')} made, "
-                    f"{count(self.cache_hits, 'cache hit')}; answers so far are cached, rerun with a higher "
-                    "--max-calls to continue"
-                )
-            self.calls_made += 1
+    # ---------------------------------------------------------------- the openai client
 
     def _get_client(self) -> Any:
         with self._lock:
             if self._client is not None:
                 return self._client
-            base_url = self.base_url or os.environ.get("OPENAI_BASE_URL") or None
-            key = os.environ.get("OPENAI_API_KEY") or None
-            if key is None and base_url is None:
-                raise MinitfError(MISSING_KEY_MESSAGE)
+            key = self.credentials.api_key()
             try:
                 import openai
             except ImportError as e:  # pragma: no cover - dependency missing
                 raise MinitfError("openai: the package is not installed: pip install openai") from e
-            self._secret = key
-            self._server = redact_url(base_url or DEFAULT_SERVER)
             self._client = openai.OpenAI(
-                api_key=key or NO_KEY_PLACEHOLDER,
-                base_url=base_url,
+                api_key=key,
+                base_url=self.credentials.base_url,
                 timeout=self.timeout,
                 max_retries=self.max_retries,
             )
             return self._client
-
-    def _scrub(self, text: str) -> str:
-        if self._secret:
-            text = text.replace(self._secret, "***")
-        return text
 
     # ---------------------------------------------------------------- requests
 
@@ -289,7 +236,7 @@ class LLM:
             return self._attempt(client, messages, send)
         except openai.APIStatusError as e:
             if e.status_code in (400, 422) and any(k in send for k in _LOGPROB_PARAMS):
-                log.info("server %s rejected logprobs (HTTP %s); retrying without", self._server, e.status_code)
+                log.info("server %s rejected logprobs (HTTP %s); retrying without", self.server, e.status_code)
                 without = {k: v for k, v in send.items() if k not in _LOGPROB_PARAMS}
                 try:
                     response = self._attempt(client, messages, without)
@@ -301,11 +248,11 @@ class LLM:
             raise self._status_error(e) from None
 
     def _status_error(self, e: Any) -> MinitfError:
-        detail = self._scrub(str(getattr(e, "message", "") or e)).replace("\n", " ")
+        detail = self.credentials.scrub(str(getattr(e, "message", "") or e)).replace("\n", " ")
         hint = _STATUS_HINTS.get(e.status_code, "")
         if e.status_code in _RETRIED_STATUSES:
             hint += f" {self._gave_up}"
-        return MinitfError(f"LLM server {self._server}: HTTP {e.status_code}{hint} ({detail})")
+        return MinitfError(f"LLM server {self.server}: HTTP {e.status_code}{hint} ({detail})")
 
     @property
     def _gave_up(self) -> str:
@@ -326,66 +273,19 @@ class LLM:
             if isinstance(e, openai.APITimeoutError):
                 what = f"no answer within {self.timeout:g} s"
             else:
-                what = f"connection error ({self._scrub(str(e.__cause__ or e))})".replace("\n", " ")
-            raise MinitfError(f"LLM server {self._server}: {what}; gave up {self._gave_up} "
+                what = f"connection error ({self.credentials.scrub(str(e.__cause__ or e))})".replace("\n", " ")
+            raise MinitfError(f"LLM server {self.server}: {what}; gave up {self._gave_up} "
                               f"in {seconds:.1f} s") from None
         except openai.APIStatusError as e:
             self._count(self.max_retries if e.status_code in _RETRIED_STATUSES else 0)
             raise
         self._count(raw.retries_taken)
-        return _parse_completion(raw.parse(), self._server)
+        return _parse_completion(raw.parse(), self.server)
 
     def _count(self, retries: int) -> None:
         with self._lock:
             self.http_attempts += retries + 1
             self.retries += retries
-
-    # ---------------------------------------------------------------- cache
-
-    def _cache_path(self, key: str) -> Path | None:
-        return self.cache_dir / f"{key}.json" if self.cache_dir is not None else None
-
-    def _cache_read(self, key: str) -> dict[str, Any] | None:
-        path = self._cache_path(key)
-        if path is None or not path.is_file():
-            return None
-        try:
-            entry = json.loads(path.read_text(encoding="utf-8"))
-            response = entry["response"]
-            return {
-                "text": response["text"],
-                "logprobs": response.get("logprobs"),
-                "finish_reason": response.get("finish_reason"),
-                "model": response.get("model"),
-            }
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            warn(f"{path}: unreadable LLM cache entry ({e}); asking the server again")
-            return None
-
-    def _cache_write(self, key: str, messages: list[dict[str, Any]], params: dict[str, Any], response: dict[str, Any]) -> None:
-        path = self._cache_path(key)
-        if path is None:
-            return
-        entry = {
-            "key": key,
-            "prompt_format_version": PROMPT_FORMAT_VERSION,
-            "request": {"model": self.model, "messages": messages, "params": params},
-            "response": response,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
-        text = self._scrub(json.dumps(entry, ensure_ascii=False, indent=1))
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{key[:16]}.", suffix=".tmp")
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as f:
-                    f.write(text)
-                os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
-        except OSError as e:
-            raise MinitfError(f"{self.cache_dir}: cannot write the LLM cache ({e.strerror or e})") from None
 
 
 def _parse_completion(completion: Any, server: str) -> dict[str, Any]:

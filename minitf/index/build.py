@@ -31,25 +31,23 @@ An index whose model or corpus sha256 differs from the current ones is stale: ``
 Every finished shard is merged into ``<name>.partial/state.npz`` (written atomically, with the list of
 finished shards). Interrupting (Ctrl-C), a dead worker or a killed driver loses at most the shards in
 flight; rerunning the same command — with any number of workers, locally or on Ray — resumes there.
-``MINITF_INDEX_STOP_AFTER=N`` stops the build after N more shards as if interrupted (tests).
+``stop_after=N`` stops the build after N more shards as if interrupted.
 
-Local workers (``workers`` ≥ 2) are forked (spawned where fork does not exist), so a plain script needs
-no ``if __name__ == "__main__":`` guard and a notebook works; ``workers=1`` runs in the calling process.
+The build is a ``BuildPlan`` (the checked arguments) carried out in steps by ``run_build``: reuse an up-to-date
+index (``_freshness``), pick who runs the shards (``_executor``: ``minitf.index.workers`` on this machine —
+``workers=1`` in the calling process, else forked worker processes — or ``minitf.index.cluster`` on Ray), run
+and checkpoint them (``_run_shards``), write the index.
 """
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
-import os
 import shutil
-import signal
 import sys
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import numpy as np
 
@@ -59,19 +57,18 @@ from minitf.util.files import atomic_write, file_sha256
 from minitf.load.weights import model_sha256
 from minitf.util.progress import Progress
 from minitf.names import Neuron, check_layer, check_neuron, parse_neuron
-from minitf.index.shard import ShardSpec, index_shard, iter_shards, one_blas_thread, use_one_blas_thread
+from minitf.index.shard import ShardSpec, index_shard, iter_shards  # noqa: F401  (index_shard: re-exported)
 from minitf.index.topk import HIST_EDGES, TopkState, merge_topk
+from minitf.index.workers import local_shards
 
 FORMAT = "minitf-neuron-index"
 VERSION = 2  # 2: the total order on ties, fixed shards, manifest "build"
 TOKENS_PER_BATCH = 4096  # padded B·T of one forward pass
 SHARD_CHARS = 1 << 15  # characters of consecutive documents per shard: the unit of work and of resuming
-STOP_AFTER_ENV = "MINITF_INDEX_STOP_AFTER"
-_BLAS_ENV = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 class IndexInterrupted(KeyboardInterrupt):
-    """The build stopped early (Ctrl-C or ``MINITF_INDEX_STOP_AFTER``); its progress is saved."""
+    """The build stopped early (Ctrl-C, or ``stop_after`` shards); its progress is saved."""
 
 
 # ---- fingerprints and paths -----------------------------------------------------------------------
@@ -105,104 +102,53 @@ def _save_npz(path: Path, arrays: dict, meta: dict) -> None:
     atomic_write(path, lambda f: np.savez(f, manifest=np.array(json.dumps(meta)), **arrays))
 
 
-# ---- executors: who runs the shards -----------------------------------------------------------------
-def _in_process(model, spec: ShardSpec, shards: Iterator) -> Iterator[tuple[int, TopkState]]:
-    """workers=1: every shard in the calling process."""
-    with one_blas_thread():
-        for sid, docs in shards:
-            yield sid, index_shard(model, spec, docs)
+# ---- the plan: what to build, where, on whom ------------------------------------------------------------
+@dataclass(frozen=True)
+class BuildPlan:
+    """One build's checked parameters: what the index is (``settings``: equal settings on equal inputs give a
+    byte-identical index, whoever runs the shards), where its files go, and who runs the shards (``ray``: a
+    Ray cluster's address, else ``workers`` local processes, ``minitf.index.workers``)."""
+
+    corpus: Path
+    layers: list[int]
+    k: int = 30
+    split: str | None = None
+    bos: bool = True
+    shard_chars: int = SHARD_CHARS
+    workers: int = 2
+    ray: str | None = None
+    index_dir: Path | None = None
+    rebuild: bool = False
+
+    @classmethod
+    def make(cls, model, corpus: str | Path, layers: Iterable[int] | None = None, k: int = 30,
+             split: str | None = None, workers: int = 2, bos: bool = True, index_dir: str | Path | None = None,
+             rebuild: bool = False, ray: str | None = None, shard_chars: int | None = None) -> "BuildPlan":
+        """The plan of ``build_index``'s arguments, or a one-line MinitfError (before anything is written)."""
+        split = check_split(split)
+        layers = _check_layers(model, layers)
+        if k < 1:
+            raise MinitfError(f"--top-k {k}: must be at least 1")
+        if workers < 1:
+            raise MinitfError(f"--workers {workers}: must be at least 1")
+        shard_chars = SHARD_CHARS if shard_chars is None else int(shard_chars)
+        if shard_chars < 1:
+            raise MinitfError(f"--shard-kib: shards need at least one character, not {shard_chars}")
+        corpus = Path(corpus)
+        if corpus.is_dir():
+            raise MinitfError(f"{corpus}: is a directory, not a corpus file")
+        corpus_format(corpus)
+        return cls(corpus, layers, k, split, bos, shard_chars, workers, ray,
+                   Path(index_dir) if index_dir is not None else None, rebuild)
+
+    def settings(self, model) -> dict:
+        """What the index is, as its manifest records it (with the checkpoint's ``params``)."""
+        return {"layers": self.layers, "k": self.k, "split": self.split, "bos": self.bos, "n_ctx": model.cfg.n_ctx}
+
+    def spec(self) -> ShardSpec:
+        return ShardSpec(tuple(self.layers), self.k, self.bos, TOKENS_PER_BATCH)
 
 
-_WORKER: dict = {}  # in a local worker process: its model and spec
-
-
-def _worker_init(cfg, weights, folder, tokenizer, spec: ShardSpec) -> None:
-    from minitf.kernels import after_fork
-    from minitf.model import Model
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    after_fork()  # a forked child has none of the parent's threads
-    m = Model(cfg, weights, folder)
-    m._tokenizer = tokenizer
-    _WORKER.update(model=m, spec=spec)
-    use_one_blas_thread()
-
-
-def _worker_shard(sid: int, docs: list) -> tuple[int, dict]:
-    return sid, index_shard(_WORKER["model"], _WORKER["spec"], docs).arrays()
-
-
-def _processes(model, spec: ShardSpec, shards: Iterator, workers: int) -> Iterator[tuple[int, TopkState]]:
-    """``workers`` local processes, forked (no re-import of the caller's script) where fork exists."""
-    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    if method == "spawn" and not _can_spawn():
-        yield from _in_process(model, spec, shards)
-        return
-    saved = {name: os.environ.get(name) for name in _BLAS_ENV}
-    os.environ.update({name: "1" for name in _BLAS_ENV})  # a spawned child's BLAS starts with one thread
-    pool = ProcessPoolExecutor(workers, mp.get_context(method), initializer=_worker_init,
-                               initargs=(model.cfg, model.w, model.folder, model.tokenizer, spec))
-    finished = False
-    try:
-        pending = set()
-        shards = iter(shards)
-        broken = False
-        while not broken:
-            try:
-                while len(pending) < 2 * workers and (nxt := next(shards, None)) is not None:
-                    pending.add(pool.submit(_worker_shard, *nxt))
-            except BrokenProcessPool:
-                broken = True
-            if not pending:
-                break
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for f in done:  # the shards that did finish are kept even when a worker died
-                if isinstance(f.exception(), BrokenProcessPool):
-                    broken = True
-                else:
-                    sid, arrays = f.result()
-                    yield sid, TopkState.from_arrays(arrays)
-        if broken:
-            raise MinitfError("an index worker died (out of memory?); finished shards are saved, rerun to resume")
-        finished = True
-    finally:
-        for name, value in saved.items():
-            os.environ.pop(name, None) if value is None else os.environ.__setitem__(name, value)
-        if finished:
-            pool.shutdown(wait=True)  # every worker idle: a clean exit
-        else:
-            _stop_pool(pool)
-
-
-def _stop_pool(pool: ProcessPoolExecutor) -> None:
-    """Stop a pool whose workers may be mid-shard (Ctrl-C, a dead worker, an error), without ever leaving a
-    thread that keeps this process from exiting."""
-    processes = list((pool._processes or {}).values())
-    results, manager = pool._result_queue, pool._executor_manager_thread
-    if getattr(pool, "_call_queue", None) is not None:  # shards still queued for a stopped worker must not
-        pool._call_queue.cancel_join_thread()          # keep this process from exiting
-    pool.shutdown(wait=False, cancel_futures=True)
-    for p in processes:
-        if p.is_alive():
-            p.terminate()
-    for p in processes:
-        p.join()
-    if manager is not None:
-        manager.join(timeout=2.0)
-        if manager.is_alive() and results is not None:
-            # it waits for the rest of a result that a terminated worker left half-written: with every worker
-            # gone, closing our copy of the pipe's write end gives it EOF, and it winds the pool down
-            results._writer.close()
-            manager.join(timeout=2.0)
-
-
-def _can_spawn() -> bool:
-    """Spawned workers re-import the main script: impossible when it came from stdin ("python -")."""
-    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
-    return main_file is None or Path(main_file).is_file()
-
-
-# ---- building ---------------------------------------------------------------------------------------
 def _check_layers(model, layers) -> list[int]:
     L = model.cfg.n_layer
     return [check_layer(layer, L, where="--layers") for layer in
@@ -223,10 +169,11 @@ def _check_corpus(corpus: Path, split: str | None, shard_chars: int) -> tuple[in
     return n_shards, n_docs
 
 
+# ---- building -------------------------------------------------------------------------------------------
 def build_index(model, corpus: str | Path, layers: Iterable[int] | None = None, k: int = 30,
                 split: str | None = None, workers: int = 2, progress: bool = True, bos: bool = True,
                 index_dir: str | Path | None = None, rebuild: bool = False, ray: str | None = None,
-                shard_chars: int | None = None) -> Path:
+                shard_chars: int | None = None, stop_after: int | None = None) -> Path:
     """Index ``corpus`` for ``model`` (see the module docstring) and return the path of the .npz.
 
     An up-to-date index with the same settings is returned as is (``rebuild=True`` redoes it); a partial
@@ -234,65 +181,92 @@ def build_index(model, corpus: str | Path, layers: Iterable[int] | None = None, 
     (``minitf.index.cluster``; ``workers`` is then ignored: one actor per CPU of the cluster). ``shard_chars``
     (default ``SHARD_CHARS``) sets the shards, and so the batches: equal builds need equal values; bigger shards
     suit big corpora on many workers (the driver merges and checkpoints once per shard). Raises
-    ``IndexInterrupted`` (a KeyboardInterrupt) when stopped.
+    ``IndexInterrupted`` (a KeyboardInterrupt) when stopped: by Ctrl-C, or after ``stop_after`` newly
+    finished shards. The arguments are checked into a ``BuildPlan``, which ``run_build`` carries out.
     """
-    corpus = Path(corpus)
-    split = check_split(split)
-    layers = _check_layers(model, layers)
-    if k < 1:
-        raise MinitfError(f"--top-k {k}: must be at least 1")
-    if workers < 1:
-        raise MinitfError(f"--workers {workers}: must be at least 1")
-    shard_chars = SHARD_CHARS if shard_chars is None else int(shard_chars)
-    if shard_chars < 1:
-        raise MinitfError(f"--shard-kib: shards need at least one character, not {shard_chars}")
-    npz, manifest_path, partial = index_paths(model, corpus, index_dir)
-    if corpus.is_dir():
-        raise MinitfError(f"{corpus}: is a directory, not a corpus file")
-    corpus_format(corpus)
-    known = _read_manifest(npz) if npz.is_file() else None
-    corpus_info = _corpus_info(corpus, (known or {}).get("corpus")) if corpus.is_file() else None
-    settings = {"layers": layers, "k": k, "split": split, "bos": bos, "n_ctx": model.cfg.n_ctx}
+    plan = BuildPlan.make(model, corpus, layers, k, split, workers, bos, index_dir, rebuild, ray, shard_chars)
+    return run_build(model, plan, progress=progress, stop_after=stop_after)
+
+
+def run_build(model, plan: BuildPlan, progress: bool = True, stop_after: int | None = None) -> Path:
+    """Carry out ``plan``: reuse an up-to-date index, else run the missing shards (checkpointing each) and
+    write the index; the path of the .npz."""
+    npz, manifest_path, partial = index_paths(model, plan.corpus, plan.index_dir)
     model_info = {"name": model_name(model), "sha256": model_sha256(model), "n_layer": model.cfg.n_layer,
                   "d_mlp": model.cfg.d_mlp}
-    if known and corpus_info and not rebuild:
-        if known.get("complete") and known.get("version") == VERSION and known.get("model") == model_info \
-                and known["corpus"]["sha256"] == corpus_info["sha256"] \
-                and all(known.get(key) == value for key, value in settings.items()):
-            shutil.rmtree(partial, ignore_errors=True)
-            return npz
-        if progress:
-            why = ("built for other weights" if known.get("model", {}).get("sha256") != model_info["sha256"]
-                   else "the corpus changed" if known.get("corpus", {}).get("sha256") != corpus_info["sha256"]
-                   else "other settings or format")
-            print(f"index: {npz} is out of date ({why}); rebuilding it", file=sys.stderr, flush=True)
+    corpus_info, why = _freshness(model, plan, npz, model_info)
+    if why is None:
+        shutil.rmtree(partial, ignore_errors=True)
+        return npz
+    if why and progress:
+        print(f"index: {npz} is out of date ({why}); rebuilding it", file=sys.stderr, flush=True)
 
-    n_shards, n_docs = _check_corpus(corpus, split, shard_chars)
+    n_shards, _ = _check_corpus(plan.corpus, plan.split, plan.shard_chars)
     params = {"format": FORMAT, "version": VERSION, "model_sha256": model_info["sha256"],
               "corpus_sha256": corpus_info["sha256"], "tokens_per_batch": TOKENS_PER_BATCH,
-              "shard_chars": shard_chars, **settings}
-    spec = ShardSpec(tuple(layers), k, bos, TOKENS_PER_BATCH)
-    executor, n_workers = ("ray", None) if ray else ("local", workers)
-    if ray:
-        from minitf.index.cluster import ray_shards  # connects before anything is written: a bad address leaves nothing
-        run_shards, n_workers = ray_shards(ray, model, spec)
-    else:
-        run_shards = (lambda it: _in_process(model, spec, it)) if workers == 1 else \
-            (lambda it: _processes(model, spec, it, workers))
+              "shard_chars": plan.shard_chars, **plan.settings(model)}
+    run_shards, executor, n_workers = _executor(model, plan)  # connects to Ray before anything is written
+    t0 = time.monotonic()
+    state = _run_shards(model, plan, run_shards, partial, params, n_shards, progress, stop_after)
+    manifest = {"format": FORMAT, "version": VERSION, "complete": True, "model": model_info, "corpus": corpus_info,
+                **plan.settings(model), "hist_edges": HIST_EDGES.tolist(), "shard_chars": plan.shard_chars,
+                "tokens_per_batch": TOKENS_PER_BATCH, "shards": n_shards,
+                "documents": dict(zip(SPLITS, state.docs.tolist())),
+                "positions": dict(zip(SPLITS, state.seen.tolist())),
+                "tokens": dict(zip(SPLITS, state.tokens.tolist())),
+                "build": {"executor": executor, "workers": n_workers, "seconds": round(time.monotonic() - t0, 3),
+                          "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}}
+    arrays = state.arrays() | {"layers": np.array(plan.layers, np.int64), "hist_edges": HIST_EDGES}
+    _save_npz(npz, arrays, manifest)
+    atomic_write(manifest_path, json.dumps(manifest, indent=2) + "\n")
+    shutil.rmtree(partial, ignore_errors=True)
+    return npz
 
-    made_dir = not npz.parent.exists()
+
+def _freshness(model, plan: BuildPlan, npz: Path, model_info: dict) -> tuple[dict | None, str | None]:
+    """(the corpus's info, why the index at ``npz`` must be built: "" when there is none or ``rebuild``,
+    None when it is up to date with the plan)."""
+    known = _read_manifest(npz) if npz.is_file() else None
+    corpus_info = _corpus_info(plan.corpus, (known or {}).get("corpus")) if plan.corpus.is_file() else None
+    if not known or not corpus_info or plan.rebuild:
+        return corpus_info, ""
+    if known.get("complete") and known.get("version") == VERSION and known.get("model") == model_info \
+            and known["corpus"]["sha256"] == corpus_info["sha256"] \
+            and all(known.get(key) == value for key, value in plan.settings(model).items()):
+        return corpus_info, None
+    return corpus_info, ("built for other weights" if known.get("model", {}).get("sha256") != model_info["sha256"]
+                         else "the corpus changed" if known.get("corpus", {}).get("sha256") != corpus_info["sha256"]
+                         else "other settings or format")
+
+
+def _executor(model, plan: BuildPlan):
+    """(run_shards, executor name, workers): run_shards(iterator of (sid, docs)) yields (sid, TopkState) as
+    shards finish, on Ray or on this machine."""
+    if plan.ray:
+        from minitf.index.cluster import ray_shards  # connects: a bad address fails here, leaving nothing
+
+        run_shards, n_actors = ray_shards(plan.ray, model, plan.spec())
+        return run_shards, "ray", n_actors
+    return local_shards(model, plan.spec(), plan.workers), "local", plan.workers
+
+
+def _run_shards(model, plan: BuildPlan, run_shards, partial: Path, params: dict, n_shards: int, progress: bool,
+                stop_after: int | None) -> TopkState:
+    """The merged state of every shard: the checkpoint's, and those still to run, each merged and checkpointed
+    (``<partial>/state.npz``) as it finishes. Raises IndexInterrupted on Ctrl-C or after ``stop_after`` new
+    shards; on any other error with nothing finished, removes the folders it made."""
+    made_dir = not partial.parent.exists()
     try:
         partial.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise MinitfError(f"{partial.parent}: cannot create the index folder ({e.strerror}); pass index_dir") from None
     state_path = partial / "state.npz"
-    state, done = _load_checkpoint(state_path, params, len(layers), k, model.cfg.d_mlp)
-    stop_after = int(os.environ[STOP_AFTER_ENV]) if os.environ.get(STOP_AFTER_ENV) else None
+    state, done = _load_checkpoint(state_path, params, len(plan.layers), plan.k, model.cfg.d_mlp)
     bar = Progress("index", n_shards, len(done), unit="shards", counters={"documents": int(state.docs.sum()), "tokens": 0},
                    rate_of="tokens", enabled=progress, every=15.0)
     bar.draw(force=True)
-    t0, finished_now = time.monotonic(), 0
-    todo = ((sid, docs) for sid, docs in iter_shards(corpus, split, shard_chars) if sid not in done)
+    finished_now = 0
+    todo = ((sid, docs) for sid, docs in iter_shards(plan.corpus, plan.split, plan.shard_chars) if sid not in done)
     try:
         for sid, part in run_shards(todo):
             state.merge(part)
@@ -312,24 +286,11 @@ def build_index(model, corpus: str | Path, layers: Iterable[int] | None = None, 
         if not done:  # nothing worth keeping: leave no empty folders behind
             shutil.rmtree(partial, ignore_errors=True)
             if made_dir:
-                shutil.rmtree(npz.parent, ignore_errors=True)
+                shutil.rmtree(partial.parent, ignore_errors=True)
         raise
     finally:
         bar.end_line()
-
-    manifest = {"format": FORMAT, "version": VERSION, "complete": True, "model": model_info, "corpus": corpus_info,
-                **settings, "hist_edges": HIST_EDGES.tolist(), "shard_chars": shard_chars,
-                "tokens_per_batch": TOKENS_PER_BATCH, "shards": n_shards,
-                "documents": dict(zip(SPLITS, state.docs.tolist())),
-                "positions": dict(zip(SPLITS, state.seen.tolist())),
-                "tokens": dict(zip(SPLITS, state.tokens.tolist())),
-                "build": {"executor": executor, "workers": n_workers, "seconds": round(time.monotonic() - t0, 3),
-                          "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}}
-    arrays = state.arrays() | {"layers": np.array(layers, np.int64), "hist_edges": HIST_EDGES}
-    _save_npz(npz, arrays, manifest)
-    atomic_write(manifest_path, json.dumps(manifest, indent=2) + "\n")
-    shutil.rmtree(partial, ignore_errors=True)
-    return npz
+    return state
 
 
 def _load_checkpoint(path: Path, params: dict, n_layers: int, k: int, d_mlp: int) -> tuple[TopkState, set[int]]:

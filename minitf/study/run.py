@@ -20,17 +20,20 @@ Then the aggregates per layer and overall (``minitf.study.summary``): neurons, n
    pairs the pooled per-prompt Δp and Δpost on active vs inactive prompts: means, medians and the two-sample
    KS statistic D = sup |F_active − F_inactive| with its p-value (``minitf.ablation.ks_2samp``).
 
-Files in ``out``: ``settings.json`` (what the study is; a rerun with other settings is refused unless
-``restart``), ``neurons/L{l}N{n}.json`` (one record per neuron, written atomically when it is finished:
-the resume unit), ``study.json`` (all records without per-prompt detail, the aggregates, settings and the
-model's and corpus's sha256) and the site (``minitf.study.site``). Everything that differs between two runs
+Files in ``out`` (``minitf.study.folder.StudyDir``): ``settings.json`` (what the study is; a rerun with other
+settings is refused unless ``restart``), ``neurons/L{l}N{n}.json`` (one record per neuron, written atomically
+when it is finished: the resume unit), ``study.json`` (all records without per-prompt detail, the aggregates,
+settings and the model's and corpus's sha256) and the site (``minitf.study.site``). Everything that differs between two runs
 of the same study (times, LLM call counts) is under a ``"run"`` key, so a resumed study equals an
-uninterrupted one elsewhere. The LLM's on-disk cache (``minitf.explain.llm``) answers every request made before,
-so resuming never sends a request twice.
+uninterrupted one elsewhere. The LLM's on-disk cache (``minitf.explain.cache``) answers every request made
+before, so resuming never sends a request twice.
+
+``run_study`` runs the steps in order: ``check_options``, ``select_neurons``, ``make_llm``, ``study_settings``
+(then ``StudyDir.prepare`` and the resume), ``load_inputs``, ``run_neurons`` (``study_neuron`` and
+``explain_and_score`` per neuron), ``study_result`` and the site.
 """
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
@@ -38,20 +41,16 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-
 from minitf.errors import MinitfError
+from minitf.explain.llm import DEFAULT_CONCURRENCY, DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT
 from minitf.names import Neuron, check_layer, parse_head, parse_neuron
+from minitf.study.folder import FORMAT, VERSION, StudyDir
 from minitf.study.summary import aggregates, summary_entry, summary_lines  # noqa: F401  (summary_lines: the CLI's)
-
-FORMAT = "minitf-study"
-VERSION = 1
-SETTINGS_FILE = "settings.json"
-STUDY_FILE = "study.json"
-NEURONS_DIR = "neurons"
 
 
 class StudyInterrupted(KeyboardInterrupt):
@@ -74,12 +73,12 @@ class StudyOptions:
     include_same_layer: bool = False
     min_count: int = 0
     ablate: int = 0  # top heads ablated besides the differential ones (for the neuron pages only)
-    llm: str | None = None  # LLM model name; None: no explanations
+    llm: str | None = None  # LLM model name; None: explain.llm.DEFAULT_MODEL if a key or server is set, else none
     base_url: str | None = None
     max_calls: int | None = None
-    concurrency: int = 4
-    timeout: float = 60.0  # seconds per LLM request (llm.DEFAULT_TIMEOUT)
-    max_retries: int = 2  # the openai client's retries (llm.DEFAULT_MAX_RETRIES)
+    concurrency: int = DEFAULT_CONCURRENCY
+    timeout: float = DEFAULT_TIMEOUT  # seconds per LLM request
+    max_retries: int = DEFAULT_MAX_RETRIES  # the openai client's retries
     cache_dir: str | None = None
 
     NOT_SETTINGS = ("max_calls", "concurrency", "timeout", "max_retries", "cache_dir", "neurons_file")  # budget and plumbing only
@@ -181,19 +180,17 @@ def ablation_samples(trace: dict, drops: dict) -> dict:
 
 def explain_and_score(llm, train: dict, test: dict) -> tuple[dict, list[str]]:
     """{head: HeadScore dict (with items)} for the train trace's differential heads, explained from ``train``
-    and scored on ``test`` (``explain.evaluate_head``), and the heads left undone because the ``--max-calls``
-    budget ran out (their answers so far are cached)."""
+    and scored on ``test`` (``explain.evaluate_head``), and the heads left undone because the LLM's call
+    budget (``max_calls``) ran out (their answers so far are cached)."""
+    from minitf.explain.budget import BudgetExhausted
     from minitf.explain.driver import evaluate_head, head_examples
 
     done, pending = {}, []
     for h in train["differential_heads"]:
         try:
             done[h] = evaluate_head(llm, head_examples(train, h), head_examples(test, h)).to_dict(items=True)
-        except MinitfError as e:
-            if llm.max_calls is not None and llm.calls_made >= llm.max_calls and "--max-calls" in str(e):
-                pending.append(h)
-            else:
-                raise
+        except BudgetExhausted:
+            pending.append(h)
     return done, pending
 
 
@@ -241,64 +238,69 @@ def study_neuron(model, neuron: Neuron, options: StudyOptions, corpus: Path, ind
 
 
 # ---- the run -------------------------------------------------------------------------------------------
-def _atomic_json(path: Path, obj) -> None:
-    from minitf.util.files import atomic_write
+@dataclass
+class Finished:
+    """The neurons' records so far: ``done`` (finished: on disk, the resume unit) and ``partial`` (their LLM
+    step ran out of the ``max_calls`` budget: saved with their ``"pending"`` heads, redone by a rerun)."""
 
-    atomic_write(path, json.dumps(obj, indent=1, ensure_ascii=False) + "\n")
+    done: dict[str, dict]
+    partial: dict[str, dict] = field(default_factory=dict)
 
+    @property
+    def pending_heads(self) -> int:
+        return sum(len(r["pending"]) for r in self.partial.values())
 
-def _prepare_out(out: Path, settings: dict, restart: bool) -> None:
-    """Create ``out``; refuse an earlier study there made with other settings (unless ``restart``)."""
-    if out.exists() and not out.is_dir():
-        raise MinitfError(f"--out {out}: is a file, not a folder")
-    try:
-        (out / NEURONS_DIR).mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise MinitfError(f"--out {out}: cannot create the folder ({e.strerror})") from None
-    if not os.access(out, os.W_OK) or not os.access(out / NEURONS_DIR, os.W_OK):
-        raise MinitfError(f"--out {out}: not writable")
-    path = out / SETTINGS_FILE
-    if path.is_file() and not restart:
-        try:
-            before = json.loads(path.read_text(encoding="utf-8"))["settings"]
-        except (OSError, ValueError, KeyError, TypeError):
-            raise MinitfError(f"{path}: unreadable study settings; rerun with --restart to start over") from None
-        for key in list(settings) + [k for k in before if k not in settings]:
-            if before.get(key) != settings.get(key):
-                raise MinitfError(f"--out {out} holds a study made with {key} = {_short(before.get(key))}, "
-                                  f"not {_short(settings.get(key))}; rerun with --restart to start over, "
-                                  "or choose another --out")
-    if restart:
-        for old in [out / STUDY_FILE, out / "index.html", *(out / NEURONS_DIR).glob("L*N*.json"),
-                    *(out / NEURONS_DIR).glob("L*N*.html")]:
-            old.unlink(missing_ok=True)
-    _atomic_json(path, {"format": FORMAT, "version": VERSION, "settings": settings})
-
-
-def _short(value) -> str:
-    text = json.dumps(value, ensure_ascii=False)
-    return text if len(text) <= 60 else text[:57] + "…"
-
-
-def _load_record(path: Path, name: str) -> dict | None:
-    """A finished neuron record, or None (missing, unreadable, or waiting for LLM calls)."""
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return record if record.get("neuron") == name and not record.get("pending") else None
+    def records(self, neurons: list[Neuron]) -> list[dict]:
+        """Every record so far, in the order of ``neurons``."""
+        return [self.done.get(str(n)) or self.partial[str(n)] for n in neurons
+                if str(n) in self.done or str(n) in self.partial]
 
 
 def run_study(model, out, options: StudyOptions, restart: bool = False, progress: bool = True,
               say=lambda line: print(line, file=sys.stderr)) -> dict:
     """Run (or resume) the study in ``out``; returns study.json's content. ``say`` prints one-line notes."""
-    from minitf.corpus import check_split, default_corpus, tokenized_documents
-    from minitf.util.files import file_sha256
-    from minitf.load.weights import model_sha256
-
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     t0 = time.monotonic()
-    out = Path(out)
+    folder = StudyDir(out)
+    corpus = check_options(model, options)
+    neurons = select_neurons(model, options)
+    if not neurons:
+        raise MinitfError("no neuron left to study (every one is in --exclude)")
+    llm, skipped_reason = make_llm(options)
+    options = replace(options, llm=llm.model if llm is not None else None,
+                      base_url=options.base_url if llm is not None else None)
+    settings = study_settings(model, options, neurons, corpus)
+    folder.prepare(settings, restart)
+    if skipped_reason:
+        say(f"explanations skipped: {skipped_reason}")
+
+    finished = Finished(folder.finished(neurons))
+    todo = [n for n in neurons if str(n) not in finished.done]
+    if finished.done and todo:
+        say(f"study: resuming: {len(finished.done)} of {len(neurons)} neurons already done in {folder.path}")
+    index, docs = load_inputs(model, corpus, todo, options, llm is not None, progress)
+    run_neurons(model, neurons, todo, options, corpus, index, docs, llm, folder, finished, progress)
+    if finished.pending_heads:
+        say(f"--max-calls {options.max_calls} reached: {finished.pending_heads} differential heads left "
+            "unexplained; rerun with a higher --max-calls to finish (answers so far are cached)")
+
+    records = finished.records(neurons)
+    study = study_result(settings, records, complete=len(finished.done) == len(neurons), llm=llm,
+                         pending_heads=finished.pending_heads, skipped_reason=skipped_reason,
+                         run={"started": started, "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                              "seconds": round(time.monotonic() - t0, 3),
+                              "llm": llm.stats() if llm is not None else None})
+    from minitf.study.site import write_site
+
+    write_site(folder.path, study, records)
+    folder.save_study(study)
+    return study
+
+
+def check_options(model, options: StudyOptions) -> Path:
+    """The corpus to mine prompts from; MinitfError for a missing corpus, a bad split or too few prompts."""
+    from minitf.corpus import check_split, default_corpus
+
     corpus = Path(options.corpus) if options.corpus else default_corpus(model)
     if corpus is None:
         raise MinitfError(f"--corpus: required ({model.folder} has no corpus.txt.gz)")
@@ -307,62 +309,89 @@ def run_study(model, out, options: StudyOptions, restart: bool = False, progress
     check_split(None if options.split == "all" else options.split)
     if options.n_prompts < 2:
         raise MinitfError(f"--n-prompts {options.n_prompts}: must be at least 2")
-    neurons = select_neurons(model, options)
-    if not neurons:
-        raise MinitfError("no neuron left to study (every one is in --exclude)")
+    return corpus
 
-    llm, skipped_reason = _make_llm(options)
+
+def make_llm(options: StudyOptions):
+    """(LLM or None, why explanations are skipped or None). An LLM is used with ``llm`` or ``base_url``, or
+    when OPENAI_API_KEY is set (then ``explain.llm.DEFAULT_MODEL``)."""
+    from minitf.explain.driver import llm_client
+    from minitf.explain.llm import DEFAULT_MODEL, MISSING_KEY_MESSAGE
+
+    key, env_url = os.environ.get("OPENAI_API_KEY"), os.environ.get("OPENAI_BASE_URL")
+    if options.llm is None and options.base_url is None and not key:
+        return None, "no --llm, no --base-url and OPENAI_API_KEY is not set"
+    if not key and not (options.base_url or env_url):
+        raise MinitfError(f"--llm {options.llm}: {MISSING_KEY_MESSAGE}")
+    return llm_client(options.llm or DEFAULT_MODEL, options.base_url, options.cache_dir, options.max_calls,
+                      options.concurrency, options.timeout, options.max_retries), None
+
+
+def study_settings(model, options: StudyOptions, neurons: list[Neuron], corpus: Path) -> dict:
+    """settings.json's "settings": the options but the ``NOT_SETTINGS``, the neurons, and the sha256 of the
+    model and the corpus."""
+    from minitf.index.build import model_sha256
+    from minitf.util.files import file_sha256
+
     settings = {k: v for k, v in asdict(options).items() if k not in StudyOptions.NOT_SETTINGS}
-    settings |= {"layers": sorted({n.layer for n in neurons}), "neurons": [str(n) for n in neurons],
-                 "corpus": str(corpus), "llm": options.llm if llm is not None else None,
-                 "base_url": options.base_url if llm is not None else None,
-                 "model": {"folder": str(model.folder), "sha256": model_sha256(model)},
-                 "corpus_sha256": file_sha256(corpus)}
-    _prepare_out(out, settings, restart)
-    if skipped_reason:
-        say(f"explanations skipped: {skipped_reason}")
+    return settings | {"layers": sorted({n.layer for n in neurons}), "neurons": [str(n) for n in neurons],
+                       "corpus": str(corpus), "model": {"folder": str(model.folder), "sha256": model_sha256(model)},
+                       "corpus_sha256": file_sha256(corpus)}
 
-    records: dict[str, dict] = {}
-    partial: dict[str, dict] = {}  # neurons whose LLM step ran out of --max-calls (redone by a rerun)
-    for n in neurons:
-        if (r := _load_record(out / NEURONS_DIR / f"{n}.json", str(n))) is not None:
-            records[str(n)] = r
-    todo = [n for n in neurons if str(n) not in records]
-    if records and todo:
-        say(f"study: resuming: {len(records)} of {len(neurons)} neurons already done in {out}")
 
-    index = docs = None
-    if todo:
-        layers = {n.layer for n in todo}
-        index = ensure_index(model, corpus, layers, options.n_prompts, progress)
-        splits = [None if options.split == "all" else options.split] + (["test"] if llm is not None else [])
-        wanted = {d for n in todo for s in splits for d, _, _ in index.top(n, s)}
-        docs = tokenized_documents(model, corpus, wanted)  # one pass for all neurons
+def load_inputs(model, corpus: Path, todo: list[Neuron], options: StudyOptions, explain: bool, progress: bool):
+    """(index, {doc_id: tokens}) for the neurons to do: the corpus's index (``ensure_index``) and, in one pass
+    over the corpus, every document among their top ones (of the split, and of the test split with an LLM);
+    (None, None) when there is nothing to do."""
+    from minitf.corpus import tokenized_documents
 
+    if not todo:
+        return None, None
+    index = ensure_index(model, corpus, {n.layer for n in todo}, options.n_prompts, progress)
+    splits = [None if options.split == "all" else options.split] + (["test"] if explain else [])
+    wanted = {d for n in todo for s in splits for d, _, _ in index.top(n, s)}
+    return index, tokenized_documents(model, corpus, wanted)  # one pass for all neurons
+
+
+@contextmanager
+def stop_on_sigint(bar):
+    """An Event set by the first Ctrl-C (the current neuron is finished, then the study stops); a second one
+    quits at once. Installed in the main thread only (signals are delivered there)."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def on_sigint(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        bar.note("study: stopping after the current neuron (Ctrl-C again to quit now)")
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def run_neurons(model, neurons: list[Neuron], todo: list[Neuron], options: StudyOptions, corpus: Path, index, docs,
+                llm, folder: StudyDir, finished: Finished, progress: bool) -> None:
+    """Study each neuron of ``todo`` (``study_neuron``, then ``explain_and_score``), saving each record in
+    ``folder`` and ``finished`` in neuron order. Raises StudyInterrupted after a Ctrl-C.
+
+    The LLM step of a neuron runs on one background thread while the next neurons are computed (it waits on
+    the server, the rest on the CPU); records are finished in neuron order, at most two neurons ahead."""
     from minitf.util.progress import Progress
 
-    bar = Progress("study", len(neurons), len(records), unit="neurons", enabled=progress, every=15.0)
-    stop = threading.Event()
-    previous = None
-    if threading.current_thread() is threading.main_thread():
-        def on_sigint(signum, frame):
-            if stop.is_set():
-                raise KeyboardInterrupt
-            stop.set()
-            bar.note("study: stopping after the current neuron (Ctrl-C again to quit now)")
-        previous = signal.signal(signal.SIGINT, on_sigint)
-    pending_heads = 0
-    # The LLM step of a neuron runs on one background thread while the next neurons are computed (it waits on
-    # the server, the rest on the CPU); records are finished in neuron order, at most two neurons ahead.
+    bar = Progress("study", len(neurons), len(finished.done), unit="neurons", enabled=progress, every=15.0)
     llm_thread = ThreadPoolExecutor(1, thread_name_prefix="minitf-study-llm") if llm is not None else None
     waiting: deque = deque()  # (record, future of explain_and_score) in neuron order
 
     def finish(record: dict) -> None:
-        nonlocal pending_heads
-        _atomic_json(out / NEURONS_DIR / f"{record['neuron']}.json", record)
-        pending_heads += len(record.get("pending", []))
-        (partial if record.get("pending") else records)[record["neuron"]] = record
-        bar.update(len(records) - bar.done, status=f"{record['neuron']}: done")
+        folder.save_record(record)
+        (finished.partial if record.get("pending") else finished.done)[record["neuron"]] = record
+        bar.update(len(finished.done) - bar.done, status=f"{record['neuron']}: done")
 
     def collect(block: bool) -> None:
         while waiting and (block or len(waiting) > 2 or waiting[0][1].done()):
@@ -372,68 +401,40 @@ def run_study(model, out, options: StudyOptions, restart: bool = False, progress
                 record["pending"] = pending
             finish(record)
 
-    try:
-        for n in todo:
-            if stop.is_set():
-                break
-            record, test = study_neuron(model, n, options, corpus, index, docs, llm is not None,
-                                        lambda step, n=n: bar.update(status=f"{n}: {step}"))
-            if test is None:
-                collect(block=True)  # keep the order of the records
-                finish(record)
-            else:
-                waiting.append((record, llm_thread.submit(explain_and_score, llm, record["trace"], test)))
-                collect(block=False)
-        collect(block=True)
-        if not stop.is_set():
-            bar.finish()  # the bar's last state (off a terminal, its last plain line may be up to 15 s old)
-    finally:
-        if llm_thread is not None:
-            llm_thread.shutdown(wait=True, cancel_futures=True)
-        bar.end_line()
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
-    if stop.is_set() and len(records) < len(neurons):
-        raise StudyInterrupted(f"study: interrupted after {len(records)} of {len(neurons)} neurons; "
-                               f"rerun the same command to continue (saved in {out / NEURONS_DIR})")
-    if pending_heads:
-        say(f"--max-calls {options.max_calls} reached: {pending_heads} differential heads left unexplained; "
-            "rerun with a higher --max-calls to finish (answers so far are cached)")
-
-    finished = [records.get(str(n)) or partial[str(n)] for n in neurons if str(n) in records or str(n) in partial]
-    study = {"format": FORMAT, "version": VERSION, "settings": settings,
-             "explanations": "done" if llm is not None and not pending_heads else
-             f"{pending_heads} differential heads left unexplained (--max-calls)" if llm is not None else
-             f"skipped: {skipped_reason}",
-             "complete": len(records) == len(neurons),
-             "aggregates": aggregates(finished, llm is not None),
-             "neurons": [summary_entry(r) for r in finished],
-             "run": {"started": started, "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                     "seconds": round(time.monotonic() - t0, 3),
-                     "llm": llm.stats() if llm is not None else None}}
-    from minitf.study.site import write_site
-
-    write_site(out, study, finished)
-    _atomic_json(out / STUDY_FILE, study)
-    return study
+    with stop_on_sigint(bar) as stop:
+        try:
+            for n in todo:
+                if stop.is_set():
+                    break
+                record, test = study_neuron(model, n, options, corpus, index, docs, llm is not None,
+                                            lambda step, n=n: bar.update(status=f"{n}: {step}"))
+                if test is None:
+                    collect(block=True)  # keep the order of the records
+                    finish(record)
+                else:
+                    waiting.append((record, llm_thread.submit(explain_and_score, llm, record["trace"], test)))
+                    collect(block=False)
+            collect(block=True)
+            if not stop.is_set():
+                bar.finish()  # the bar's last state (off a terminal, its last plain line may be up to 15 s old)
+        finally:
+            if llm_thread is not None:
+                llm_thread.shutdown(wait=True, cancel_futures=True)
+            bar.end_line()
+    if stop.is_set() and len(finished.done) < len(neurons):
+        raise StudyInterrupted(f"study: interrupted after {len(finished.done)} of {len(neurons)} neurons; "
+                               f"rerun the same command to continue (saved in {folder.neurons})")
 
 
-def _make_llm(options: StudyOptions):
-    """(LLM or None, why explanations are skipped or None). An LLM is used with --llm or --base-url, or
-    when OPENAI_API_KEY is set (then the default model)."""
-    from minitf.explain.driver import llm_client
-    from minitf.explain.llm import MISSING_KEY_MESSAGE
-
-    key, env_url = os.environ.get("OPENAI_API_KEY"), os.environ.get("OPENAI_BASE_URL")
-    if options.llm is None and options.base_url is None and not key:
-        return None, "no --llm, no --base-url and OPENAI_API_KEY is not set"
-    if not key and not (options.base_url or env_url):
-        raise MinitfError(f"--llm {options.llm}: {MISSING_KEY_MESSAGE}")
-    if options.llm is None:
-        options.llm = "gpt-4o-mini"
-    return llm_client(options.llm, options.base_url, options.cache_dir, options.max_calls, options.concurrency,
-                      options.timeout, options.max_retries), None
+def study_result(settings: dict, records: list[dict], complete: bool, llm, pending_heads: int,
+                 skipped_reason: str | None, run: dict) -> dict:
+    """study.json: the settings, the aggregates (``minitf.study.summary``) and each record's summary."""
+    explanations = ("done" if not pending_heads else f"{pending_heads} differential heads left unexplained "
+                    "(--max-calls)") if llm is not None else f"skipped: {skipped_reason}"
+    return {"format": FORMAT, "version": VERSION, "settings": settings, "explanations": explanations,
+            "complete": complete, "aggregates": aggregates(records, llm is not None),
+            "neurons": [summary_entry(r) for r in records], "run": run}
 
 
-__all__ = ["StudyOptions", "StudyInterrupted", "run_study", "select_neurons", "aggregates", "summary_lines",
+__all__ = ["StudyOptions", "StudyInterrupted", "StudyDir", "run_study", "select_neurons", "aggregates", "summary_lines",
            "read_neuron_list"]
