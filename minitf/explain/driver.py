@@ -97,8 +97,8 @@ def evaluate_head(
 def head_examples(trace: dict[str, Any], head: str) -> HeadExamples:
     """The active / inactive prompts (decoded text) of ``head`` in a trace (see ``minitf.trace``)."""
     if not any(h["head"] == head for h in trace["heads"]):
-        raise MinitfError(f"--head {head}: not a candidate head of {trace['neuron']['name']} "
-                          "(heads of earlier layers; --include-same-layer adds its own layer)")
+        raise MinitfError(f"`head` {head}: not a candidate head of {trace['neuron']['name']} "
+                          "(heads of earlier layers; `include_same_layer` adds its own layer)", param="head")
     active = [p["text"] for p in trace["prompts"] if head in p["active_heads"]]
     inactive = [p["text"] for p in trace["prompts"] if head not in p["active_heads"]]
     return HeadExamples(trace["neuron"]["name"], head, trace["neuron"]["token"]["str"], active, inactive)

@@ -34,7 +34,7 @@ Retries
 
 Budget
     ``max_calls`` caps the number of requests sent to the server (cache misses; a request's
-    retries count once). The next miss raises ``MinitfError("--max-calls N reached: …")``; what was
+    retries count once). The next miss raises ``MinitfError("`max_calls` N reached: …", param="max_calls")``; what was
     answered so far is cached, so a rerun continues where it stopped.
 """
 
@@ -61,8 +61,9 @@ log = logging.getLogger(__name__)
 DEFAULT_SERVER = "https://api.openai.com/v1"
 NO_KEY_PLACEHOLDER = "none"
 MISSING_KEY_MESSAGE = (
-    "OPENAI_API_KEY is not set: export it, or pass --base-url for a local OpenAI-compatible server"
+    "OPENAI_API_KEY is not set: export it, or pass `base_url` for a local OpenAI-compatible server"
 )
+DEFAULT_LLM = "gpt-4o-mini"  # the LLM asked when none is named (--llm; a study with OPENAI_API_KEY set)
 DEFAULT_TIMEOUT = 60.0  # seconds per HTTP attempt (--timeout); a long explanation from a slow server needs it
 DEFAULT_MAX_RETRIES = 2  # the openai client's retries after the first attempt (--max-retries)
 _RETRIED_STATUSES = {408, 409, 429} | set(range(500, 600))  # what the openai client retries
@@ -70,7 +71,7 @@ _LOGPROB_PARAMS = ("logprobs", "top_logprobs")
 _STATUS_HINTS = {
     401: ": check OPENAI_API_KEY",
     403: ": check OPENAI_API_KEY and the model's access",
-    404: ": check --model and --base-url",
+    404: ": check the LLM model name and `base_url`",
 }
 
 
@@ -136,15 +137,15 @@ class LLM:
         max_retries: int = DEFAULT_MAX_RETRIES,
     ) -> None:
         if not model:
-            raise MinitfError("--llm: the LLM model name must not be empty")
+            raise MinitfError("the LLM model name must not be empty", param="model")
         if max_calls is not None and max_calls < 0:
-            raise MinitfError(f"--max-calls: must be 0 or more, got {max_calls}")
+            raise MinitfError(f"`max_calls`: must be 0 or more, got {max_calls}", param="max_calls")
         if concurrency < 1:
-            raise MinitfError(f"--concurrency: must be at least 1, got {concurrency}")
+            raise MinitfError(f"`concurrency`: must be at least 1, got {concurrency}", param="concurrency")
         if max_retries < 0:
-            raise MinitfError(f"--max-retries: must be 0 or more, got {max_retries}")
+            raise MinitfError(f"`max_retries`: must be 0 or more, got {max_retries}", param="max_retries")
         if timeout <= 0:
-            raise MinitfError(f"--timeout: must be positive, got {timeout}")
+            raise MinitfError(f"`timeout`: must be positive, got {timeout}", param="timeout")
         self.model = model
         self.base_url = base_url
         self.server = server_id(base_url)
@@ -242,9 +243,9 @@ class LLM:
         with self._lock:
             if self.max_calls is not None and self.calls_made >= self.max_calls:
                 raise MinitfError(
-                    f"--max-calls {self.max_calls} reached: {count(self.calls_made, 'call')} made, "
+                    f"`max_calls` {self.max_calls} reached: {count(self.calls_made, 'call')} made, "
                     f"{count(self.cache_hits, 'cache hit')}; answers so far are cached, rerun with a higher "
-                    "--max-calls to continue"
+                    "`max_calls` to continue", param="max_calls"
                 )
             self.calls_made += 1
 
@@ -309,8 +310,8 @@ class LLM:
 
     @property
     def _gave_up(self) -> str:
-        return (f"after {count(self.max_retries + 1, 'attempt')} (--max-retries {self.max_retries}, "
-                f"--timeout {self.timeout:g} s per attempt)")
+        return (f"after {count(self.max_retries + 1, 'attempt')} (`max_retries` {self.max_retries}, "
+                f"`timeout` {self.timeout:g} s per attempt)")
 
     def _attempt(self, client: Any, messages: list[dict[str, Any]], params: dict[str, Any]) -> dict[str, Any]:
         """One request through the openai client, its retries included; counts attempts and retries.

@@ -40,6 +40,7 @@ from pathlib import Path
 
 
 from minitf.errors import MinitfError
+from minitf.explain.llm import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT
 from minitf.names import Neuron, parse_head, parse_neuron
 from minitf.study.summary import aggregates, summary_entry, summary_lines  # noqa: F401  (summary_lines: the CLI's)
 
@@ -74,8 +75,8 @@ class StudyOptions:
     base_url: str | None = None
     max_calls: int | None = None
     concurrency: int = 4
-    timeout: float = 60.0  # seconds per LLM request (llm.DEFAULT_TIMEOUT)
-    max_retries: int = 2  # the openai client's retries (llm.DEFAULT_MAX_RETRIES)
+    timeout: float = DEFAULT_TIMEOUT  # seconds per LLM request
+    max_retries: int = DEFAULT_MAX_RETRIES  # the openai client's retries
     cache_dir: str | None = None
 
     NOT_SETTINGS = ("max_calls", "concurrency", "timeout", "max_retries", "cache_dir", "neurons_file")  # budget and plumbing only
@@ -89,9 +90,9 @@ def read_neuron_list(model, path) -> list[Neuron]:
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
-        raise MinitfError(f"--neurons {path}: no such file") from None
+        raise MinitfError(f"`neurons_file` {path}: no such file", param="neurons_file") from None
     except (OSError, UnicodeDecodeError) as e:
-        raise MinitfError(f"--neurons {path}: cannot read ({getattr(e, 'strerror', None) or e})") from None
+        raise MinitfError(f"`neurons_file` {path}: cannot read ({getattr(e, 'strerror', None) or e})") from None
     out = []
     for lineno, line in enumerate(lines, 1):
         name = line.split("#", 1)[0].strip()
@@ -99,9 +100,9 @@ def read_neuron_list(model, path) -> list[Neuron]:
             try:
                 out.append(parse_neuron(name, model.cfg.n_layer, model.cfg.d_mlp))
             except (ValueError, MinitfError) as e:
-                raise MinitfError(f"--neurons {path}: line {lineno}: {e}") from None
+                raise MinitfError(f"`neurons_file` {path}: line {lineno}: {e}", param="neurons_file") from None
     if not out:
-        raise MinitfError(f"--neurons {path}: no neuron names in the file")
+        raise MinitfError(f"`neurons_file` {path}: no neuron names in the file", param="neurons_file")
     return out
 
 
@@ -113,15 +114,15 @@ def select_neurons(model, options: StudyOptions) -> list[Neuron]:
     L = model.cfg.n_layer
     for layer in options.layers:
         if not 0 <= layer < L:
-            raise MinitfError(f"--layers {layer}: the model has {L} layers (0–{L - 1})")
+            raise MinitfError(f"`layers` {layer}: the model has {L} layers (0–{L - 1})", param="layers")
     if options.per_layer < 1:
-        raise MinitfError(f"--per-layer {options.per_layer}: must be at least 1")
+        raise MinitfError(f"`per_layer` {options.per_layer}: must be at least 1", param="per_layer")
     excluded = set()
     for name in options.exclude:
         try:
             excluded.add(parse_neuron(name, L, model.cfg.d_mlp))
         except (ValueError, MinitfError) as e:
-            raise MinitfError(f"--exclude {name}: {e}") from None
+            raise MinitfError(f"`exclude` {name}: {e}", param="exclude") from None
     if options.neurons_file:
         chosen = read_neuron_list(model, options.neurons_file)
     else:
@@ -187,7 +188,7 @@ def explain_and_score(llm, train: dict, test: dict) -> tuple[dict, list[str]]:
         try:
             done[h] = evaluate_head(llm, head_examples(train, h), head_examples(test, h)).to_dict(items=True)
         except MinitfError as e:
-            if llm.max_calls is not None and llm.calls_made >= llm.max_calls and "--max-calls" in str(e):
+            if llm.max_calls is not None and llm.calls_made >= llm.max_calls and e.param == "max_calls":
                 pending.append(h)
             else:
                 raise
@@ -247,24 +248,24 @@ def _atomic_json(path: Path, obj) -> None:
 def _prepare_out(out: Path, settings: dict, restart: bool) -> None:
     """Create ``out``; refuse an earlier study there made with other settings (unless ``restart``)."""
     if out.exists() and not out.is_dir():
-        raise MinitfError(f"--out {out}: is a file, not a folder")
+        raise MinitfError(f"`out` {out}: is a file, not a folder", param="out")
     try:
         (out / NEURONS_DIR).mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise MinitfError(f"--out {out}: cannot create the folder ({e.strerror})") from None
+        raise MinitfError(f"`out` {out}: cannot create the folder ({e.strerror})", param="out") from None
     if not os.access(out, os.W_OK) or not os.access(out / NEURONS_DIR, os.W_OK):
-        raise MinitfError(f"--out {out}: not writable")
+        raise MinitfError(f"`out` {out}: not writable", param="out")
     path = out / SETTINGS_FILE
     if path.is_file() and not restart:
         try:
             before = json.loads(path.read_text(encoding="utf-8"))["settings"]
         except (OSError, ValueError, KeyError, TypeError):
-            raise MinitfError(f"{path}: unreadable study settings; rerun with --restart to start over") from None
+            raise MinitfError(f"{path}: unreadable study settings; rerun with `restart` to start over") from None
         for key in list(settings) + [k for k in before if k not in settings]:
             if before.get(key) != settings.get(key):
-                raise MinitfError(f"--out {out} holds a study made with {key} = {_short(before.get(key))}, "
-                                  f"not {_short(settings.get(key))}; rerun with --restart to start over, "
-                                  "or choose another --out")
+                raise MinitfError(f"`out` {out} holds a study made with {key} = {_short(before.get(key))}, "
+                                  f"not {_short(settings.get(key))}; rerun with `restart` to start over, "
+                                  "or choose another `out`", param="out")
     if restart:
         for old in [out / STUDY_FILE, out / "index.html", *(out / NEURONS_DIR).glob("L*N*.json"),
                     *(out / NEURONS_DIR).glob("L*N*.html")]:
@@ -298,15 +299,15 @@ def run_study(model, out, options: StudyOptions, restart: bool = False, progress
     out = Path(out)
     corpus = Path(options.corpus) if options.corpus else default_corpus(model)
     if corpus is None:
-        raise MinitfError(f"--corpus: required ({model.folder} has no corpus.txt.gz)")
+        raise MinitfError(f"`corpus`: required ({model.folder} has no corpus.txt.gz)", param="corpus")
     if not corpus.is_file():
-        raise MinitfError(f"--corpus {corpus}: no such file")
+        raise MinitfError(f"`corpus` {corpus}: no such file", param="corpus")
     check_split(None if options.split == "all" else options.split)
     if options.n_prompts < 2:
-        raise MinitfError(f"--n-prompts {options.n_prompts}: must be at least 2")
+        raise MinitfError(f"`n_prompts` {options.n_prompts}: must be at least 2", param="n_prompts")
     neurons = select_neurons(model, options)
     if not neurons:
-        raise MinitfError("no neuron left to study (every one is in --exclude)")
+        raise MinitfError("no neuron left to study (every one is in `exclude`)")
 
     llm, skipped_reason = _make_llm(options)
     settings = {k: v for k, v in asdict(options).items() if k not in StudyOptions.NOT_SETTINGS}
@@ -419,15 +420,15 @@ def _make_llm(options: StudyOptions):
     """(LLM or None, why explanations are skipped or None). An LLM is used with --llm or --base-url, or
     when OPENAI_API_KEY is set (then the default model)."""
     from minitf.explain.driver import llm_client
-    from minitf.explain.llm import MISSING_KEY_MESSAGE
+    from minitf.explain.llm import DEFAULT_LLM, MISSING_KEY_MESSAGE
 
     key, env_url = os.environ.get("OPENAI_API_KEY"), os.environ.get("OPENAI_BASE_URL")
     if options.llm is None and options.base_url is None and not key:
         return None, "no --llm, no --base-url and OPENAI_API_KEY is not set"
     if not key and not (options.base_url or env_url):
-        raise MinitfError(f"--llm {options.llm}: {MISSING_KEY_MESSAGE}")
+        raise MinitfError(f"`llm` {options.llm}: {MISSING_KEY_MESSAGE}", param="llm")
     if options.llm is None:
-        options.llm = "gpt-4o-mini"
+        options.llm = DEFAULT_LLM
     return llm_client(options.llm, options.base_url, options.cache_dir, options.max_calls, options.concurrency,
                       options.timeout, options.max_retries), None
 
