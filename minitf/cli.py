@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+from functools import partial
 
 import click
 
@@ -78,11 +79,6 @@ def _spec(parse):
     return callback
 
 
-def _neurons(values) -> list:
-    """--exclude L9N2322,L10N7 --exclude L3N1 → their names (L9N2322, …), each well formed (range: the library)."""
-    return [str(minitf.parse_neuron(n)) for v in values for n in v.replace(" ", ",").split(",") if n]
-
-
 model_option = click.option("--model", "model_spec", default=minitf.DEFAULT_MODEL, show_default=True,
                             help="Model folder, a name under weights/ (tiny, gpt2, …) or a Hugging Face cache entry.")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
@@ -101,38 +97,20 @@ rule_option = click.option("--rule", type=click.Choice(["sigma2", "top3"]), defa
                                 "or the top 3.")
 include_same_layer_option = click.option("--include-same-layer", is_flag=True,
                                          help="Candidates include the neuron's own layer.")
-
-
-def layers_option(what: str):
-    return click.option("--layer", "--layers", "layers", multiple=True, callback=_spec(parse_layers),
-                        help=f"Layers to {what} (repeatable; 3,5 or 2-4) [default: all].")
-
-
-def corpus_option(help: str = "Corpus to mine prompts from [default: the model's corpus.txt.gz]."):
-    return click.option("--corpus", type=click.Path(dir_okay=False), default=None, help=help)
-
-
-def split_option(default: str = "train", help: str | None = None):
-    return click.option("--split", type=click.Choice(["train", "test", "all"]), default=default, show_default=True,
-                        help=help)
-
-
-def n_prompts_option(default: int, minimum: int, help: str):
-    return click.option("--n-prompts", default=default, show_default=True, type=click.IntRange(minimum, 1000),
-                        help=help)
-
-
-def bos_option(default: bool, each: str):
-    return click.option("--bos/--no-bos", default=default, show_default=True, help=f"Prepend <|endoftext|> to {each}.")
-
-
-def ablate_option(default: int, help: str):
-    return click.option("--ablate", default=default, show_default=True, type=click.IntRange(0, 1000), help=help)
-
-
-def cache_dir_option(what: str):
-    return click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
-                        help=f"{what} [default: $MINITF_CACHE_DIR or ~/.cache/minitf].")
+exclude_option = click.option(  # L9N2322,L10N7 → names, each well formed (in range: the library checks)
+    "--exclude", multiple=True, help="Neurons to leave out (L9N2322,L10N7; repeatable).",
+    callback=_spec(lambda v: [str(minitf.parse_neuron(n)) for n in ",".join(v).replace(" ", ",").split(",") if n]))
+# the options whose default or help differs by command: called with those, e.g. split_option(default="all")
+layers_option = partial(click.option, "--layer", "--layers", "layers", multiple=True, callback=_spec(parse_layers))
+corpus_option = partial(click.option, "--corpus", type=click.Path(dir_okay=False), default=None,
+                        help="Corpus to mine prompts from [default: the model's corpus.txt.gz].")
+split_option = partial(click.option, "--split", type=click.Choice(["train", "test", "all"]), default="train",
+                       show_default=True)
+n_prompts_option = partial(click.option, "--n-prompts", show_default=True)  # and type=click.IntRange(min, 1000)
+bos_option = partial(click.option, "--bos/--no-bos", show_default=True)
+ablate_option = partial(click.option, "--ablate", show_default=True, type=click.IntRange(0, 1000))
+cache_dir_option = partial(click.option, "--cache-dir", type=click.Path(file_okay=False), default=None)
+CACHE_DEFAULT = "[default: $MINITF_CACHE_DIR or ~/.cache/minitf]"
 
 
 def llm_options(llm_default: str | None, llm_help: str, max_calls_help: str):
@@ -176,7 +154,7 @@ def info(model_spec, as_json):
 @model_option
 @click.option("--text", required=True, help="The prompt.")
 @click.option("--top", "top_k", default=10, show_default=True, type=click.IntRange(1, 1000))
-@bos_option(False, "the prompt")
+@bos_option(default=False, help="Prepend <|endoftext|> to the prompt.")
 @json_option
 def run(model_spec, text, top_k, bos, as_json):
     """Top-k next-token predictions for a prompt."""
@@ -237,12 +215,12 @@ trace_options = _options(  # trace and report
                  help="Prompts: .txt one per line, or .jsonl with 'text'."),
     corpus_option(),
     split_option(),
-    n_prompts_option(20, 1, "Top prompts to mine."),
+    n_prompts_option(default=20, type=click.IntRange(1, 1000), help="Top prompts to mine."),
     rule_option,
     scores_option,
     include_same_layer_option,
-    bos_option(True, "each prompt"),
-    ablate_option(5, "Ablate this many top heads by mean score (see --scores), and every differential head."),
+    bos_option(default=True, help="Prepend <|endoftext|> to each prompt."),
+    ablate_option(default=5, help="Ablate this many top heads by mean score (see --scores) and each differential head."),
     no_progress_option,
 )
 
@@ -274,9 +252,9 @@ explain_options = _options(  # explain and score
     neuron_option,
     model_option,
     llm_options(DEFAULT_LLM, "LLM model name.", "At most this many LLM requests."),
-    cache_dir_option("LLM cache and results"),
+    cache_dir_option(help=f"LLM cache and results {CACHE_DEFAULT}."),
     head_option,
-    n_prompts_option(30, 2, "Top prompts of the split to use."),
+    n_prompts_option(default=30, type=click.IntRange(2, 1000), help="Top prompts of the split to use."),
     rule_option,
     scores_option,
     include_same_layer_option,
@@ -359,7 +337,7 @@ def score(neuron, model_spec, llm_model, base_url, max_calls, concurrency, timeo
 @main.command()
 @trace_options
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="The HTML file to write.")
-@cache_dir_option("Where explain/score saved their results")
+@cache_dir_option(help=f"Where explain/score saved their results {CACHE_DEFAULT}.")
 def report(out, cache_dir, neuron, model_spec, texts, prompt_file, corpus, split, n_prompts, rule, head_scores,
            include_same_layer, bos, ablate, no_progress):
     """A self-contained HTML report of a trace (the same options as trace): one file that works offline."""
@@ -378,7 +356,7 @@ def _tok(s: str) -> str:
 
 @main.command()
 @model_option
-@layers_option("show")
+@layers_option(help="Layers to show (repeatable; 3,5 or 2-4) [default: all].")
 @click.option("--top", "top", default=10, show_default=True, type=click.IntRange(1, 100000),
               help="Most congruent neurons per layer.")
 @click.option("--tokens", "n_tokens", default=5, show_default=True, type=click.IntRange(1, 100),
@@ -386,7 +364,7 @@ def _tok(s: str) -> str:
 @click.option("--no-filter", is_flag=True, help="Rank by all tokens, not only ' word' tokens (space + ≥ 2 chars).")
 @click.option("--min-count", "min_count", default=0, show_default=True, type=click.IntRange(0),
               help="Only tokens seen ≥ N times in the corpus count (0: off, the paper's behaviour).")
-@corpus_option("Corpus for --min-count [default: the model's corpus.txt.gz].")
+@corpus_option(help="Corpus for --min-count [default: the model's corpus.txt.gz].")
 @json_option
 def neurons(model_spec, layers, top, n_tokens, no_filter, min_count, corpus, as_json):
     """Next-token neurons: each layer's neurons ranked by congruence max_t W_out[n]·W_U′[:, t]."""
@@ -416,13 +394,13 @@ def neurons(model_spec, layers, top, n_tokens, no_filter, min_count, corpus, as_
 
 @main.command()
 @model_option
-@corpus_option("Corpus (.txt, .jsonl, .gz of either) [default: the model's corpus.txt.gz].")
-@layers_option("index")
-@split_option("all", "Documents to index (all keeps train and test apart in one index).")
+@corpus_option(help="Corpus (.txt, .jsonl, .gz of either) [default: the model's corpus.txt.gz].")
+@layers_option(help="Layers to index (repeatable; 3,5 or 2-4) [default: all].")
+@split_option(default="all", help="Documents to index (all keeps train and test apart in one index).")
 @click.option("--top-k", "k", default=30, show_default=True, type=click.IntRange(1, 10000),
               help="Top documents kept per neuron.")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64), help="Worker processes.")
-@bos_option(True, "each document")
+@bos_option(default=True, help="Prepend <|endoftext|> to each document.")
 @click.option("--index-dir", type=click.Path(file_okay=False), default=None,
               help="Where to keep the index [default: <corpus>.index/ next to the corpus].")
 @click.option("--rebuild", is_flag=True, help="Rebuild even if an up-to-date index exists.")
@@ -473,24 +451,23 @@ def index(model_spec, corpus, layers, split, k, workers, bos, index_dir, rebuild
 @main.command()
 @click.option("--out", required=True, type=click.Path(), help="Folder for study.json, the site and the resume state.")
 @model_option
-@layers_option("study")
+@layers_option(help="Layers to study (repeatable; 3,5 or 2-4) [default: all].")
 @click.option("--per-layer", default=20, show_default=True, type=int, help="Most congruent neurons per layer.")
-@click.option("--exclude", multiple=True, callback=_spec(_neurons),
-              help="Neurons to leave out (L9N2322,L10N7; repeatable).")
+@exclude_option
 @click.option("--neurons", "neurons_file", type=click.Path(dir_okay=False),
               help="Study exactly the neurons named in this file, one per line (then --layers/--per-layer are unused).")
 @click.option("--min-count", default=0, show_default=True, type=click.IntRange(0),
               help="Neuron selection: only tokens seen ≥ N times in the corpus count (0: the paper's filter only).")
 @corpus_option()
 @split_option()
-@n_prompts_option(20, 2, "Top prompts per neuron.")
+@n_prompts_option(default=20, type=click.IntRange(2, 1000), help="Top prompts per neuron.")
 @rule_option
 @scores_option
 @include_same_layer_option
-@ablate_option(0, "Also ablate this many top heads per neuron (every differential head always is).")
+@ablate_option(default=0, help="Also ablate this many top heads per neuron (every differential head always is).")
 @llm_options(None, f"LLM for explanations [default: {DEFAULT_LLM} when --base-url or OPENAI_API_KEY is set, "
                    "else none].", "At most this many LLM requests in all.")
-@cache_dir_option("LLM cache")
+@cache_dir_option(help=f"LLM cache {CACHE_DEFAULT}.")
 @click.option("--restart", is_flag=True, help="Start over in --out, discarding an earlier study there.")
 @no_progress_option
 @json_option
