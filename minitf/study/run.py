@@ -92,7 +92,8 @@ def read_neuron_list(model, path) -> list[Neuron]:
     except FileNotFoundError:
         raise MinitfError(f"`neurons_file` {path}: no such file", param="neurons_file") from None
     except (OSError, UnicodeDecodeError) as e:
-        raise MinitfError(f"`neurons_file` {path}: cannot read ({getattr(e, 'strerror', None) or e})") from None
+        raise MinitfError(f"`neurons_file` {path}: cannot read ({getattr(e, 'strerror', None) or e})",
+                          param="neurons_file") from None
     out = []
     for lineno, line in enumerate(lines, 1):
         name = line.split("#", 1)[0].strip()
