@@ -1,33 +1,56 @@
 """minitf's command line: it only parses arguments and prints; the work is in the ``minitf`` package.
 
-Exit codes: 0 ok, 1 bad data (one line on stderr naming the file or argument), 2 usage error.
+Exit codes: 0 ok, 1 bad data (one line on stderr naming the file or argument), 2 usage error (one line too).
+Each option shared by several commands is built once below; library errors name parameters (`n_prompts`),
+printed here as the flags that set them (--n-prompts).
 """
 from __future__ import annotations
 
 import json
+import re
 import sys
+from functools import partial
 
 import click
 
 import minitf
-from minitf.explain.llm import DEFAULT_CONCURRENCY, DEFAULT_MAX_RETRIES, DEFAULT_MODEL, DEFAULT_TIMEOUT
+from minitf.explain.llm import DEFAULT_CONCURRENCY, DEFAULT_MAX_RETRIES, DEFAULT_LLM, DEFAULT_TIMEOUT
 from minitf.errors import MinitfError
 from minitf.names import check_layer, check_neuron, parse_layers
 from minitf.util.fmt import count, num
 
 
+# ---- errors ------------------------------------------------------------------------------------------
+_PARAM = re.compile(r"`(\w+)`")  # how a MinitfError names a parameter: `n_prompts`
+_FLAG_OF = {"k": "--top-k", "neurons_file": "--neurons", "shard_chars": "--shard-kib"}  # where not --n-prompts
+
+
+def flag_of(param: str) -> str:
+    """The flag that sets a library parameter: ``n_prompts`` → ``--n-prompts``, ``k`` → ``--top-k``."""
+    return _FLAG_OF.get(param, "--" + param.replace("_", "-"))
+
+
 class _Group(click.Group):
-    """Turns MinitfError into one line on stderr and exit 1, never a traceback."""
+    """Every error is one line on stderr, never a traceback: bad data or a failed step (MinitfError) exits 1,
+    a malformed command line (click's UsageError: a missing option, ``--neuron L1X``) exits 2."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except MinitfError as e:
-            click.echo(f"error: {e}", err=True)
+            click.echo(f"error: {self.in_flags(e)}", err=True)
             sys.exit(1)
+        except click.UsageError as e:
+            click.echo("error: " + " ".join(e.format_message().split()), err=True)
+            sys.exit(2)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
+
+    def in_flags(self, e: MinitfError) -> str:
+        """The error's message with each parameter it names that a flag sets written as that flag."""
+        flags = {flag for command in self.commands.values() for p in command.params for flag in p.opts}
+        return _PARAM.sub(lambda m: flag_of(m[1]) if flag_of(m[1]) in flags else m[0], str(e))
 
 
 @click.group(cls=_Group)
@@ -35,13 +58,74 @@ def main():
     """minitf: a small, exact, pure-NumPy GPT-2 that shows which attention heads switch on an MLP neuron."""
 
 
+# ---- options: each built once here, used by every command that takes it --------------------------------
+def _options(*options):
+    """One decorator applying ``options`` in the order listed (as if stacked in that order)."""
+    def apply(f):
+        for option in reversed(options):
+            f = option(f)
+        return f
+    return apply
+
+
+def _spec(parse):
+    """A click callback parsing each value with ``parse``: a malformed one is a usage error (exit 2) in one line
+    naming the flag, e.g. "--layer 2-1: reversed range (write 1-2)"."""
+    def callback(ctx, param, value):
+        try:
+            return parse(value)
+        except ValueError as e:
+            raise click.UsageError(f"{param.opts[0]} {e}", ctx) from None
+    return callback
+
+
 model_option = click.option("--model", "model_spec", default=minitf.DEFAULT_MODEL, show_default=True,
                             help="Model folder, a name under weights/ (tiny, gpt2, …) or a Hugging Face cache entry.")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+no_progress_option = click.option("--no-progress", is_flag=True, help="No progress bar on stderr.")
+neuron_option = click.option("--neuron", required=True, callback=_spec(minitf.parse_neuron),
+                             help="L10N2345, 10:2345 or blocks.10.mlp.hook_pre[2345].")
+head_option = click.option("--head", "head_spec", default=None,
+                           callback=_spec(lambda v: None if v is None else str(minitf.parse_head(v))),
+                           help="Only this head (e.g. L1H10).")
 scores_option = click.option("--scores", "head_scores", type=click.Choice(["paper", "exact"]), default="paper",
                              show_default=True,
                              help="What selects heads: each head's context part (the paper's scores, "
                                   "TransformerLens with value biases folded) or its whole effect (+ constant part).")
+rule_option = click.option("--rule", type=click.Choice(["sigma2", "top3"]), default="sigma2", show_default=True,
+                           help="Active heads: effect > mean + 2·std of the candidates (the paper's default), "
+                                "or the top 3.")
+include_same_layer_option = click.option("--include-same-layer", is_flag=True,
+                                         help="Candidates include the neuron's own layer.")
+exclude_option = click.option(  # L9N2322,L10N7 → names, each well formed (in range: the library checks)
+    "--exclude", multiple=True, help="Neurons to leave out (L9N2322,L10N7; repeatable).",
+    callback=_spec(lambda v: [str(minitf.parse_neuron(n)) for n in ",".join(v).replace(" ", ",").split(",") if n]))
+# the options whose default or help differs by command: called with those, e.g. split_option(default="all")
+layers_option = partial(click.option, "--layer", "--layers", "layers", multiple=True, callback=_spec(parse_layers))
+corpus_option = partial(click.option, "--corpus", type=click.Path(dir_okay=False), default=None,
+                        help="Corpus to mine prompts from [default: the model's corpus.txt.gz].")
+split_option = partial(click.option, "--split", type=click.Choice(["train", "test", "all"]), default="train",
+                       show_default=True)
+n_prompts_option = partial(click.option, "--n-prompts", show_default=True)  # and type=click.IntRange(min, 1000)
+bos_option = partial(click.option, "--bos/--no-bos", show_default=True)
+ablate_option = partial(click.option, "--ablate", show_default=True, type=click.IntRange(0, 1000))
+cache_dir_option = partial(click.option, "--cache-dir", type=click.Path(file_okay=False), default=None)
+CACHE_DEFAULT = "[default: $MINITF_CACHE_DIR or ~/.cache/minitf]"
+
+
+def llm_options(llm_default: str | None, llm_help: str, max_calls_help: str):
+    """The LLM client's options (explain, score, study); the defaults are ``minitf.explain.llm``'s."""
+    return _options(
+        click.option("--llm", "llm_model", default=llm_default, show_default=llm_default is not None, help=llm_help),
+        click.option("--base-url", default=None,
+                     help="OpenAI-compatible server [default: $OPENAI_BASE_URL or OpenAI]."),
+        click.option("--max-calls", type=click.IntRange(0), default=None, help=max_calls_help),
+        click.option("--concurrency", type=click.IntRange(1, 64), default=DEFAULT_CONCURRENCY, show_default=True),
+        click.option("--timeout", type=click.FloatRange(0, min_open=True), default=DEFAULT_TIMEOUT, show_default=True,
+                     help="Seconds to wait for each LLM request."),
+        click.option("--max-retries", type=click.IntRange(0, 100), default=DEFAULT_MAX_RETRIES, show_default=True,
+                     help="Retries after a connection error, timeout, 429 or 5xx (the openai client's backoff)."),
+    )
 
 
 def _emit_json(obj) -> None:
@@ -70,7 +154,7 @@ def info(model_spec, as_json):
 @model_option
 @click.option("--text", required=True, help="The prompt.")
 @click.option("--top", "top_k", default=10, show_default=True, type=click.IntRange(1, 1000))
-@click.option("--bos/--no-bos", default=False, show_default=True, help="Prepend <|endoftext|> to the prompt.")
+@bos_option(default=False, help="Prepend <|endoftext|> to the prompt.")
 @json_option
 def run(model_spec, text, top_k, bos, as_json):
     """Top-k next-token predictions for a prompt."""
@@ -91,7 +175,7 @@ def run(model_spec, text, top_k, bos, as_json):
 @click.option("--dest", type=click.Path(file_okay=False), default=str(minitf.WEIGHTS_DIR), show_default=True,
               help="Folder that receives <name>/.")
 @click.option("--endpoint", default=None, help="Hub URL [default: $HF_ENDPOINT or https://huggingface.co].")
-@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@no_progress_option
 def download(name, dest, endpoint, no_progress):
     """Fetch a GPT-2 (gpt2, gpt2-medium, gpt2-large, gpt2-xl) from the Hugging Face hub into weights/<name>/."""
     from pathlib import Path
@@ -102,15 +186,8 @@ def download(name, dest, endpoint, no_progress):
     click.echo(f"{folder}: ready; use --model {folder.name}")
 
 
-def _neuron_arg(ctx, param, value):
-    try:
-        return minitf.parse_neuron(value)
-    except ValueError as e:
-        raise click.BadParameter(str(e)) from None
-
-
 def _trace(neuron, model_spec, texts, prompt_file, corpus, split, n_prompts, rule, include_same_layer, bos, ablate,
-           per_position, scores="paper"):
+           per_position, scores, progress):
     """Load the model and trace the neuron (for trace and report); notes go to stderr."""
     from minitf.corpus import default_corpus
     from minitf.trace import PromptSource, TraceOptions, trace_neuron
@@ -121,7 +198,7 @@ def _trace(neuron, model_spec, texts, prompt_file, corpus, split, n_prompts, rul
     check_neuron(neuron, model.cfg.n_layer, model.cfg.d_mlp, where=f"--neuron {neuron}")
     if not texts and not prompt_file:
         corpus = default_corpus(model, corpus, needed_for="give --text, --prompts or --corpus")
-    source = PromptSource(list(texts), prompt_file, corpus, split, n_prompts, bos)
+    source = PromptSource(list(texts), prompt_file, corpus, split, n_prompts, bos, progress)
     options = TraceOptions(rule=rule, include_same_layer=include_same_layer, ablate=ablate, per_position=per_position,
                            scores=scores)
     result = trace_neuron(model, neuron, source=source, options=options)
@@ -130,31 +207,37 @@ def _trace(neuron, model_spec, texts, prompt_file, corpus, split, n_prompts, rul
     return model, result
 
 
+trace_options = _options(  # trace and report
+    neuron_option,
+    model_option,
+    click.option("--text", "texts", multiple=True, help="A prompt to trace (repeatable)."),
+    click.option("--prompts", "prompt_file", type=click.Path(dir_okay=False),
+                 help="Prompts: .txt one per line, or .jsonl with 'text'."),
+    corpus_option(),
+    split_option(),
+    n_prompts_option(default=20, type=click.IntRange(1, 1000), help="Top prompts to mine."),
+    rule_option,
+    scores_option,
+    include_same_layer_option,
+    bos_option(default=True, help="Prepend <|endoftext|> to each prompt."),
+    ablate_option(default=5, help="Ablate this many top heads by mean score (see --scores) and each differential head."),
+    no_progress_option,
+)
+
+
 @main.command()
-@click.option("--neuron", required=True, callback=_neuron_arg, help="L10N2345, 10:2345 or blocks.10.mlp.hook_pre[2345].")
-@model_option
-@click.option("--text", "texts", multiple=True, help="A prompt to trace (repeatable).")
-@click.option("--prompts", "prompt_file", type=click.Path(dir_okay=False), help="Prompts: .txt one per line, or .jsonl with 'text'.")
-@click.option("--corpus", type=click.Path(dir_okay=False), help="Corpus to mine top prompts from [default: the model's corpus].")
-@click.option("--split", type=click.Choice(["train", "test", "all"]), default="train", show_default=True)
-@click.option("--n-prompts", default=20, show_default=True, type=click.IntRange(1, 1000), help="Top prompts to mine.")
-@click.option("--rule", type=click.Choice(["sigma2", "top3"]), default="sigma2", show_default=True,
-              help="Active heads: effect > mean + 2·std of the candidates (paper's default), or the top 3.")
-@scores_option
-@click.option("--include-same-layer", is_flag=True, help="Candidates include the neuron's own layer.")
-@click.option("--bos/--no-bos", default=True, show_default=True, help="Prepend <|endoftext|> to each prompt.")
-@click.option("--ablate", default=5, show_default=True, type=click.IntRange(0, 1000),
-              help="Ablate this many top heads by mean effect (and every differential head).")
+@trace_options
 @json_option
 @click.option("--html", "html_path", type=click.Path(dir_okay=False),
               help="Also write a self-contained HTML report (works offline) to this file.")
 def trace(neuron, model_spec, texts, prompt_file, corpus, split, n_prompts, rule, head_scores, include_same_layer, bos,
-          ablate, as_json, html_path):
+          ablate, no_progress, as_json, html_path):
     """Which attention heads switch a neuron on: exact direct effects, looked-up tokens, ablation."""
     from minitf.report.text import trace_lines
 
     model, result = _trace(neuron, model_spec, texts, prompt_file, corpus, split, n_prompts, rule,
-                           include_same_layer, bos, ablate, per_position=bool(html_path), scores=head_scores)
+                           include_same_layer, bos, ablate, per_position=bool(html_path), scores=head_scores,
+                           progress=not no_progress)
     if html_path:
         from minitf.report.page import report_extras, write_html
 
@@ -165,35 +248,18 @@ def trace(neuron, model_spec, texts, prompt_file, corpus, split, n_prompts, rule
     click.echo("\n".join(trace_lines(result)))
 
 
-def _head_arg(ctx, param, value):
-    try:
-        return None if value is None else str(minitf.parse_head(value))
-    except ValueError as e:
-        raise click.BadParameter(str(e)) from None
-
-
-def _llm_options(f):
-    for option in reversed([
-        click.option("--llm", "llm_model", default=DEFAULT_MODEL, show_default=True, help="LLM model name."),
-        click.option("--base-url", default=None, help="OpenAI-compatible server [default: $OPENAI_BASE_URL or OpenAI]."),
-        click.option("--max-calls", type=click.IntRange(0), default=None, help="At most this many LLM requests."),
-        click.option("--concurrency", type=click.IntRange(1, 64), default=DEFAULT_CONCURRENCY, show_default=True),
-        click.option("--timeout", type=click.FloatRange(0, min_open=True), default=DEFAULT_TIMEOUT, show_default=True,
-                     help="Seconds to wait for each LLM request."),
-        click.option("--max-retries", type=click.IntRange(0, 100), default=DEFAULT_MAX_RETRIES, show_default=True,
-                     help="Retries after a connection error, timeout, 429 or 5xx (the openai client's backoff)."),
-        click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
-                     help="LLM cache and results [default: $MINITF_CACHE_DIR or ~/.cache/minitf]."),
-        click.option("--head", "head_spec", default=None, callback=_head_arg, help="Only this head (e.g. L1H10)."),
-        click.option("--n-prompts", default=30, show_default=True, type=click.IntRange(2, 1000),
-                     help="Top prompts of the split to use."),
-        click.option("--rule", type=click.Choice(["sigma2", "top3"]), default="sigma2", show_default=True),
-        scores_option,
-        click.option("--include-same-layer", is_flag=True),
-        click.option("--corpus", type=click.Path(dir_okay=False), default=None),
-    ]):
-        f = option(f)
-    return f
+explain_options = _options(  # explain and score
+    neuron_option,
+    model_option,
+    llm_options(DEFAULT_LLM, "LLM model name.", "At most this many LLM requests."),
+    cache_dir_option(help=f"LLM cache and results {CACHE_DEFAULT}."),
+    head_option,
+    n_prompts_option(default=30, type=click.IntRange(2, 1000), help="Top prompts of the split to use."),
+    rule_option,
+    scores_option,
+    include_same_layer_option,
+    corpus_option(),
+)
 
 
 def _llm_setup(model_spec, neuron, cache_dir, llm_model, base_url, max_calls, concurrency, timeout, max_retries,
@@ -207,9 +273,7 @@ def _llm_setup(model_spec, neuron, cache_dir, llm_model, base_url, max_calls, co
 
 
 @main.command()
-@click.option("--neuron", required=True, callback=_neuron_arg, help="L10N2345, 10:2345 or blocks.10.mlp.hook_pre[2345].")
-@model_option
-@_llm_options
+@explain_options
 @click.option("--dry-run", is_flag=True, help="Print the exact prompts; call nothing.")
 @json_option
 def explain(neuron, model_spec, llm_model, base_url, max_calls, concurrency, timeout, max_retries, cache_dir, head_spec,
@@ -243,9 +307,7 @@ def explain(neuron, model_spec, llm_model, base_url, max_calls, concurrency, tim
 
 
 @main.command()
-@click.option("--neuron", required=True, callback=_neuron_arg, help="L10N2345, 10:2345 or blocks.10.mlp.hook_pre[2345].")
-@model_option
-@_llm_options
+@explain_options
 @json_option
 def score(neuron, model_spec, llm_model, base_url, max_calls, concurrency, timeout, max_retries, cache_dir, head_spec,
           n_prompts, rule, head_scores, include_same_layer, corpus, as_json):
@@ -271,27 +333,20 @@ def score(neuron, model_spec, llm_model, base_url, max_calls, concurrency, timeo
     click.echo(f"LLM: {count(llm.calls_made, 'call')}, {count(llm.cache_hits, 'cache hit')}", err=True)
 
 
-@main.command(params=[p for p in trace.params if p.name not in ("as_json", "html_path")])
+@main.command()
+@trace_options
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="The HTML file to write.")
-@click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
-              help="Where explain/score saved their results [default: $MINITF_CACHE_DIR or ~/.cache/minitf].")
+@cache_dir_option(help=f"Where explain/score saved their results {CACHE_DEFAULT}.")
 def report(out, cache_dir, neuron, model_spec, texts, prompt_file, corpus, split, n_prompts, rule, head_scores,
-           include_same_layer, bos, ablate):
+           include_same_layer, bos, ablate, no_progress):
     """A self-contained HTML report of a trace (the same options as trace): one file that works offline."""
     from minitf.report.page import report_extras, write_html
 
     model, result = _trace(neuron, model_spec, texts, prompt_file, corpus, split, n_prompts, rule,
-                           include_same_layer, bos, ablate, per_position=True, scores=head_scores)
+                           include_same_layer, bos, ablate, per_position=True, scores=head_scores,
+                           progress=not no_progress)
     write_html(out, result, *report_extras(model, neuron, result, cache_dir))
     click.echo(f"{out}: HTML report of {neuron}, {count(len(result['prompts']), 'prompt')}")
-
-
-def _layer_list(ctx, param, values) -> list[int]:
-    """--layer 3 --layer 5, --layer 3,5 or --layer 2-4 → sorted layer numbers."""
-    try:
-        return parse_layers(values)
-    except ValueError as e:  # bad input: one line, as every other (not click's three-line usage error)
-        raise MinitfError(f"--layer {e}") from None
 
 
 def _tok(s: str) -> str:
@@ -300,8 +355,7 @@ def _tok(s: str) -> str:
 
 @main.command()
 @model_option
-@click.option("--layer", "--layers", "layers", multiple=True, callback=_layer_list,
-              help="Layers to show (repeatable; 3,5 or 2-4) [default: all].")
+@layers_option(help="Layers to show (repeatable; 3,5 or 2-4) [default: all].")
 @click.option("--top", "top", default=10, show_default=True, type=click.IntRange(1, 100000),
               help="Most congruent neurons per layer.")
 @click.option("--tokens", "n_tokens", default=5, show_default=True, type=click.IntRange(1, 100),
@@ -309,8 +363,7 @@ def _tok(s: str) -> str:
 @click.option("--no-filter", is_flag=True, help="Rank by all tokens, not only ' word' tokens (space + ≥ 2 chars).")
 @click.option("--min-count", "min_count", default=0, show_default=True, type=click.IntRange(0),
               help="Only tokens seen ≥ N times in the corpus count (0: off, the paper's behaviour).")
-@click.option("--corpus", type=click.Path(dir_okay=False), default=None,
-              help="Corpus for --min-count [default: the model's corpus.txt.gz].")
+@corpus_option(help="Corpus for --min-count [default: the model's corpus.txt.gz].")
 @json_option
 def neurons(model_spec, layers, top, n_tokens, no_filter, min_count, corpus, as_json):
     """Next-token neurons: each layer's neurons ranked by congruence max_t W_out[n]·W_U′[:, t]."""
@@ -340,22 +393,19 @@ def neurons(model_spec, layers, top, n_tokens, no_filter, min_count, corpus, as_
 
 @main.command()
 @model_option
-@click.option("--corpus", default=None,  # checked by build_index: one line, exit 1
-              help="Corpus (.txt, .jsonl, .gz of either) [default: the model's corpus.txt.gz].")
-@click.option("--layer", "--layers", "layers", multiple=True, callback=_layer_list,
-              help="Layers to index (repeatable; 3,5 or 2-4) [default: all].")
-@click.option("--split", type=click.Choice(["train", "test", "all"]), default="all", show_default=True,
-              help="Documents to index (all keeps train and test apart in one index).")
+@corpus_option(help="Corpus (.txt, .jsonl, .gz of either) [default: the model's corpus.txt.gz].")
+@layers_option(help="Layers to index (repeatable; 3,5 or 2-4) [default: all].")
+@split_option(default="all", help="Documents to index (all keeps train and test apart in one index).")
 @click.option("--top-k", "k", default=30, show_default=True, type=click.IntRange(1, 10000),
               help="Top documents kept per neuron.")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64), help="Worker processes.")
-@click.option("--bos/--no-bos", default=True, show_default=True, help="Prepend <|endoftext|> to each document.")
+@bos_option(default=True, help="Prepend <|endoftext|> to each document.")
 @click.option("--index-dir", type=click.Path(file_okay=False), default=None,
               help="Where to keep the index [default: <corpus>.index/ next to the corpus].")
 @click.option("--rebuild", is_flag=True, help="Rebuild even if an up-to-date index exists.")
-@click.option("--show", "show", multiple=True, callback=lambda c, p, v: [_neuron_arg(c, p, x) for x in v],
+@click.option("--show", "show", multiple=True, callback=_spec(lambda v: [minitf.parse_neuron(x) for x in v]),
               help="Print this neuron's top documents (repeatable).")
-@click.option("--no-progress", is_flag=True, help="No progress bar on stderr.")
+@no_progress_option
 @click.option("--ray", "ray_address", default=None, metavar="auto|ADDRESS",
               help="Run the shards on a Ray cluster (one actor per CPU; needs the cluster extra).")
 @click.option("--shard-kib", default=None, type=click.IntRange(1, 1 << 20),
@@ -400,49 +450,36 @@ def index(model_spec, corpus, layers, split, k, workers, bos, index_dir, rebuild
 @main.command()
 @click.option("--out", required=True, type=click.Path(), help="Folder for study.json, the site and the resume state.")
 @model_option
-@click.option("--layer", "--layers", "layers", multiple=True, callback=_layer_list,
-              help="Layers to study (3,5 or 2-4) [default: all].")
+@layers_option(help="Layers to study (repeatable; 3,5 or 2-4) [default: all].")
 @click.option("--per-layer", default=20, show_default=True, type=int, help="Most congruent neurons per layer.")
-@click.option("--exclude", multiple=True, help="Neurons to leave out (L9N2322,L10N7; repeatable).")
+@exclude_option
 @click.option("--neurons", "neurons_file", type=click.Path(dir_okay=False),
               help="Study exactly the neurons named in this file, one per line (then --layers/--per-layer are unused).")
 @click.option("--min-count", default=0, show_default=True, type=click.IntRange(0),
               help="Neuron selection: only tokens seen ≥ N times in the corpus count (0: the paper's filter only).")
-@click.option("--corpus", type=click.Path(dir_okay=False), default=None,
-              help="Corpus to mine prompts from [default: the model's corpus.txt.gz].")
-@click.option("--split", type=click.Choice(["train", "test", "all"]), default="train", show_default=True)
-@click.option("--n-prompts", default=20, show_default=True, type=int, help="Top prompts per neuron.")
-@click.option("--rule", type=click.Choice(["sigma2", "top3"]), default="sigma2", show_default=True)
-@click.option("--scores", type=click.Choice(["paper", "exact"]), default="paper", show_default=True,
-              help="Head scores the rule selects by.")
-@click.option("--include-same-layer", is_flag=True, help="Candidates include the neuron's own layer.")
-@click.option("--ablate", default=0, show_default=True, type=click.IntRange(0, 1000),
-              help="Also ablate this many top heads per neuron (every differential head always is).")
-@click.option("--llm", "llm_model", default=None,
-              help=f"LLM for explanations [default: {DEFAULT_MODEL} when --base-url or OPENAI_API_KEY is set, else none].")
-@click.option("--base-url", default=None, help="OpenAI-compatible server [default: $OPENAI_BASE_URL or OpenAI].")
-@click.option("--max-calls", type=click.IntRange(0), default=None, help="At most this many LLM requests in all.")
-@click.option("--concurrency", type=click.IntRange(1, 64), default=DEFAULT_CONCURRENCY, show_default=True)
-@click.option("--timeout", type=click.FloatRange(0, min_open=True), default=DEFAULT_TIMEOUT, show_default=True,
-              help="Seconds to wait for each LLM request.")
-@click.option("--max-retries", type=click.IntRange(0, 100), default=DEFAULT_MAX_RETRIES, show_default=True,
-              help="Retries after a connection error, timeout, 429 or 5xx (the openai client's backoff).")
-@click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
-              help="LLM cache [default: $MINITF_CACHE_DIR or ~/.cache/minitf].")
+@corpus_option()
+@split_option()
+@n_prompts_option(default=20, type=click.IntRange(2, 1000), help="Top prompts per neuron.")
+@rule_option
+@scores_option
+@include_same_layer_option
+@ablate_option(default=0, help="Also ablate this many top heads per neuron (every differential head always is).")
+@llm_options(None, f"LLM for explanations [default: {DEFAULT_LLM} when --base-url or OPENAI_API_KEY is set, "
+                   "else none].", "At most this many LLM requests in all.")
+@cache_dir_option(help=f"LLM cache {CACHE_DEFAULT}.")
 @click.option("--restart", is_flag=True, help="Start over in --out, discarding an earlier study there.")
-@click.option("--no-progress", is_flag=True, help="No progress bar on stderr.")
+@no_progress_option
 @json_option
-def study(out, model_spec, layers, per_layer, exclude, neurons_file, min_count, corpus, split, n_prompts, rule, scores,
-          include_same_layer, ablate, llm_model, base_url, max_calls, concurrency, timeout, max_retries, cache_dir, restart,
-          no_progress, as_json):
+def study(out, model_spec, layers, per_layer, exclude, neurons_file, min_count, corpus, split, n_prompts, rule,
+          head_scores, include_same_layer, ablate, llm_model, base_url, max_calls, concurrency, timeout, max_retries,
+          cache_dir, restart, no_progress, as_json):
     """The paper's experiments over many neurons: trace, ablate, explain and score; aggregates and a site (resumable)."""
     from minitf.index.build import IndexInterrupted
     from minitf.study.run import StudyInterrupted, StudyOptions, run_study, summary_lines
 
-    options = StudyOptions(layers=layers, per_layer=per_layer,
-                           exclude=[n for v in exclude for n in v.replace(" ", ",").split(",") if n],
+    options = StudyOptions(layers=layers, per_layer=per_layer, exclude=exclude,
                            neurons_file=neurons_file, corpus=corpus, split=split, n_prompts=n_prompts, rule=rule,
-                           scores=scores, include_same_layer=include_same_layer, min_count=min_count, ablate=ablate,
+                           scores=head_scores, include_same_layer=include_same_layer, min_count=min_count, ablate=ablate,
                            llm=llm_model, base_url=base_url, max_calls=max_calls, concurrency=concurrency,
                            timeout=timeout, max_retries=max_retries, cache_dir=cache_dir)
     try:

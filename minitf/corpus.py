@@ -124,7 +124,7 @@ def check_split(split: str | None) -> str | None:
     if split == "all":
         return None
     if split not in (None, *SPLITS):
-        raise MinitfError(f"--split {split}: choose train, test or all")
+        raise MinitfError(f"`split` {split}: choose train, test or all", param="split")
     return split
 
 

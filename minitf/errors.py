@@ -5,8 +5,15 @@ import sys
 class MinitfError(Exception):
     """Bad input or data: a message naming the file/argument and the problem, no traceback.
 
-    Raise it with the full one-line message, e.g. ``MinitfError(f"{path}: truncated header")``.
+    Raise it with the full one-line message, e.g. ``MinitfError(f"{path}: truncated header")``. A message names
+    a parameter by its Python name in backticks, e.g. ``MinitfError(f"`n_prompts` {n}: must be at least 2",
+    param="n_prompts")``; ``param`` is the parameter at fault, if one is (a caller can tell which limit was hit),
+    and a front end writes each named parameter its own way: the CLI prints ``--n-prompts 1: must be at least 2``.
     """
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.param = param
 
 
 def warn(message: str) -> None:

@@ -34,7 +34,7 @@ def next_token_predictions(model: Model, text: str, top_k: int = 10, bos: bool =
 
     ids, truncated = fit_context(model, model.encode(text), bos)
     if not ids:
-        raise MinitfError("--text: empty prompt")
+        raise MinitfError("`text`: empty prompt", param="text")
     probs = softmax(model.run(ids, logits="last").logits[0])  # [V]
     top = np.argsort(-probs, kind="stable")[:top_k]
     return {"n_tokens": len(ids), "truncated": truncated, "tokens": [model.token_str(i) for i in ids],

@@ -49,14 +49,15 @@ def _match(spec: str, forms, what: str, example: str) -> tuple[int, int]:
     raise ValueError(f"{spec!r} is not a {what} (write it like {example})")
 
 
-def _out_of_range(where: str, problem: str) -> MinitfError:
-    return MinitfError(f"{where}: {problem}" if where else problem)
+def _out_of_range(where: str, problem: str, param: str | None = None) -> MinitfError:
+    return MinitfError(f"{where}: {problem}" if where else problem, param=param)
 
 
-def check_layer(layer: int, n_layer: int, where: str = "") -> int:
+def check_layer(layer: int, n_layer: int, where: str = "", param: str | None = None) -> int:
     """``0 ≤ layer < n_layer``, else MinitfError "[where: ]layer 7 is out of range: the model has 6 layers (0–5)"."""
     if not 0 <= layer < n_layer:
-        raise _out_of_range(where, f"layer {layer} is out of range: the model has {n_layer} layers (0–{n_layer - 1})")
+        raise _out_of_range(where, f"layer {layer} is out of range: the model has {n_layer} layers (0–{n_layer - 1})",
+                            param)
     return layer
 
 

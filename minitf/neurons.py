@@ -170,7 +170,7 @@ def _corpus_path(model, corpus: str | Path | None) -> Path:
 
     path = Path(corpus) if corpus is not None else default_corpus(model)
     if path is None:
-        raise MinitfError("the count filter needs a corpus: the model folder has no corpus.txt.gz; pass --corpus FILE")
+        raise MinitfError("the count filter needs a corpus: the model folder has no corpus.txt.gz; pass `corpus`")
     if not path.is_file():
         raise MinitfError(f"{path}: no such corpus file")
     return path

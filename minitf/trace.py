@@ -179,6 +179,7 @@ class PromptSource:
     split: str = "train"
     n_prompts: int = 20
     bos: bool = True  # prepend <|endoftext|> to each prompt
+    progress: bool = True  # the corpus scan's progress bar on stderr (mining without an index)
 
 
 def trace_neuron(model: Model, neuron: Neuron, source: PromptSource | None = None,
@@ -201,7 +202,8 @@ def trace_neuron(model: Model, neuron: Neuron, source: PromptSource | None = Non
                                          f"{model.cfg.n_ctx} tokens")
     else:
         corpus = default_corpus(model, corpus or None, needed_for="give texts, a prompt file or a corpus")
-        mined = mine_prompts(model, neuron, corpus, None if split == "all" else split, k=source.n_prompts, bos=bos)
+        mined = mine_prompts(model, neuron, corpus, None if split == "all" else split, k=source.n_prompts, bos=bos,
+                             progress=source.progress)
         if not mined:
             raise MinitfError(f"{corpus}: no document activates {neuron} above 0 in the {split} split")
         prompts = [Prompt(m.tokens, mined={"doc_id": m.doc_id, "position": m.position, "activation": m.activation,

@@ -1,5 +1,8 @@
 """The command line as a user meets it: output, JSON schemas, exit codes and one-line errors."""
 import json
+import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,8 +24,7 @@ def cli(*args, ok=True):
 def assert_one_line_error(out, code, *fragments):
     assert out.returncode == code, (out.returncode, out.stderr)
     assert "Traceback" not in out.stderr
-    if code == 1:
-        assert out.stderr.count("\n") == 1, out.stderr
+    assert out.stderr.count("\n") == 1, out.stderr  # usage errors (2) too
     for f in fragments:
         assert f in out.stderr, out.stderr
 
@@ -144,3 +146,113 @@ def test_counts_are_singular_for_one():
     assert out.splitlines()[5].startswith("1 prompt (given with --text); rule sigma2; scores paper; 4 candidate heads (layers < 1)")
     run = cli("run", "--model", MODEL, "--text", "", "--bos", "--top", "1").stdout
     assert run.startswith("prompt: 1 token; next token:")
+
+
+LAUNCHERS = {"cli.py": [sys.executable, str(ROOT / "cli.py")], "python -m minitf": [sys.executable, "-m", "minitf"],
+             "minitf": ["minitf"]}
+
+
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_the_three_ways_to_start_the_cli(launcher):
+    if launcher == "minitf" and shutil.which("minitf") is None:
+        pytest.skip("the minitf console script is not on PATH (it is after `pip install -e .`)")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}  # this tree
+
+    def start(*args):
+        return subprocess.run([*LAUNCHERS[launcher], *args], capture_output=True, text=True, cwd=ROOT, env=env)
+
+    helped = start("--help")
+    assert helped.returncode == 0 and helped.stderr == "", helped.stderr
+    assert all(command in helped.stdout for command in ("info", "trace", "explain", "index", "study", "report"))
+    info = start("info", "--model", MODEL, "--json")
+    assert info.returncode == 0, info.stderr
+    assert json.loads(info.stdout)["parameters"] == 17440
+    bad = start("trace", "--neuron", "L1X")
+    assert bad.returncode == 2 and bad.stderr.startswith("error: --neuron 'L1X' is not a neuron") and \
+        bad.stderr.count("\n") == 1
+
+
+SPECS = {"--neuron": "L1X", "--show": "L1X", "--exclude": "L1N2,L1X", "--layer": "abc", "--head": "L1X"}
+
+
+def _malformed_spec_cases():
+    """(command, args, flag) for each option of each command that takes a neuron, layer or head spec."""
+    from minitf.cli import main
+
+    cases = []
+    for name, command in sorted(main.commands.items()):
+        required = {o.opts[0]: o for o in command.params if getattr(o, "required", False)}
+        for option in command.params:
+            flag = next((f for f in option.opts if f in SPECS), None)
+            if flag is None:
+                continue
+            args = [name]
+            if "--neuron" in required and flag != "--neuron":
+                args += ["--neuron", "L1N1"]
+            if "--out" in required:
+                args += ["--out", "OUT"]
+            cases.append((name, [*args, flag, SPECS[flag]], flag))
+    return cases
+
+
+def test_every_spec_option_is_covered():
+    covered = {(name, flag) for name, _, flag in _malformed_spec_cases()}
+    assert {("trace", "--neuron"), ("report", "--neuron"), ("explain", "--neuron"), ("score", "--neuron"),
+            ("explain", "--head"), ("score", "--head"), ("neurons", "--layer"), ("index", "--layer"),
+            ("study", "--layer"), ("index", "--show"), ("study", "--exclude")} <= covered
+
+
+@pytest.mark.parametrize("name, args, flag", _malformed_spec_cases(), ids=lambda x: x if isinstance(x, str) else "")
+def test_a_malformed_spec_is_a_usage_error_in_one_line(name, args, flag, tmp_path):
+    out = cli(*[str(tmp_path / "out") if a == "OUT" else a for a in args], ok=False)
+    assert out.returncode == 2 and out.stdout == "", out
+    assert out.stderr.startswith(f"error: {flag} ") and out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
+    assert not (tmp_path / "out").exists()  # nothing written
+
+
+def test_a_malformed_layer_list_names_the_problem():
+    out = cli("neurons", "--model", MODEL, "--layers", "1", "--layer", "2-1", ok=False)
+    assert out.returncode == 2 and out.stderr == "error: --layer 2-1: reversed range (write 1-2)\n"
+
+
+def test_library_errors_name_parameters_and_the_cli_prints_flags(tmp_path):
+    from minitf.cli import flag_of, main
+    from minitf.corpus import check_split
+    from minitf.errors import MinitfError
+
+    with pytest.raises(MinitfError) as info:
+        check_split("dev")
+    assert str(info.value) == "`split` dev: choose train, test or all" and info.value.param == "split"
+    assert main.in_flags(info.value) == "--split dev: choose train, test or all"
+    assert flag_of("n_prompts") == "--n-prompts" and flag_of("k") == "--top-k" and flag_of("neurons_file") == "--neurons"
+    kept = MinitfError("`not_a_parameter` and `n_prompts`: x")  # a name no flag sets is left as the library wrote it
+    assert main.in_flags(kept) == "`not_a_parameter` and --n-prompts: x"
+    # every parameter an error of minitf names is one a flag of some command sets
+    flags = {f for command in main.commands.values() for p in command.params for f in p.opts}
+    named = {m for path in (ROOT / "minitf").rglob("*.py") if path.name != "cli.py"
+             for m in re.findall(r'param="(\w+)"', path.read_text())}
+    assert {"n_prompts", "k", "out", "max_calls", "layers"} <= named
+    assert {p: flag_of(p) for p in named if flag_of(p) not in flags} == {}
+    # through the CLI: the flag, not the parameter
+    assert_one_line_error(cli("run", "--model", MODEL, "--text", "", ok=False), 1, "error: --text: empty prompt")
+    assert_one_line_error(cli("index", "--model", MODEL, "--corpus", str(tmp_path / "c.txt"), "--shard-kib", "1",
+                              "--layers", "7", "--no-progress", ok=False), 1, "error: --layers: layer 7 is out of range")
+
+
+@pytest.mark.parametrize("name", ["trace", "report"])
+def test_trace_and_report_take_no_progress(name, tmp_path, monkeypatch):
+    """--no-progress reaches the corpus scan that mines the prompts (the one progress bar they show)."""
+    from click.testing import CliRunner
+
+    import minitf.prompts
+    from minitf.cli import main
+
+    asked = []
+    monkeypatch.setattr(minitf.prompts, "mine_prompts", lambda *a, **kw: asked.append(kw["progress"]) or [])
+    (tmp_path / "c.txt").write_text("a corpus\n")
+    args = [name, "--neuron", "L1N1", "--model", MODEL, "--corpus", str(tmp_path / "c.txt"),
+            *(["--out", str(tmp_path / "r.html")] if name == "report" else [])]
+    for extra in ([], ["--no-progress"]):
+        res = CliRunner().invoke(main, [*args, *extra])
+        assert res.exit_code == 1 and "no document activates L1N1" in res.output, res.output  # nothing mined
+    assert asked == [True, False] and not (tmp_path / "r.html").exists()

@@ -81,7 +81,7 @@ def test_split_is_the_documented_hash_rule_stable_and_about_80_20(tmp_path):
     # reordering the file keeps every document in its split
     (tmp_path / "r.txt").write_text("\n\n".join(reversed(docs[:200])))
     assert set(texts(documents(tmp_path / "r.txt", "test"))) == set(texts(test))
-    with pytest.raises(MinitfError, match="--split valid"):
+    with pytest.raises(MinitfError, match="`split` valid"):
         list(documents(p, "valid"))
 
 

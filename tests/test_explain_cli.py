@@ -48,6 +48,11 @@ def env_for(key: str | None) -> dict[str, str]:
     return env
 
 
+# the library's MISSING_KEY_MESSAGE names the parameter `base_url`; the CLI names the flag
+NO_KEY_LINE = "error: OPENAI_API_KEY is not set: export it, or pass --base-url for a local OpenAI-compatible server\n"
+assert NO_KEY_LINE == f"error: {MISSING_KEY_MESSAGE.replace('`base_url`', '--base-url')}\n"
+
+
 def cli(*args: str, key: str | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(ROOT / "cli.py"), *args], capture_output=True, text=True,
                           cwd=ROOT, env=env_for(key), timeout=120)
@@ -271,7 +276,7 @@ def test_explain_then_score_end_to_end(server: FakeServer, traces, tmp_path: Pat
     # ... but another server (here OpenAI: no --base-url) never gets this server's answers
     other = cli("score", *[a for a in common if a not in ("--base-url", server.url)], key=None)
     assert_one_line_error(other)
-    assert other.stderr == f"error: {MISSING_KEY_MESSAGE}\n"
+    assert other.stderr == NO_KEY_LINE
     # ... and a dead server fails, soon, naming only options that exist
     dead_server = dead_url()
     dead = [dead_server if a == server.url else a for a in common]
@@ -308,5 +313,5 @@ def test_no_key_no_base_url_no_cache_is_one_clear_line(tmp_path: Path) -> None:
     cache = tmp_path / "fresh"
     out = cli("explain", "--neuron", NEURON, "--cache-dir", str(cache), key=None)
     assert_one_line_error(out)
-    assert out.stderr == f"error: {MISSING_KEY_MESSAGE}\n"
+    assert out.stderr == NO_KEY_LINE
     assert files_under(cache) == []

@@ -336,7 +336,7 @@ def test_resolve_not_found_message(tmp_path, cache, monkeypatch):
     with pytest.raises(MinitfError) as e:
         hub.resolve_model_dir("gpt2", Path("weights"))
     assert str(e.value) == (
-        "--model gpt2: no such folder, no weights/gpt2, and not in the Hugging Face cache "
+        "`model` gpt2: no such folder, no weights/gpt2, and not in the Hugging Face cache "
         "(~/.cache/huggingface/hub); run 'python cli.py download gpt2'"
     )
     with pytest.raises(MinitfError, match="no such folder"):

@@ -295,13 +295,13 @@ def test_bad_corpus_is_one_error_and_leaves_nothing(setup, tmp_path, case):
 
 def test_bad_arguments(setup, tmp_path):
     _, model, corpus = setup
-    with pytest.raises(MinitfError, match="--layers: layer 7 is out of range"):
+    with pytest.raises(MinitfError, match="`layers`: layer 7 is out of range"):
         build_index(model, corpus, layers=[7], progress=False, index_dir=tmp_path)
     with pytest.raises(MinitfError, match="unknown corpus format"):
         build_index(model, tmp_path / "c.csv", progress=False)
-    with pytest.raises(MinitfError, match="--split dev"):
+    with pytest.raises(MinitfError, match="`split` dev"):
         build_index(model, corpus, split="dev", progress=False, index_dir=tmp_path)
-    with pytest.raises(MinitfError, match="--top-k 0"):
+    with pytest.raises(MinitfError, match="`k` 0"):
         build_index(model, corpus, k=0, progress=False, index_dir=tmp_path)
     assert not any(tmp_path.iterdir())
 
@@ -339,10 +339,10 @@ def test_cli_index(setup, tmp_path):
                                     "--no-progress"])
     assert res.exit_code == 0, res.output
     assert "60 documents" in res.output and "L1N2: top documents" in res.output and "[[" in res.output
-    for args, message in ((["--corpus", str(tmp_path / "x.txt")], "no such corpus file"),
-                          (["--corpus", str(corpus), "--layer", "2-1"], "--layer 2-1: reversed range (write 1-2)")):
+    for args, message, code in ((["--corpus", str(tmp_path / "x.txt")], "no such corpus file", 1),
+                                (["--corpus", str(corpus), "--layer", "2-1"], "--layer 2-1: reversed range (write 1-2)", 2)):
         res = CliRunner().invoke(main, ["index", "--model", str(model.folder), "--workers", "1", *args])
-        assert res.exit_code == 1 and res.output.strip().count("\n") == 0 and message in res.output, res.output
+        assert res.exit_code == code and res.output.strip().count("\n") == 0 and message in res.output, res.output
     assert not (tmp_path / "x.txt.index").exists()
 
 

@@ -124,5 +124,5 @@ def test_an_address_nobody_answers_at_is_one_line(tmp_path):
 
 
 def test_model_errors_need_no_cluster(tmp_path):
-    with pytest.raises(MinitfError, match="--top-k 0"):
+    with pytest.raises(MinitfError, match="`k` 0"):
         build_index(Model.load(write_model(tmp_path / "tiny")), tmp_path / "c.txt", k=0, ray="auto")

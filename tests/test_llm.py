@@ -299,8 +299,8 @@ def test_connection_refused_is_retried_then_fails_in_bounded_time(tmp_path: Path
     url = dead_url()
     llm = LLM("test-model", url, cache_dir=tmp_path, max_retries=2, timeout=2.0)
     start = time.monotonic()
-    with pytest.raises(MinitfError, match=r"connection error.*gave up after 3 attempts \(--max-retries 2, "
-                                          r"--timeout 2 s per attempt\) in \d+\.\d s$") as info:
+    with pytest.raises(MinitfError, match=r"connection error.*gave up after 3 attempts \(`max_retries` 2, "
+                                          r"`timeout` 2 s per attempt\) in \d+\.\d s$") as info:
         llm.complete(msgs("x"))
     took = time.monotonic() - start
     assert url in str(info.value) and "\n" not in str(info.value)
@@ -308,7 +308,7 @@ def test_connection_refused_is_retried_then_fails_in_bounded_time(tmp_path: Path
     assert 0.5 < took < 3.0  # the client's backoff 0.5 s + 1 s (minus jitter), nothing like 14–19 s
     quick = LLM("test-model", url, cache_dir=tmp_path, max_retries=0)
     start = time.monotonic()
-    with pytest.raises(MinitfError, match=r"after 1 attempt \(--max-retries 0, "):
+    with pytest.raises(MinitfError, match=r"after 1 attempt \(`max_retries` 0, "):
         quick.complete(msgs("x"))
     assert time.monotonic() - start < 0.5
 
@@ -359,8 +359,9 @@ def test_max_calls_budget(server: FakeServer, tmp_path: Path) -> None:
     llm.complete(msgs("1"))
     llm.complete(msgs("2"))
     llm.complete(msgs("1"))  # cache hits are free
-    with pytest.raises(MinitfError, match=r"^--max-calls 2 reached: 2 calls made, 1 cache hit;"):
+    with pytest.raises(MinitfError, match=r"^`max_calls` 2 reached: 2 calls made, 1 cache hit;") as info:
         llm.complete(msgs("3"))
+    assert info.value.param == "max_calls"
     assert len(server.requests) == 2
     assert llm.calls_made == 2 and llm.cache_hits == 1
     # zero budget still serves the cache
@@ -371,7 +372,7 @@ def test_max_calls_budget(server: FakeServer, tmp_path: Path) -> None:
 def test_max_calls_budget_in_complete_many(server: FakeServer, tmp_path: Path) -> None:
     requests = [{"messages": msgs(f"p{i}")} for i in range(10)]
     llm = make_llm(server, tmp_path, max_calls=4, concurrency=3)
-    with pytest.raises(MinitfError, match="--max-calls 4 reached"):
+    with pytest.raises(MinitfError, match="`max_calls` 4 reached"):
         llm.complete_many(requests)
     assert len(server.requests) == 4
     assert len(list((tmp_path / "cache").glob("*.json"))) == 4  # what was answered is kept
@@ -409,7 +410,7 @@ def test_missing_key_message(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
     with pytest.raises(MinitfError) as info:
         llm.complete(msgs("x"))
     assert str(info.value) == MISSING_KEY_MESSAGE
-    assert str(info.value).startswith("OPENAI_API_KEY is not set: export it, or pass --base-url")
+    assert str(info.value).startswith("OPENAI_API_KEY is not set: export it, or pass `base_url`")
 
 
 def test_no_key_cache_hit_needs_no_key(server: FakeServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

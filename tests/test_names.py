@@ -41,6 +41,6 @@ def test_range_checks():
 
 def test_cli_layer_lists_are_checked():
     res = CliRunner().invoke(main, ["neurons", "--model", "tiny", "--layer", "2-1"])
-    assert res.exit_code == 1 and res.output.strip() == "error: --layer 2-1: reversed range (write 1-2)"
+    assert res.exit_code == 2 and res.output.strip() == "error: --layer 2-1: reversed range (write 1-2)"  # usage
     res = CliRunner().invoke(main, ["neurons", "--model", "tiny", "--layer", "0,99"])
     assert res.exit_code == 1 and "--layer: layer 99 is out of range" in res.output

@@ -175,7 +175,7 @@ def test_bad_arguments(setup, capsys):
     _, model, corpus = setup
     with pytest.raises(MinitfError, match="out of range"):
         mine_prompts(model, "L5N0", corpus)
-    with pytest.raises(MinitfError, match="--split dev"):
+    with pytest.raises(MinitfError, match="`split` dev"):
         mine_prompts(model, "L0N0", corpus, split="dev")
     with pytest.raises(MinitfError, match="no such corpus file"):
         mine_prompts(model, "L0N0", corpus.with_name("absent.txt"))

@@ -9,16 +9,16 @@ from __future__ import annotations
 import threading
 
 from minitf.errors import MinitfError
-from minitf.report.text import count
+from minitf.util.fmt import count
 
 
 class BudgetExhausted(MinitfError):
     """The call budget is spent (``max_calls`` requests sent); the answers so far are cached."""
 
     def __init__(self, max_calls: int, calls_made: int, cache_hits: int):
-        super().__init__(f"--max-calls {max_calls} reached: {count(calls_made, 'call')} made, "
+        super().__init__(f"`max_calls` {max_calls} reached: {count(calls_made, 'call')} made, "
                          f"{count(cache_hits, 'cache hit')}; answers so far are cached, rerun with a higher "
-                         "--max-calls to continue")
+                         "`max_calls` to continue", param="max_calls")
         self.max_calls, self.calls_made, self.cache_hits = max_calls, calls_made, cache_hits
 
 
@@ -27,7 +27,7 @@ class CallBudget:
 
     def __init__(self, max_calls: int | None = None):
         if max_calls is not None and max_calls < 0:
-            raise MinitfError(f"--max-calls: must be 0 or more, got {max_calls}")
+            raise MinitfError(f"`max_calls`: must be 0 or more, got {max_calls}", param="max_calls")
         self.max_calls = max_calls
         self.calls_made = 0
         self._lock = threading.Lock()

@@ -16,7 +16,7 @@ from minitf.errors import MinitfError
 DEFAULT_SERVER = "https://api.openai.com/v1"
 NO_KEY_PLACEHOLDER = "none"
 MISSING_KEY_MESSAGE = (
-    "OPENAI_API_KEY is not set: export it, or pass --base-url for a local OpenAI-compatible server"
+    "OPENAI_API_KEY is not set: export it, or pass `base_url` for a local OpenAI-compatible server"
 )
 
 

@@ -38,7 +38,7 @@ from minitf.explain.prompts import (  # noqa: F401
     score_messages,
 )
 from minitf.explain.store import ResultStore  # noqa: F401
-from minitf.explain.llm import LLM, DEFAULT_CONCURRENCY, DEFAULT_MAX_RETRIES, DEFAULT_MODEL, DEFAULT_TIMEOUT
+from minitf.explain.llm import LLM, DEFAULT_CONCURRENCY, DEFAULT_MAX_RETRIES, DEFAULT_LLM, DEFAULT_TIMEOUT
 
 
 class CompletionClient(Protocol):
@@ -98,14 +98,14 @@ def evaluate_head(
 def head_examples(trace: dict[str, Any], head: str) -> HeadExamples:
     """The active / inactive prompts (decoded text) of ``head`` in a trace (see ``minitf.trace``)."""
     if not any(h["head"] == head for h in trace["heads"]):
-        raise MinitfError(f"--head {head}: not a candidate head of {trace['neuron']['name']} "
-                          "(heads of earlier layers; --include-same-layer adds its own layer)")
+        raise MinitfError(f"`head` {head}: not a candidate head of {trace['neuron']['name']} "
+                          "(heads of earlier layers; `include_same_layer` adds its own layer)", param="head")
     active = [p["text"] for p in trace["prompts"] if head in p["active_heads"]]
     inactive = [p["text"] for p in trace["prompts"] if head not in p["active_heads"]]
     return HeadExamples(trace["neuron"]["name"], head, trace["neuron"]["token"]["str"], active, inactive)
 
 
-def llm_client(model_name: str = DEFAULT_MODEL, base_url: str | None = None, cache_dir=None,
+def llm_client(model_name: str = DEFAULT_LLM, base_url: str | None = None, cache_dir=None,
                max_calls: int | None = None, concurrency: int = DEFAULT_CONCURRENCY, timeout: float = DEFAULT_TIMEOUT,
                max_retries: int = DEFAULT_MAX_RETRIES) -> LLM:
     """The LLM of the explain, score and study commands, its responses cached under ``<minitf cache>/llm``."""

@@ -45,7 +45,7 @@ from minitf.util.fmt import count
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "gpt-4o-mini"  # --llm
+DEFAULT_LLM = "gpt-4o-mini"  # the LLM asked when none is named (--llm; a study with OPENAI_API_KEY set)
 DEFAULT_TIMEOUT = 60.0  # seconds per HTTP attempt (--timeout); a long explanation from a slow server needs it
 DEFAULT_MAX_RETRIES = 2  # the openai client's retries after the first attempt (--max-retries)
 DEFAULT_CONCURRENCY = 4  # requests in flight in complete_many (--concurrency)
@@ -54,7 +54,7 @@ _LOGPROB_PARAMS = ("logprobs", "top_logprobs")
 _STATUS_HINTS = {
     401: ": check OPENAI_API_KEY",
     403: ": check OPENAI_API_KEY and the model's access",
-    404: ": check --model and --base-url",
+    404: ": check the LLM model name and `base_url`",
 }
 
 
@@ -93,13 +93,13 @@ class LLM:
         max_retries: int = DEFAULT_MAX_RETRIES,
     ) -> None:
         if not model:
-            raise MinitfError("--llm: the LLM model name must not be empty")
+            raise MinitfError("the LLM model name must not be empty", param="model")
         if concurrency < 1:
-            raise MinitfError(f"--concurrency: must be at least 1, got {concurrency}")
+            raise MinitfError(f"`concurrency`: must be at least 1, got {concurrency}", param="concurrency")
         if max_retries < 0:
-            raise MinitfError(f"--max-retries: must be 0 or more, got {max_retries}")
+            raise MinitfError(f"`max_retries`: must be 0 or more, got {max_retries}", param="max_retries")
         if timeout <= 0:
-            raise MinitfError(f"--timeout: must be positive, got {timeout}")
+            raise MinitfError(f"`timeout`: must be positive, got {timeout}", param="timeout")
         self.model = model
         self.base_url = base_url
         self.budget = CallBudget(max_calls)
@@ -256,8 +256,8 @@ class LLM:
 
     @property
     def _gave_up(self) -> str:
-        return (f"after {count(self.max_retries + 1, 'attempt')} (--max-retries {self.max_retries}, "
-                f"--timeout {self.timeout:g} s per attempt)")
+        return (f"after {count(self.max_retries + 1, 'attempt')} (`max_retries` {self.max_retries}, "
+                f"`timeout` {self.timeout:g} s per attempt)")
 
     def _attempt(self, client: Any, messages: list[dict[str, Any]], params: dict[str, Any]) -> dict[str, Any]:
         """One request through the openai client, its retries included; counts attempts and retries.

@@ -128,12 +128,12 @@ class BuildPlan:
         split = check_split(split)
         layers = _check_layers(model, layers)
         if k < 1:
-            raise MinitfError(f"--top-k {k}: must be at least 1")
+            raise MinitfError(f"`k` {k}: must be at least 1", param="k")
         if workers < 1:
-            raise MinitfError(f"--workers {workers}: must be at least 1")
+            raise MinitfError(f"`workers` {workers}: must be at least 1", param="workers")
         shard_chars = SHARD_CHARS if shard_chars is None else int(shard_chars)
         if shard_chars < 1:
-            raise MinitfError(f"--shard-kib: shards need at least one character, not {shard_chars}")
+            raise MinitfError(f"`shard_chars`: shards need at least one character, not {shard_chars}", param="shard_chars")
         corpus = Path(corpus)
         if corpus.is_dir():
             raise MinitfError(f"{corpus}: is a directory, not a corpus file")
@@ -151,7 +151,7 @@ class BuildPlan:
 
 def _check_layers(model, layers) -> list[int]:
     L = model.cfg.n_layer
-    return [check_layer(layer, L, where="--layers") for layer in
+    return [check_layer(layer, L, where="`layers`", param="layers") for layer in
             (range(L) if not layers else sorted(set(int(x) for x in layers)))]
 
 

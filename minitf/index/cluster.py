@@ -28,16 +28,16 @@ def connect(address: str):
     try:
         import ray
     except ImportError:
-        raise MinitfError(f"--ray: {INSTALL}") from None
+        raise MinitfError(f"`ray`: {INSTALL}", param="ray") from None
     if ray.is_initialized():
         return ray
     if (why := _unreachable(address)) is not None:  # Ray itself would retry for minutes, logging on stderr
-        raise MinitfError(f"--ray {address}: no Ray cluster answers there ({why})")
+        raise MinitfError(f"`ray` {address}: no Ray cluster answers there ({why})", param="ray")
     try:
         ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     except Exception as e:  # noqa: BLE001 — Ray raises ConnectionError, RuntimeError, ValueError …
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise MinitfError(f"--ray {address}: no Ray cluster answers there ({first})") from None
+        raise MinitfError(f"`ray` {address}: no Ray cluster answers there ({first})", param="ray") from None
     return ray
 
 
@@ -119,7 +119,7 @@ def ray_shards(address: str, model, spec):
                 except ray.exceptions.RayActorError:  # the actor (or its node) died: a new one redoes the shard
                     failures += 1
                     if failures > 2 * n_actors + 2:
-                        raise MinitfError(f"--ray: {failures} index actors died; finished shards are saved, "
+                        raise MinitfError(f"`ray`: {failures} index actors died; finished shards are saved, "
                                           "rerun to resume") from None
                     actors[slot] = new_actor()
                     retry.append((sid, docs))
@@ -128,7 +128,7 @@ def ray_shards(address: str, model, spec):
                 except ray.exceptions.RayTaskError as e:
                     cause = e.as_instanceof_cause()
                     raise MinitfError(str(cause) if isinstance(cause, MinitfError)
-                                      else f"--ray: an index actor failed: {str(e).strip().splitlines()[-1]}") from None
+                                      else f"`ray`: an index actor failed: {str(e).strip().splitlines()[-1]}") from None
                 idle.append(slot)
                 yield got_sid, TopkState.from_arrays(arrays)
         finally:

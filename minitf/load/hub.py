@@ -340,10 +340,11 @@ def resolve_model_dir(spec: str, weights_root: Path) -> Path:
     if path.is_dir():
         return path
     if path.exists():
-        raise MinitfError(f"--model {spec}: not a folder (give the folder holding config.json and model.safetensors)")
+        raise MinitfError(f"`model` {spec}: not a folder (give the folder holding config.json and model.safetensors)",
+                          param="model")
     repo = spec.strip().strip("/")
     if not _REPO_ID.match(repo) or ".." in repo:
-        raise MinitfError(f"--model {spec}: no such folder")
+        raise MinitfError(f"`model` {spec}: no such folder", param="model")
     local = Path(weights_root) / repo.rsplit("/", 1)[-1]
     if local.is_dir():
         return local
@@ -351,6 +352,6 @@ def resolve_model_dir(spec: str, weights_root: Path) -> Path:
     if snap is not None:
         return snap
     raise MinitfError(
-        f"--model {spec}: no such folder, no {local}, and not in the Hugging Face cache "
-        f"({_tilde(hf_cache_dir())}); run 'python cli.py download {repo}'"
+        f"`model` {spec}: no such folder, no {local}, and not in the Hugging Face cache "
+        f"({_tilde(hf_cache_dir())}); run 'python cli.py download {repo}'", param="model"
     )

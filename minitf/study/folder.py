@@ -44,13 +44,13 @@ class StudyDir:
         removes its results); write ``settings``."""
         out = self.path
         if out.exists() and not out.is_dir():
-            raise MinitfError(f"--out {out}: is a file, not a folder")
+            raise MinitfError(f"`out` {out}: is a file, not a folder", param="out")
         try:
             self.neurons.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise MinitfError(f"--out {out}: cannot create the folder ({e.strerror})") from None
+            raise MinitfError(f"`out` {out}: cannot create the folder ({e.strerror})", param="out") from None
         if not os.access(out, os.W_OK) or not os.access(self.neurons, os.W_OK):
-            raise MinitfError(f"--out {out}: not writable")
+            raise MinitfError(f"`out` {out}: not writable", param="out")
         path = out / SETTINGS_FILE
         if path.is_file() and not restart:
             self._check_same(path, settings)
@@ -64,12 +64,12 @@ class StudyDir:
         try:
             before = json.loads(path.read_text(encoding="utf-8"))["settings"]
         except (OSError, ValueError, KeyError, TypeError):
-            raise MinitfError(f"{path}: unreadable study settings; rerun with --restart to start over") from None
+            raise MinitfError(f"{path}: unreadable study settings; rerun with `restart` to start over") from None
         for key in list(settings) + [k for k in before if k not in settings]:
             if before.get(key) != settings.get(key):
-                raise MinitfError(f"--out {self.path} holds a study made with {key} = {_short(before.get(key))}, "
-                                  f"not {_short(settings.get(key))}; rerun with --restart to start over, "
-                                  "or choose another --out")
+                raise MinitfError(f"`out` {self.path} holds a study made with {key} = {_short(before.get(key))}, "
+                                  f"not {_short(settings.get(key))}; rerun with `restart` to start over, "
+                                  "or choose another `out`", param="out")
 
     def record_path(self, name: str) -> Path:
         return self.neurons / f"{name}.json"

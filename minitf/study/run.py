@@ -73,7 +73,7 @@ class StudyOptions:
     include_same_layer: bool = False
     min_count: int = 0
     ablate: int = 0  # top heads ablated besides the differential ones (for the neuron pages only)
-    llm: str | None = None  # LLM model name; None: explain.llm.DEFAULT_MODEL if a key or server is set, else none
+    llm: str | None = None  # LLM model name; None: explain.llm.DEFAULT_LLM if a key or server is set, else none
     base_url: str | None = None
     max_calls: int | None = None
     concurrency: int = DEFAULT_CONCURRENCY
@@ -92,9 +92,10 @@ def read_neuron_list(model, path) -> list[Neuron]:
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
-        raise MinitfError(f"--neurons {path}: no such file") from None
+        raise MinitfError(f"`neurons_file` {path}: no such file", param="neurons_file") from None
     except (OSError, UnicodeDecodeError) as e:
-        raise MinitfError(f"--neurons {path}: cannot read ({getattr(e, 'strerror', None) or e})") from None
+        raise MinitfError(f"`neurons_file` {path}: cannot read ({getattr(e, 'strerror', None) or e})",
+                          param="neurons_file") from None
     out = []
     for lineno, line in enumerate(lines, 1):
         name = line.split("#", 1)[0].strip()
@@ -102,9 +103,9 @@ def read_neuron_list(model, path) -> list[Neuron]:
             try:
                 out.append(parse_neuron(name, model.cfg.n_layer, model.cfg.d_mlp))
             except (ValueError, MinitfError) as e:
-                raise MinitfError(f"--neurons {path}: line {lineno}: {e}") from None
+                raise MinitfError(f"`neurons_file` {path}: line {lineno}: {e}", param="neurons_file") from None
     if not out:
-        raise MinitfError(f"--neurons {path}: no neuron names in the file")
+        raise MinitfError(f"`neurons_file` {path}: no neuron names in the file", param="neurons_file")
     return out
 
 
@@ -115,15 +116,15 @@ def select_neurons(model, options: StudyOptions) -> list[Neuron]:
 
     L = model.cfg.n_layer
     for layer in options.layers:
-        check_layer(layer, L, where=f"--layers {layer}")
+        check_layer(layer, L, where=f"`layers` {layer}", param="layers")
     if options.per_layer < 1:
-        raise MinitfError(f"--per-layer {options.per_layer}: must be at least 1")
+        raise MinitfError(f"`per_layer` {options.per_layer}: must be at least 1", param="per_layer")
     excluded = set()
     for name in options.exclude:
         try:
             excluded.add(parse_neuron(name, L, model.cfg.d_mlp))
         except (ValueError, MinitfError) as e:
-            raise MinitfError(f"--exclude {name}: {e}") from None
+            raise MinitfError(f"`exclude` {name}: {e}", param="exclude") from None
     if options.neurons_file:
         chosen = read_neuron_list(model, options.neurons_file)
     else:
@@ -303,34 +304,34 @@ def check_options(model, options: StudyOptions) -> Path:
 
     corpus = Path(options.corpus) if options.corpus else default_corpus(model)
     if corpus is None:
-        raise MinitfError(f"--corpus: required ({model.folder} has no corpus.txt.gz)")
+        raise MinitfError(f"`corpus`: required ({model.folder} has no corpus.txt.gz)", param="corpus")
     if not corpus.is_file():
-        raise MinitfError(f"--corpus {corpus}: no such file")
+        raise MinitfError(f"`corpus` {corpus}: no such file", param="corpus")
     check_split(None if options.split == "all" else options.split)
     if options.n_prompts < 2:
-        raise MinitfError(f"--n-prompts {options.n_prompts}: must be at least 2")
+        raise MinitfError(f"`n_prompts` {options.n_prompts}: must be at least 2", param="n_prompts")
     return corpus
 
 
 def make_llm(options: StudyOptions):
     """(LLM or None, why explanations are skipped or None). An LLM is used with ``llm`` or ``base_url``, or
-    when OPENAI_API_KEY is set (then ``explain.llm.DEFAULT_MODEL``)."""
+    when OPENAI_API_KEY is set (then ``explain.llm.DEFAULT_LLM``)."""
     from minitf.explain.driver import llm_client
-    from minitf.explain.llm import DEFAULT_MODEL, MISSING_KEY_MESSAGE
+    from minitf.explain.llm import DEFAULT_LLM, MISSING_KEY_MESSAGE
 
     key, env_url = os.environ.get("OPENAI_API_KEY"), os.environ.get("OPENAI_BASE_URL")
     if options.llm is None and options.base_url is None and not key:
         return None, "no --llm, no --base-url and OPENAI_API_KEY is not set"
     if not key and not (options.base_url or env_url):
-        raise MinitfError(f"--llm {options.llm}: {MISSING_KEY_MESSAGE}")
-    return llm_client(options.llm or DEFAULT_MODEL, options.base_url, options.cache_dir, options.max_calls,
+        raise MinitfError(f"`llm` {options.llm}: {MISSING_KEY_MESSAGE}", param="llm")
+    return llm_client(options.llm or DEFAULT_LLM, options.base_url, options.cache_dir, options.max_calls,
                       options.concurrency, options.timeout, options.max_retries), None
 
 
 def study_settings(model, options: StudyOptions, neurons: list[Neuron], corpus: Path) -> dict:
     """settings.json's "settings": the options but the ``NOT_SETTINGS``, the neurons, and the sha256 of the
     model and the corpus."""
-    from minitf.index.build import model_sha256
+    from minitf.load.weights import model_sha256
     from minitf.util.files import file_sha256
 
     settings = {k: v for k, v in asdict(options).items() if k not in StudyOptions.NOT_SETTINGS}
