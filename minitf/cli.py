@@ -13,6 +13,7 @@ import minitf
 from minitf.errors import MinitfError
 from minitf.names import check_layer, check_neuron, parse_layers
 from minitf.report.text import count
+from minitf.scores import CLI_HELP as SCORES_HELP, DEFAULT as DEFAULT_SCORES, SCORES
 
 
 class _Group(click.Group):
@@ -37,10 +38,8 @@ def main():
 model_option = click.option("--model", "model_spec", default=minitf.DEFAULT_MODEL, show_default=True,
                             help="Model folder, a name under weights/ (tiny, gpt2, …) or a Hugging Face cache entry.")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-scores_option = click.option("--scores", "head_scores", type=click.Choice(["paper", "exact"]), default="paper",
-                             show_default=True,
-                             help="What selects heads: each head's context part (the paper's scores, "
-                                  "TransformerLens with value biases folded) or its whole effect (+ constant part).")
+scores_option = click.option("--scores", "head_scores", type=click.Choice(SCORES), default=DEFAULT_SCORES,
+                             show_default=True, help=SCORES_HELP)
 
 
 def _emit_json(obj) -> None:
@@ -109,7 +108,7 @@ def _neuron_arg(ctx, param, value):
 
 
 def _trace(neuron, model_spec, texts, prompt_file, corpus, split, n_prompts, rule, include_same_layer, bos, ablate,
-           per_position, scores="paper"):
+           per_position, scores=DEFAULT_SCORES):
     """Load the model and trace the neuron (for trace and report); notes go to stderr."""
     from minitf.corpus import default_corpus
     from minitf.trace import PromptSource, TraceOptions, trace_neuron
@@ -124,7 +123,7 @@ def _trace(neuron, model_spec, texts, prompt_file, corpus, split, n_prompts, rul
     options = TraceOptions(rule=rule, include_same_layer=include_same_layer, ablate=ablate, per_position=per_position,
                            scores=scores)
     result = trace_neuron(model, neuron, source=source, options=options)
-    for note in result["settings"].get("notes", []):
+    for note in result.settings.origin.notes or []:
         click.echo(f"note: {note}", err=True)
     return model, result
 
@@ -138,12 +137,12 @@ def _trace(neuron, model_spec, texts, prompt_file, corpus, split, n_prompts, rul
 @click.option("--split", type=click.Choice(["train", "test", "all"]), default="train", show_default=True)
 @click.option("--n-prompts", default=20, show_default=True, type=click.IntRange(1, 1000), help="Top prompts to mine.")
 @click.option("--rule", type=click.Choice(["sigma2", "top3"]), default="sigma2", show_default=True,
-              help="Active heads: effect > mean + 2·std of the candidates (paper's default), or the top 3.")
+              help="Active heads: score (see --scores) > mean + 2·std of the candidates (paper's default), or the top 3.")
 @scores_option
 @click.option("--include-same-layer", is_flag=True, help="Candidates include the neuron's own layer.")
 @click.option("--bos/--no-bos", default=True, show_default=True, help="Prepend <|endoftext|> to each prompt.")
 @click.option("--ablate", default=5, show_default=True, type=click.IntRange(0, 1000),
-              help="Ablate this many top heads by mean effect (and every differential head).")
+              help="Ablate this many top heads by their mean selecting score (see --scores), and every differential head.")
 @json_option
 @click.option("--html", "html_path", type=click.Path(dir_okay=False),
               help="Also write a self-contained HTML report (works offline) to this file.")
@@ -157,10 +156,10 @@ def trace(neuron, model_spec, texts, prompt_file, corpus, split, n_prompts, rule
     if html_path:
         from minitf.report.page import report_extras, write_html
 
-        write_html(html_path, result, *report_extras(model, neuron, result))
+        write_html(html_path, result, *report_extras(model, neuron, result.settings.origin))
         click.echo(f"{html_path}: HTML report written", err=True)
     if as_json:
-        return _emit_json(result)
+        return _emit_json(result.to_json())
     click.echo("\n".join(trace_lines(result)))
 
 
@@ -282,8 +281,8 @@ def report(out, cache_dir, neuron, model_spec, texts, prompt_file, corpus, split
 
     model, result = _trace(neuron, model_spec, texts, prompt_file, corpus, split, n_prompts, rule,
                            include_same_layer, bos, ablate, per_position=True, scores=head_scores)
-    write_html(out, result, *report_extras(model, neuron, result, cache_dir))
-    click.echo(f"{out}: HTML report of {neuron}, {count(len(result['prompts']), 'prompt')}")
+    write_html(out, result, *report_extras(model, neuron, result.settings.origin, cache_dir))
+    click.echo(f"{out}: HTML report of {neuron}, {count(len(result.prompts), 'prompt')}")
 
 
 def _layer_list(ctx, param, values) -> list[int]:
@@ -413,8 +412,7 @@ def index(model_spec, corpus, layers, split, k, workers, bos, index_dir, rebuild
 @click.option("--split", type=click.Choice(["train", "test", "all"]), default="train", show_default=True)
 @click.option("--n-prompts", default=20, show_default=True, type=int, help="Top prompts per neuron.")
 @click.option("--rule", type=click.Choice(["sigma2", "top3"]), default="sigma2", show_default=True)
-@click.option("--scores", type=click.Choice(["paper", "exact"]), default="paper", show_default=True,
-              help="Head scores the rule selects by.")
+@click.option("--scores", type=click.Choice(SCORES), default=DEFAULT_SCORES, show_default=True, help=SCORES_HELP)
 @click.option("--include-same-layer", is_flag=True, help="Candidates include the neuron's own layer.")
 @click.option("--ablate", default=0, show_default=True, type=click.IntRange(0, 1000),
               help="Also ablate this many top heads per neuron (every differential head always is).")
