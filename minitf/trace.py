@@ -17,7 +17,7 @@ documented in the README) that the CLI prints and the study stores, ``Trace.from
 """
 from __future__ import annotations
 
-from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +30,7 @@ from minitf.model import Model, Run
 from minitf.names import Neuron, check_neuron
 from minitf.prompts import Mined, Prompt, prompts_from_texts, read_prompt_file
 from minitf.scores import DEFAULT, ScoresMode, scores_mode
+from minitf.util.records import Record, from_json, optional_field, record_field, to_json
 
 SCHEMA_VERSION = 2
 EFFECTS_NOTE = ("effects are exact direct effects on the neuron's pre-activation, LayerNorm-2's σ frozen; a head's "
@@ -155,67 +156,7 @@ def card_record(card: dict, layer_size: int) -> NeuronCard:
                       tokens(card["suppressed"]), card["kurtosis"], card["skew"], card["class"])
 
 
-# ---- the trace's records: to_json() writes docs/trace.schema.json, from_json() reads it ----------------------
-def _record(cls, many: bool = False, **kw):
-    """A field holding a record (``many``: a list of them)."""
-    return field(metadata={"record": cls, "many": many}, **kw)
-
-
-def _optional(**kw):
-    """A field left out of the JSON when None."""
-    return field(default=None, metadata={"omit_none": True, **kw})
-
-
-class Record:
-    """JSON in the schema's key order: a field with metadata ``json=False`` stays in memory only, ``key`` renames,
-    ``omit_none`` leaves a None out, ``flatten`` writes a record's keys into its parent's."""
-
-    def to_json(self) -> dict:
-        return _to_json(self)
-
-    @classmethod
-    def from_json(cls, data, where: str = "trace"):
-        return _from_json(cls, data, where)
-
-
-def _to_json(obj):
-    if is_dataclass(obj):
-        out = {}
-        for f in fields(obj):
-            value = getattr(obj, f.name)
-            if not f.metadata.get("json", True) or (value is None and f.metadata.get("omit_none")):
-                continue
-            if f.metadata.get("flatten"):
-                out |= _to_json(value)
-            else:
-                out[f.metadata.get("key", f.name)] = _to_json(value)
-        return out
-    return [_to_json(x) for x in obj] if isinstance(obj, list) else obj
-
-
-def _from_json(cls, data, where: str):
-    if not isinstance(data, dict):
-        raise MinitfError(f"{where}: expected an object from minitf.trace, got {type(data).__name__}")
-    kwargs = {}
-    for f in fields(cls):
-        if not f.metadata.get("json", True):
-            continue
-        rec, key = f.metadata.get("record"), f.metadata.get("key", f.name)
-        if f.metadata.get("flatten"):
-            kwargs[f.name] = _from_json(rec, data, where)
-            continue
-        if key not in data:
-            if f.default is MISSING and f.default_factory is MISSING:
-                raise MinitfError(f"{where}: missing key {key!r} (not a trace from minitf.trace?)")
-            continue
-        value = data[key]
-        if rec is not None and value is not None:
-            value = ([_from_json(rec, v, f"{where}.{key}[{i}]") for i, v in enumerate(value)] if f.metadata["many"]
-                     else _from_json(rec, value, f"{where}.{key}"))
-        kwargs[f.name] = value
-    return cls(**kwargs)
-
-
+# ---- the trace's records: to_json() writes docs/trace.schema.json, from_json() reads it (``minitf.util.records``)
 @dataclass
 class TokenRef(Record):
     id: int
@@ -237,15 +178,15 @@ class NeuronCard(Record):
     name: str
     layer: int
     index: int
-    token: TokenRef = _record(TokenRef)
-    congruence: float | None = _optional()
-    rank: int | None = _optional()
-    layer_size: int | None = _optional()
-    promoted: list[TokenValue] | None = _optional(record=TokenValue, many=True)
-    suppressed: list[TokenValue] | None = _optional(record=TokenValue, many=True)
-    kurtosis: float | None = _optional()
-    skew: float | None = _optional()
-    kind: str | None = _optional(key="class")  # "prediction", "suppression" or ""
+    token: TokenRef = record_field(TokenRef)
+    congruence: float | None = optional_field()
+    rank: int | None = optional_field()
+    layer_size: int | None = optional_field()
+    promoted: list[TokenValue] | None = optional_field(record=TokenValue, many=True)
+    suppressed: list[TokenValue] | None = optional_field(record=TokenValue, many=True)
+    kurtosis: float | None = optional_field()
+    skew: float | None = optional_field()
+    kind: str | None = optional_field(key="class")  # "prediction", "suppression" or ""
 
 
 @dataclass
@@ -267,7 +208,7 @@ class TopHead(Record):
     context: float
     constant: float
     active: bool
-    sources: list[Source] = _record(Source, many=True)
+    sources: list[Source] = record_field(Source, many=True)
 
 
 @dataclass
@@ -283,7 +224,7 @@ class Position(Record):
 
     activation: float
     pre: float
-    heads: list[PositionHead] = _record(PositionHead, many=True)
+    heads: list[PositionHead] = record_field(PositionHead, many=True)
 
 
 @dataclass
@@ -303,15 +244,15 @@ class PromptRecord(Record):
     text: str
     tokens: list[str]
     truncated: bool
-    mined: Mined | None = _record(Mined)  # None: a given prompt
+    mined: Mined | None = record_field(Mined)  # None: a given prompt
     activation: float  # post-GELU at the last token
     pre: float
     sigma: float
-    components: Components = _record(Components)
+    components: Components = record_field(Components)
     identity_error: float
     active_heads: list[str]
-    top_heads: list[TopHead] = _record(TopHead, many=True)
-    positions: list[Position] | None = _optional(record=Position, many=True)
+    top_heads: list[TopHead] = record_field(TopHead, many=True)
+    positions: list[Position] | None = optional_field(record=Position, many=True)
 
 
 @dataclass
@@ -332,7 +273,7 @@ class Ablation(Record):
     mean_dpost_inactive: float | None
     mean_dp_active: float | None
     mean_dp_inactive: float | None
-    ks: KS | None = _record(KS)
+    ks: KS | None = record_field(KS)
     d_post: np.ndarray | None = field(default=None, repr=False, compare=False, metadata={"json": False})
     d_p: np.ndarray | None = field(default=None, repr=False, compare=False, metadata={"json": False})
 
@@ -352,7 +293,7 @@ class HeadRecord(Record):
     active_count: int
     active_fraction: float
     differential: bool
-    ablation: Ablation | None = _record(Ablation)
+    ablation: Ablation | None = record_field(Ablation)
 
 
 @dataclass
@@ -368,11 +309,11 @@ class ModelShape(Record):
 class PromptOrigin(Record):
     """Where a trace's prompts came from (written among the settings); None: not recorded."""
 
-    bos: bool | None = _optional()
-    notes: list[str] | None = _optional()
-    source: str | None = _optional()
-    corpus: str | None = _optional()
-    split: str | None = _optional()
+    bos: bool | None = optional_field()
+    notes: list[str] | None = optional_field()
+    source: str | None = optional_field()
+    corpus: str | None = optional_field()
+    split: str | None = optional_field()
 
 
 @dataclass
@@ -403,13 +344,13 @@ class IdentityCheck(Record):
 class Trace(Record):
     """What ``trace`` finds for one neuron (see the module docstring); ``to_json()``: docs/trace.schema.json."""
 
-    model: ModelShape = _record(ModelShape)
-    neuron: NeuronCard = _record(NeuronCard)
-    settings: Settings = _record(Settings)
-    prompts: list[PromptRecord] = _record(PromptRecord, many=True)
-    heads: list[HeadRecord] = _record(HeadRecord, many=True)
+    model: ModelShape = record_field(ModelShape)
+    neuron: NeuronCard = record_field(NeuronCard)
+    settings: Settings = record_field(Settings)
+    prompts: list[PromptRecord] = record_field(PromptRecord, many=True)
+    heads: list[HeadRecord] = record_field(HeadRecord, many=True)
     differential_heads: list[str]
-    identity_check: IdentityCheck = _record(IdentityCheck)
+    identity_check: IdentityCheck = record_field(IdentityCheck)
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -421,7 +362,7 @@ class Trace(Record):
         return next((h for h in self.heads if h.head == name), None)
 
     def to_json(self) -> dict:
-        out = _to_json(self)
+        out = to_json(self)
         return {"schema_version": out.pop("schema_version"), **out}
 
     @classmethod
@@ -436,7 +377,7 @@ class Trace(Record):
         if data["schema_version"] != SCHEMA_VERSION:
             raise MinitfError(f"{where}: schema_version {data['schema_version']!r}; this minitf reads "
                               f"{SCHEMA_VERSION} (trace the neuron again)")
-        return _from_json(cls, data, where)
+        return from_json(cls, data, where)
 
 
 # ---- the computations behind the records ------------------------------------------------------------------
