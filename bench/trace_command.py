@@ -40,7 +40,8 @@ from common import ROOT, _cpu_snap  # noqa: E402
 
 from minitf.model import Model  # noqa: E402
 from minitf.names import Head, Neuron  # noqa: E402
-from minitf.trace import Prompt, TraceOptions, _card_record, trace  # noqa: E402
+from minitf.prompts import Prompt  # noqa: E402
+from minitf.trace import NeuronCard, TraceOptions, card_record, trace  # noqa: E402
 
 NEURON = Neuron(10, 1234)
 SHAPE = (32, 64)
@@ -68,12 +69,12 @@ def timed(fns: dict, reps: int) -> dict:
 
 
 # ---- the three implementations -------------------------------------------------------------------------
-def minitf_command(model: Model, tokens: np.ndarray, card: dict):
+def minitf_command(model: Model, tokens: np.ndarray, card: NeuronCard):
     prompts = [Prompt(t.tolist()) for t in tokens]
 
     def go():
         result = trace(model, NEURON, prompts, TraceOptions(top_heads=TOP, ablate=TOP), card=card)
-        json.dumps(result)
+        json.dumps(result.to_json())
         return result
 
     return go
@@ -228,11 +229,11 @@ def main(argv=None) -> int:
         tokens = np.random.default_rng(1).integers(0, model.cfg.d_vocab, (B, T))
         tokens[:, 0] = model.bos
         os.environ.setdefault("MINITF_CACHE_DIR", str(tmp / "cache-inproc"))
-        card = _card_record(neuron_card(model, NEURON), model.cfg.d_mlp)
-        token = card["token"]["id"]
+        card = card_record(neuron_card(model, NEURON), model.cfg.d_mlp)
+        token = card.token.id
         ours = minitf_command(model, tokens, card)
         result = ours()
-        ablated = [Head(h["layer"], h["index"]) for h in result["heads"] if h["ablation"]]
+        ablated = [Head(h.layer, h.index) for h in result.heads if h.ablation]
         log(f"minitf ablates {len(ablated)} heads: {', '.join(map(str, ablated))}")
         hf = wl.load_transformers(folder)
         tl = wl.load_transformer_lens(hf)

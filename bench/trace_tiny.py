@@ -16,7 +16,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import minitf  # noqa: E402
 from minitf.corpus import default_corpus  # noqa: E402
 from minitf.prompts import mine_prompts  # noqa: E402
-from minitf.trace import Prompt, TraceOptions, trace  # noqa: E402
+from minitf.prompts import Prompt  # noqa: E402
+from minitf.trace import TraceOptions, trace  # noqa: E402
 
 
 def timed(fn, reps):

@@ -35,6 +35,7 @@ import numpy as np
 
 from minitf.model import Model, Run
 from minitf.names import Head, Neuron
+from minitf.scores import DEFAULT, scores_mode
 
 # Internals a run must record for ``direct_effects`` and ``head_sources``.
 NEEDED = {"z", "v", "pattern", "ln2_scale", "pre", "mlp_out", "post"}
@@ -93,13 +94,9 @@ class DirectEffects:
     def head(self, head: Head) -> np.ndarray:
         return self.heads[:, head.layer, head.head]  # [B]
 
-    def head_scores(self, scores: str = "paper") -> np.ndarray:
-        """[B, l+1, H]: what selects heads — "paper": the context part; "exact": the whole term."""
-        if scores == "paper":
-            return self.head_context
-        if scores == "exact":
-            return self.heads
-        raise ValueError(f"unknown scores {scores!r}; choose from ('paper', 'exact')")
+    def head_scores(self, scores: str = DEFAULT) -> np.ndarray:
+        """[B, l+1, H]: what selects heads (``minitf.scores``) — "paper": the context part; "exact": the whole term."""
+        return self.head_context if scores_mode(scores).selects == "context" else self.heads
 
 
 def direct_effects(model: Model, run: Run, neuron: Neuron, positions: np.ndarray | None = None,

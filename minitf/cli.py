@@ -17,6 +17,7 @@ import minitf
 from minitf.explain.llm import DEFAULT_CONCURRENCY, DEFAULT_MAX_RETRIES, DEFAULT_LLM, DEFAULT_TIMEOUT
 from minitf.errors import MinitfError
 from minitf.names import check_layer, check_neuron, parse_layers
+from minitf.scores import CLI_HELP as SCORES_HELP, DEFAULT as DEFAULT_SCORES, SCORES
 from minitf.util.fmt import count, num
 
 
@@ -88,10 +89,8 @@ neuron_option = click.option("--neuron", required=True, callback=_spec(minitf.pa
 head_option = click.option("--head", "head_spec", default=None,
                            callback=_spec(lambda v: None if v is None else str(minitf.parse_head(v))),
                            help="Only this head (e.g. L1H10).")
-scores_option = click.option("--scores", "head_scores", type=click.Choice(["paper", "exact"]), default="paper",
-                             show_default=True,
-                             help="What selects heads: each head's context part (the paper's scores, "
-                                  "TransformerLens with value biases folded) or its whole effect (+ constant part).")
+scores_option = click.option("--scores", "head_scores", type=click.Choice(SCORES), default=DEFAULT_SCORES,
+                             show_default=True, help=SCORES_HELP)
 rule_option = click.option("--rule", type=click.Choice(["sigma2", "top3"]), default="sigma2", show_default=True,
                            help="Active heads: effect > mean + 2·std of the candidates (the paper's default), "
                                 "or the top 3.")
@@ -187,7 +186,7 @@ def download(name, dest, endpoint, no_progress):
 
 
 def _trace(neuron, model_spec, texts, prompt_file, corpus, split, n_prompts, rule, include_same_layer, bos, ablate,
-           per_position, scores, progress):
+           per_position, scores=DEFAULT_SCORES, progress=True):
     """Load the model and trace the neuron (for trace and report); notes go to stderr."""
     from minitf.corpus import default_corpus
     from minitf.trace import PromptSource, TraceOptions, trace_neuron
@@ -202,7 +201,7 @@ def _trace(neuron, model_spec, texts, prompt_file, corpus, split, n_prompts, rul
     options = TraceOptions(rule=rule, include_same_layer=include_same_layer, ablate=ablate, per_position=per_position,
                            scores=scores)
     result = trace_neuron(model, neuron, source=source, options=options)
-    for note in result["settings"].get("notes", []):
+    for note in result.settings.origin.notes or []:
         click.echo(f"note: {note}", err=True)
     return model, result
 
@@ -241,10 +240,10 @@ def trace(neuron, model_spec, texts, prompt_file, corpus, split, n_prompts, rule
     if html_path:
         from minitf.report.page import report_extras, write_html
 
-        write_html(html_path, result, *report_extras(model, neuron, result))
+        write_html(html_path, result, *report_extras(model, neuron, result.settings.origin))
         click.echo(f"{html_path}: HTML report written", err=True)
     if as_json:
-        return _emit_json(result)
+        return _emit_json(result.to_json())
     click.echo("\n".join(trace_lines(result)))
 
 
@@ -345,8 +344,8 @@ def report(out, cache_dir, neuron, model_spec, texts, prompt_file, corpus, split
     model, result = _trace(neuron, model_spec, texts, prompt_file, corpus, split, n_prompts, rule,
                            include_same_layer, bos, ablate, per_position=True, scores=head_scores,
                            progress=not no_progress)
-    write_html(out, result, *report_extras(model, neuron, result, cache_dir))
-    click.echo(f"{out}: HTML report of {neuron}, {count(len(result['prompts']), 'prompt')}")
+    write_html(out, result, *report_extras(model, neuron, result.settings.origin, cache_dir))
+    click.echo(f"{out}: HTML report of {neuron}, {count(len(result.prompts), 'prompt')}")
 
 
 def _tok(s: str) -> str:

@@ -8,13 +8,14 @@ layers < l, as in the paper; optionally layer l too):
 Both rules are unchanged when every e_h of a prompt is multiplied by the same σ_t > 0, so they select the
 same heads from the paper's σ-less scores as from minitf's σ-divided ones.
 
-What e_h is (``SCORES``, see ``minitf.attribution``):
+What e_h is (``minitf.scores``, see ``minitf.attribution``):
     "paper": each head's context part — the authors' TransformerLens score (value biases folded) / σ_t,
              so the active and differential heads are the paper's (the default);
     "exact": each head's whole term, context + constant part (c_h = b_V + β₁W_V through W_O).
 
 Differential heads of a neuron: active on 25 %–75 % of its prompts (inclusive), so that the prompts split
-into an active and an inactive set that an explanation can tell apart.
+into an active and an inactive set that an explanation can tell apart. Whatever needs both sets (explaining,
+scoring, the ablation's KS test) asks ``both_classes``.
 """
 from __future__ import annotations
 
@@ -23,7 +24,6 @@ import numpy as np
 from minitf.names import Head
 
 RULES = ("sigma2", "top3")
-SCORES = ("paper", "exact")
 DIFFERENTIAL_RANGE = (0.25, 0.75)
 
 
@@ -55,3 +55,20 @@ def differential(active: np.ndarray, lo: float = DIFFERENTIAL_RANGE[0], hi: floa
     """active [P, N] → bool [N]: heads active on a fraction of prompts within [lo, hi]."""
     fraction = active.mean(0)  # [N]
     return (fraction >= lo) & (fraction <= hi)
+
+
+def both_classes(n_active: int, n_inactive: int, prompt: str = "prompt", at_least: int = 1) -> str | None:
+    """None when the prompts split into ≥ ``at_least`` active and ≥ ``at_least`` inactive ones; else why not,
+    in the one message every check uses (``prompt``: what the prompts are, e.g. "test prompt")."""
+    if n_active >= at_least and n_inactive >= at_least:
+        return None
+    need = "both active and inactive" if at_least == 1 else f"at least {at_least} active and {at_least} inactive"
+    n = n_active + n_inactive
+    if n == 0:
+        got = "there are none"
+    elif n_active and n_inactive:
+        got = f"{n_active} active, {n_inactive} inactive"
+    else:
+        state = "active" if n_active else "inactive"
+        got = f"all {n} {prompt}s are {state}" if n > 1 else f"the one {prompt} is {state}"
+    return f"need {need} {prompt}s: {got}"

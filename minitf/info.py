@@ -30,7 +30,7 @@ def model_info(model: Model) -> dict:
 def next_token_predictions(model: Model, text: str, top_k: int = 10, bos: bool = False) -> dict:
     """The ``top_k`` most likely next tokens after ``text`` with their probabilities; an over-long text keeps its
     last n_ctx tokens (``truncated``), as in ``trace``."""
-    from minitf.trace import fit_context
+    from minitf.prompts import fit_context
 
     ids, truncated = fit_context(model, model.encode(text), bos)
     if not ids:

@@ -1,4 +1,5 @@
-"""A neuron's top prompts, trimmed to the context that still switches it on (paper step 2, its §3.3).
+"""The prompts a trace reads: given texts (``prompts_from_texts``, ``read_prompt_file``), or a neuron's top prompts
+trimmed to the context that still switches it on (paper step 2, its §3.3, ``mine_prompts``).
 
 For a neuron N = L{l}N{n}, the top-activating documents come from the corpus's index when there is a fresh
 one that covers N (``minitf.index.build``), else from a scan of the corpus for this one neuron (a forward pass
@@ -28,7 +29,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from minitf.corpus import check_split, documents, tokenize_document, tokenized_documents
+from minitf.corpus import check_split, documents, read_documents, tokenize_document, tokenized_documents
 from minitf.errors import MinitfError
 from minitf.names import Neuron, check_neuron, parse_neuron
 
@@ -50,6 +51,67 @@ class MinedPrompt:
     position: int  # index of the peak token in the document's tokens (BOS included when bos=True)
     activation: float  # A: the activation at the peak in the whole document
     trimmed_activation: float  # f(s*) ≥ 0.8 A: the activation at the last token of ``tokens``
+
+
+@dataclass(frozen=True)
+class Mined:
+    """Where a mined prompt comes from (a trace prompt's ``mined``): the document, its peak and activations."""
+
+    doc_id: int
+    position: int  # the peak token's index in the document's tokens (BOS included when bos=True)
+    activation: float  # A: the activation at the peak in the whole document
+    trimmed_activation: float  # f(s*): the activation at the prompt's last token
+
+
+@dataclass
+class Prompt:
+    """One prompt to trace: its tokens (BOS included when used) and where it came from."""
+
+    tokens: list[int]
+    truncated: bool = False  # the text was longer than the context: its last n_ctx tokens are kept
+    mined: Mined | None = None  # corpus provenance, for a mined prompt
+
+    @classmethod
+    def from_mined(cls, m: MinedPrompt) -> "Prompt":
+        return cls(m.tokens, mined=Mined(m.doc_id, m.position, m.activation, m.trimmed_activation))
+
+
+def fit_context(model, ids: list[int], bos: bool) -> tuple[list[int], bool]:
+    """([BOS] + the last n_ctx − bos of ``ids``, whether any were cut): the one rule for an over-long prompt
+    (``run`` and ``trace`` alike), since what comes next depends most on the end of a text."""
+    room = model.cfg.n_ctx - bos
+    return ([model.bos] if bos else []) + ids[-room:], len(ids) > room
+
+
+def prompts_from_texts(model, texts: list[str], bos: bool = True) -> list[Prompt]:
+    """Tokenize texts ([BOS] + text); an over-long one keeps its last n_ctx tokens (and says so)."""
+    prompts = []
+    for i, text in enumerate(texts):
+        ids = model.encode(text)
+        if not ids:
+            raise MinitfError(f"prompt {i + 1} is empty")
+        prompts.append(Prompt(*fit_context(model, ids, bos)))
+    return prompts
+
+
+def read_prompt_file(path) -> list[str]:
+    """Prompts from a file: ``.txt`` one per line (blank lines skipped) or ``.jsonl`` with a ``text`` field."""
+    path = Path(path)
+    try:
+        lines = path.read_bytes().decode("utf-8").splitlines()
+    except FileNotFoundError:
+        raise MinitfError(f"{path}: no such file") from None
+    except UnicodeDecodeError as e:
+        raise MinitfError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    except OSError as e:
+        raise MinitfError(f"{path}: cannot read ({e.strerror})") from None
+    if path.suffix == ".jsonl":  # the corpus's .jsonl reader: a line that is not {"text": "<string>"} is an error
+        texts = [doc.text for doc in read_documents(path)]
+    else:
+        texts = [line for line in lines if line.strip()]
+    if not texts:
+        raise MinitfError(f"{path}: no prompts in the file")
+    return texts
 
 
 def neuron_activations(model, neuron: Neuron, prompts: Sequence[Sequence[int]]) -> list[np.ndarray]:

@@ -7,14 +7,16 @@
   component's exact direct effect on the neuron's pre-activation at each prompt's last token, and the
   identity check max |Σ terms + constant − pre|; the paper's rules (``minitf.heads``) mark active heads per
   prompt and differential heads per neuron; for the top heads, the source tokens they looked up (their
-  context part split over source positions). ``scores`` says what selects: "paper" each head's context part
-  (the authors' scores / σ), "exact" its whole term (context + constant part);
-* step 5, ablation (``minitf.ablation``): remove each top head, measure Δpost and Δp(token) — "paper"
+  context part split over source positions). ``scores`` (``minitf.scores``) says what selects and ranks
+  heads: "paper" each head's context part (the authors' scores / σ), "exact" its whole term (context +
+  constant part);
+* step 5, ablation (``minitf.ablation``): remove each top head by the selecting score, and every
+  differential head, and measure Δpost and Δp(token) — "paper"
   replaces z_h by its constant value part (TransformerLens's ``hook_v`` zeroed on folded weights), "exact"
   zeroes z_h.
 
-The result is a plain dict with a stable schema (``TRACE_SCHEMA``, documented in the README) that the CLI
-prints as text or JSON and that the HTML report renders.
+The result is a ``Trace`` record; ``Trace.to_json()`` is the stable schema (``docs/trace.schema.json``,
+documented in the README) that the CLI prints and the study stores, ``Trace.from_json`` reads it back.
 """
 from __future__ import annotations
 
@@ -26,92 +28,43 @@ import numpy as np
 from minitf.ablation import ablate_heads, ks_2samp
 from minitf.attribution import NEEDED, direct_effects, head_sources, head_value_constant
 from minitf.errors import MinitfError
-from minitf.heads import SCORES, active_mask, candidate_heads, differential
+from minitf.heads import active_mask, both_classes, candidate_heads, differential
 from minitf.model import Model, Run
 from minitf.names import Neuron, check_neuron
+from minitf.prompts import Mined, Prompt, prompts_from_texts, read_prompt_file
+from minitf.scores import DEFAULT, ScoresMode, scores_mode
+from minitf.util.records import Record, from_json, optional_field, record_field, to_json
 
 SCHEMA_VERSION = 2
 EFFECTS_NOTE = ("effects are exact direct effects on the neuron's pre-activation, LayerNorm-2's σ frozen; a head's "
                 "effect = its context part (what it looked up) + its constant part ((b_V + β₁W_V)·W_O through W_in)")
-SCORES_NOTE = {"paper": "heads selected on their context part: the paper's scores (TransformerLens, value biases "
-                        "folded) / σ",
-               "exact": "heads selected on their whole effect (context + constant part)"}
+KS_MIN_PROMPTS = 5  # the ablation's KS statistic needs this many active and inactive prompts
 
 
-@dataclass
-class Prompt:
-    """One prompt to trace: its tokens (BOS included when used) and where it came from."""
-
-    tokens: list[int]
-    truncated: bool = False  # the text was longer than the context: its last n_ctx tokens are kept
-    mined: dict | None = None  # corpus provenance: doc_id, position, activation, trimmed_activation
-
-
-@dataclass
+@dataclass(frozen=True)
 class TraceOptions:
     rule: str = "sigma2"  # active heads: "sigma2" (mean + 2·std) or "top3"
     include_same_layer: bool = False  # candidates include the neuron's own layer
-    scores: str = "paper"
+    scores: str = DEFAULT  # what selects and ranks heads, and how the ablation removes one (``minitf.scores``)
     top_heads: int = 5  # heads listed per prompt
     sources: int = 3  # source tokens shown per listed head
-    ablate: int = 5  # heads ablated: the top ones by mean effect, plus every differential head
+    ablate: int = 5  # heads ablated: the top ones by mean selecting score, plus every differential head
     per_position: bool = False  # also each position's activation and top head effects (for the HTML report)
-    scores: str = "paper"  # what selects heads: "paper" (each head's context part) or "exact" (its whole effect)
 
 
-def fit_context(model: Model, ids: list[int], bos: bool) -> tuple[list[int], bool]:
-    """([BOS] + the last n_ctx − bos of ``ids``, whether any were cut): the one rule for an over-long prompt
-    (``run`` and ``trace`` alike), since what comes next depends most on the end of a text."""
-    room = model.cfg.n_ctx - bos
-    return ([model.bos] if bos else []) + ids[-room:], len(ids) > room
-
-
-def prompts_from_texts(model: Model, texts: list[str], bos: bool = True) -> list[Prompt]:
-    """Tokenize texts ([BOS] + text); an over-long one keeps its last n_ctx tokens (and says so)."""
-    prompts = []
-    for i, text in enumerate(texts):
-        ids = model.encode(text)
-        if not ids:
-            raise MinitfError(f"prompt {i + 1} is empty")
-        prompts.append(Prompt(*fit_context(model, ids, bos)))
-    return prompts
-
-
-def read_prompt_file(path) -> list[str]:
-    """Prompts from a file: ``.txt`` one per line (blank lines skipped) or ``.jsonl`` with a ``text`` field."""
-    path = Path(path)
-    try:
-        lines = path.read_bytes().decode("utf-8").splitlines()
-    except FileNotFoundError:
-        raise MinitfError(f"{path}: no such file") from None
-    except UnicodeDecodeError as e:
-        raise MinitfError(f"{path}: not UTF-8 text (byte {e.start})") from None
-    except OSError as e:
-        raise MinitfError(f"{path}: cannot read ({e.strerror})") from None
-    if path.suffix == ".jsonl":  # the corpus's .jsonl reader: a line that is not {"text": "<string>"} is an error
-        from minitf.corpus import read_documents
-
-        texts = [doc.text for doc in read_documents(path)]
-    else:
-        texts = [line for line in lines if line.strip()]
-    if not texts:
-        raise MinitfError(f"{path}: no prompts in the file")
-    return texts
-
-
-def trace(model: Model, neuron: Neuron, prompts: list[Prompt], options: TraceOptions = TraceOptions(),
-          card: dict | None = None, settings: dict | None = None, drops: dict | None = None) -> dict:
-    """Trace ``neuron`` over ``prompts``; returns the trace dict (see the README's schema). ``drops``: a dict
-    that receives each ablated head's per-prompt (Δpost [P], Δp [P]) (``minitf.study.run`` pools them)."""
+def trace(model: Model, neuron: Neuron, prompts: list[Prompt], options: TraceOptions | None = None,
+          card: NeuronCard | None = None, origin: PromptOrigin | None = None) -> Trace:
+    """Trace ``neuron`` over ``prompts``: a ``Trace`` (its ``to_json()``: the README's schema). Each ablated
+    head's per-prompt drops (Δpost [P], Δp [P]) are on its record, ``HeadRecord.ablation`` (not in the JSON).
+    ``origin``: where the prompts came from, recorded in the settings."""
     if not prompts:
         raise MinitfError("no prompts to trace")
-    if options.scores not in SCORES:
-        raise MinitfError(f"scores {options.scores!r}: choose from {', '.join(SCORES)}")
+    options = options or TraceOptions()
+    mode = scores_mode(options.scores)
     if card is None:
         from minitf.neurons import neuron_card
 
         card = card_record(neuron_card(model, neuron), model.cfg.d_mlp)
-    token = card["token"]["id"]
     tokens = [p.tokens for p in prompts]
     run = model.run(tokens, keep=NEEDED | {"resid_pre"}, stop_at_layer=neuron.layer)  # resid_pre: ablation reruns from it
     fx = direct_effects(model, run, neuron)
@@ -123,49 +76,39 @@ def trace(model: Model, neuron: Neuron, prompts: list[Prompt], options: TraceOpt
     indices = np.array([h.head for h in candidates], int)  # [N]
     parts = {name: a[:, layers, indices] for name, a in  # each [P, N]
              (("effect", fx.heads), ("context", fx.head_context), ("constant", fx.head_constant))}
-    effects = fx.head_scores(options.scores)[:, layers, indices]  # [P, N] what selects
+    effects = parts[mode.selects]  # [P, N] what selects
     active = active_mask(effects, options.rule)  # [P, N]
     is_differential = differential(active)  # [N]
     order = np.argsort(-effects.mean(0), kind="stable")  # heads by mean selecting score
     to_ablate = [candidates[i] for i in sorted(set(order[:options.ablate].tolist())
                                                | set(np.flatnonzero(is_differential).tolist()))]
     replace_with = None
-    if options.scores == "paper":  # removed as the paper does: z_h ← its constant part
+    if mode.ablation_keeps_constant:  # removed as the paper does: z_h ← its constant part
         constants = {layer: head_value_constant(model, layer) for layer in {h.layer for h in to_ablate}}  # [H, Dh]
         replace_with = {h: constants[h.layer][h.head] for h in to_ablate}
-    ablations = ablate_heads(model, tokens, neuron, token, to_ablate, run=run, replace_with=replace_with)
-    if drops is not None:
-        drops.update(ablations)
+    ablations = ablate_heads(model, tokens, neuron, card.token.id, to_ablate, run=run, replace_with=replace_with)
 
     errors = np.abs(fx.total() - fx.pre)  # [P]
     per_prompt = [_prompt_record(model, run, fx, neuron, candidates, effects, parts, active, post, i, prompts[i],
-                                 options) for i in range(len(prompts))]
+                                 options, mode) for i in range(len(prompts))]
     heads = []
     for i in order:
-        record = {"head": str(candidates[i]), "layer": candidates[i].layer, "index": candidates[i].head,
-                  "mean_effect": float(parts["effect"][:, i].mean()), "std_effect": float(parts["effect"][:, i].std()),
-                  "mean_context": float(parts["context"][:, i].mean()),
-                  "std_context": float(parts["context"][:, i].std()),
-                  "mean_constant": float(parts["constant"][:, i].mean()),
-                  "active_count": int(active[:, i].sum()), "active_fraction": float(active[:, i].mean()),
-                  "differential": bool(is_differential[i]), "ablation": None}
-        if candidates[i] in ablations:
-            record["ablation"] = _ablation_record(*ablations[candidates[i]], active[:, i])
-        heads.append(record)
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "model": {"folder": str(model.folder), "n_layer": model.cfg.n_layer, "n_head": model.cfg.n_head,
-                  "d_mlp": model.cfg.d_mlp, "n_ctx": model.cfg.n_ctx},
-        "neuron": card,
-        "settings": {"rule": options.rule, "scores": options.scores, "include_same_layer": options.include_same_layer,
-                     "candidates": len(candidates), "effects": EFFECTS_NOTE, "scores_note": SCORES_NOTE[options.scores],
-                     **(settings or {})},
-        "prompts": per_prompt,
-        "heads": heads,
-        "differential_heads": [h["head"] for h in heads if h["differential"]],
-        "identity_check": {"max_abs_error": float(errors.max()),
-                           "max_rel_error": float((errors / np.maximum(fx.magnitude(), 1e-30)).max())},
-    }
+        head = candidates[i]
+        heads.append(HeadRecord(
+            str(head), head.layer, head.head, mean_effect=float(parts["effect"][:, i].mean()),
+            std_effect=float(parts["effect"][:, i].std()), mean_context=float(parts["context"][:, i].mean()),
+            std_context=float(parts["context"][:, i].std()), mean_constant=float(parts["constant"][:, i].mean()),
+            active_count=int(active[:, i].sum()), active_fraction=float(active[:, i].mean()),
+            differential=bool(is_differential[i]),
+            ablation=_ablation_record(*ablations[head], active[:, i]) if head in ablations else None))
+    return Trace(
+        model=ModelShape(str(model.folder), model.cfg.n_layer, model.cfg.n_head, model.cfg.d_mlp, model.cfg.n_ctx),
+        neuron=card,
+        settings=Settings(options.rule, options.scores, options.include_same_layer, len(candidates), EFFECTS_NOTE,
+                          mode.note, origin or PromptOrigin()),
+        prompts=per_prompt, heads=heads, differential_heads=[h.head for h in heads if h.differential],
+        identity_check=IdentityCheck(float(errors.max()),
+                                     float((errors / np.maximum(fx.magnitude(), 1e-30)).max())))
 
 
 @dataclass
@@ -183,7 +126,7 @@ class PromptSource:
 
 
 def trace_neuron(model: Model, neuron: Neuron, source: PromptSource | None = None,
-                 options: TraceOptions | None = None) -> dict:
+                 options: TraceOptions | None = None) -> Trace:
     """The ``trace`` command: the prompts of ``source`` (given, from a file, or mined from a corpus); then ``trace``."""
     from minitf.corpus import default_corpus
     from minitf.prompts import mine_prompts
@@ -191,41 +134,260 @@ def trace_neuron(model: Model, neuron: Neuron, source: PromptSource | None = Non
     source, options = source or PromptSource(), options or TraceOptions()
     texts, prompt_file, corpus, split, bos = source.texts, source.prompt_file, source.corpus, source.split, source.bos
     neuron = check_neuron(Neuron(*neuron), model.cfg.n_layer, model.cfg.d_mlp)
-    settings: dict = {"bos": bos, "notes": []}
     if texts or prompt_file:
         texts = list(texts or []) or read_prompt_file(prompt_file)
         prompts = prompts_from_texts(model, texts, bos)
-        settings["source"] = f"from {prompt_file}" if prompt_file else "given with --text"
-        for i, p in enumerate(prompts):
-            if p.truncated:
-                settings["notes"].append(f"prompt {i + 1} is longer than the context: kept its last "
-                                         f"{model.cfg.n_ctx} tokens")
+        notes = [f"prompt {i + 1} is longer than the context: kept its last {model.cfg.n_ctx} tokens"
+                 for i, p in enumerate(prompts) if p.truncated]
+        origin = PromptOrigin(bos, notes, f"from {prompt_file}" if prompt_file else "given with --text")
     else:
         corpus = default_corpus(model, corpus or None, needed_for="give texts, a prompt file or a corpus")
         mined = mine_prompts(model, neuron, corpus, None if split == "all" else split, k=source.n_prompts, bos=bos,
                              progress=source.progress)
         if not mined:
             raise MinitfError(f"{corpus}: no document activates {neuron} above 0 in the {split} split")
-        prompts = [Prompt(m.tokens, mined={"doc_id": m.doc_id, "position": m.position, "activation": m.activation,
-                                           "trimmed_activation": m.trimmed_activation}) for m in mined]
-        settings |= {"source": f"top {len(prompts)} mined from {corpus}, split {split}", "corpus": str(corpus),
-                     "split": split}
-    return trace(model, neuron, prompts, options, settings=settings)
+        prompts = [Prompt.from_mined(m) for m in mined]
+        origin = PromptOrigin(bos, [], f"top {len(prompts)} mined from {corpus}, split {split}", str(corpus), split)
+    return trace(model, neuron, prompts, options, origin=origin)
 
 
-def card_record(card: dict, layer_size: int) -> dict:
-    """``neurons.neuron_card`` in the trace's schema (token lists as objects), the one the report renders."""
+def card_record(card: dict, layer_size: int) -> NeuronCard:
+    """``neurons.neuron_card`` as the trace's card, the one the report renders."""
     def tokens(rows):
-        return [{"id": i, "token": t, "value": v} for i, t, v in rows]
+        return [TokenValue(i, t, v) for i, t, v in rows]
 
-    return {"name": card["name"], "layer": card["layer"], "index": card["index"],
-            "token": {"id": card["token_id"], "str": card["token"]},
-            "congruence": card["congruence"], "rank": card["rank"], "layer_size": layer_size,
-            "promoted": tokens(card["promoted"]), "suppressed": tokens(card["suppressed"]),
-            "kurtosis": card["kurtosis"], "skew": card["skew"], "class": card["class"]}
+    return NeuronCard(card["name"], card["layer"], card["index"], TokenRef(card["token_id"], card["token"]),
+                      card["congruence"], card["rank"], layer_size, tokens(card["promoted"]),
+                      tokens(card["suppressed"]), card["kurtosis"], card["skew"], card["class"])
 
 
-def _prompt_record(model, run, fx, neuron, candidates, effects, parts, active, post, i, prompt, options) -> dict:
+# ---- the trace's records: to_json() writes docs/trace.schema.json, from_json() reads it (``minitf.util.records``)
+@dataclass
+class TokenRef(Record):
+    id: int
+    text: str | None = field(metadata={"key": "str"})  # None: the id decodes to no text of its own
+
+
+@dataclass
+class TokenValue(Record):
+    id: int
+    token: str
+    value: float
+
+
+@dataclass
+class NeuronCard(Record):
+    """W_out[n] through the ln_f-folded, centred unembedding (``neurons.neuron_card``); ``token``: the one it pushes.
+    Everything past ``token`` may be missing in a card made by hand."""
+
+    name: str
+    layer: int
+    index: int
+    token: TokenRef = record_field(TokenRef)
+    congruence: float | None = optional_field()
+    rank: int | None = optional_field()
+    layer_size: int | None = optional_field()
+    promoted: list[TokenValue] | None = optional_field(record=TokenValue, many=True)
+    suppressed: list[TokenValue] | None = optional_field(record=TokenValue, many=True)
+    kurtosis: float | None = optional_field()
+    skew: float | None = optional_field()
+    kind: str | None = optional_field(key="class")  # "prediction", "suppression" or ""
+
+
+@dataclass
+class Source(Record):
+    """A source position a head looked up: its part of the head's context part, and the attention paid to it."""
+
+    position: int
+    token: str
+    effect: float
+    attention: float
+
+
+@dataclass
+class TopHead(Record):
+    """One of a prompt's top heads at its last token (by the selecting score)."""
+
+    head: str
+    effect: float  # context + constant
+    context: float
+    constant: float
+    active: bool
+    sources: list[Source] = record_field(Source, many=True)
+
+
+@dataclass
+class PositionHead(Record):
+    head: str
+    effect: float
+    context: float
+
+
+@dataclass
+class Position(Record):
+    """One position of a prompt (``per_position``): the activation there and its top heads."""
+
+    activation: float
+    pre: float
+    heads: list[PositionHead] = record_field(PositionHead, many=True)
+
+
+@dataclass
+class Components(Record):
+    """The direct effects at the last token that are not the candidate heads' own."""
+
+    embed: float
+    pos_embed: float
+    heads: float  # Σ of every head's effect
+    attn_bias: list[float]
+    mlp: list[float]
+    constant: float
+
+
+@dataclass
+class PromptRecord(Record):
+    text: str
+    tokens: list[str]
+    truncated: bool
+    mined: Mined | None = record_field(Mined)  # None: a given prompt
+    activation: float  # post-GELU at the last token
+    pre: float
+    sigma: float
+    components: Components = record_field(Components)
+    identity_error: float
+    active_heads: list[str]
+    top_heads: list[TopHead] = record_field(TopHead, many=True)
+    positions: list[Position] | None = optional_field(record=Position, many=True)
+
+
+@dataclass
+class KS(Record):
+    statistic: float
+    p_value: float
+
+
+@dataclass
+class Ablation(Record):
+    """Δ when the head is removed at all positions (``ScoresMode.removed``): means over the prompts, over its
+    active and inactive ones, the KS test of Δp active vs inactive; ``d_post``/``d_p`` [P]: the drops themselves
+    (in memory only: ``minitf.study.run`` pools them)."""
+
+    mean_dpost: float
+    mean_dp: float
+    mean_dpost_active: float | None
+    mean_dpost_inactive: float | None
+    mean_dp_active: float | None
+    mean_dp_inactive: float | None
+    ks: KS | None = record_field(KS)
+    d_post: np.ndarray | None = field(default=None, repr=False, compare=False, metadata={"json": False})
+    d_p: np.ndarray | None = field(default=None, repr=False, compare=False, metadata={"json": False})
+
+
+@dataclass
+class HeadRecord(Record):
+    """A candidate head over all prompts."""
+
+    head: str
+    layer: int
+    index: int
+    mean_effect: float
+    std_effect: float
+    mean_context: float
+    std_context: float
+    mean_constant: float
+    active_count: int
+    active_fraction: float
+    differential: bool
+    ablation: Ablation | None = record_field(Ablation)
+
+
+@dataclass
+class ModelShape(Record):
+    folder: str
+    n_layer: int
+    n_head: int
+    d_mlp: int
+    n_ctx: int
+
+
+@dataclass
+class PromptOrigin(Record):
+    """Where a trace's prompts came from (written among the settings); None: not recorded."""
+
+    bos: bool | None = optional_field()
+    notes: list[str] | None = optional_field()
+    source: str | None = optional_field()
+    corpus: str | None = optional_field()
+    split: str | None = optional_field()
+
+
+@dataclass
+class Settings(Record):
+    rule: str
+    scores: str
+    include_same_layer: bool
+    candidates: int
+    effects: str
+    scores_note: str | None = None  # None: the mode's note (``minitf.scores``)
+    origin: PromptOrigin = field(default_factory=PromptOrigin, metadata={"flatten": True, "record": PromptOrigin})
+
+    def __post_init__(self):
+        self.scores_note = self.scores_note or self.mode.note
+
+    @property
+    def mode(self) -> ScoresMode:
+        return scores_mode(self.scores)
+
+
+@dataclass
+class IdentityCheck(Record):
+    max_abs_error: float
+    max_rel_error: float
+
+
+@dataclass
+class Trace(Record):
+    """What ``trace`` finds for one neuron (see the module docstring); ``to_json()``: docs/trace.schema.json."""
+
+    model: ModelShape = record_field(ModelShape)
+    neuron: NeuronCard = record_field(NeuronCard)
+    settings: Settings = record_field(Settings)
+    prompts: list[PromptRecord] = record_field(PromptRecord, many=True)
+    heads: list[HeadRecord] = record_field(HeadRecord, many=True)
+    differential_heads: list[str]
+    identity_check: IdentityCheck = record_field(IdentityCheck)
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def mode(self) -> ScoresMode:
+        """What selected and ranked the heads, and how the ablation removed them."""
+        return self.settings.mode
+
+    def head(self, name: str) -> HeadRecord | None:
+        return next((h for h in self.heads if h.head == name), None)
+
+    def to_json(self) -> dict:
+        out = to_json(self)
+        return {"schema_version": out.pop("schema_version"), **out}
+
+    @classmethod
+    def from_json(cls, data, where: str = "trace") -> Trace:
+        """A trace from its JSON (``trace --json``, a study's neuron record), schema 2 only."""
+        if not isinstance(data, dict):
+            raise MinitfError(f"{where}: expected a dict from minitf.trace, got {type(data).__name__}")
+        for key in ("neuron", "model", "settings", "prompts", "heads", "differential_heads", "identity_check",
+                    "schema_version"):
+            if key not in data:
+                raise MinitfError(f"{where}: missing key {key!r} (not a trace from minitf.trace?)")
+        if data["schema_version"] != SCHEMA_VERSION:
+            raise MinitfError(f"{where}: schema_version {data['schema_version']!r}; this minitf reads "
+                              f"{SCHEMA_VERSION} (trace the neuron again)")
+        return from_json(cls, data, where)
+
+
+# ---- the computations behind the records ------------------------------------------------------------------
+def _prompt_record(model, run, fx, neuron, candidates, effects, parts, active, post, i, prompt, options,
+                   mode) -> PromptRecord:
     n = int(run.lengths[i])
     toks = run.tokens[i, :n]
     top = np.argsort(-effects[i], kind="stable")[:options.top_heads]
@@ -236,38 +398,35 @@ def _prompt_record(model, run, fx, neuron, candidates, effects, parts, active, p
         by_source, _ = head_sources(model, one, neuron, head)  # the context part over sources
         weights = run["pattern", head.layer][i, head.head, n - 1, :n]  # [n] attention from the last token
         best = np.argsort(-by_source[0, :n], kind="stable")[:options.sources]
-        listed.append({"head": str(head), **{k: float(a[i, j]) for k, a in parts.items()}, "active": bool(active[i, j]),
-                       "sources": [{"position": int(s), "token": model.token_str(toks[s]),
-                                    "effect": float(by_source[0, s]), "attention": float(weights[s])} for s in best]})
-    record = {
-        "text": model.decode(toks[1:] if toks[0] == model.bos else toks),
-        "tokens": [model.token_str(t) for t in toks],
-        "truncated": prompt.truncated, "mined": prompt.mined,
-        "activation": float(post[i]), "pre": float(fx.pre[i]), "sigma": float(fx.sigma[i]),
-        "components": {"embed": float(fx.embed[i]), "pos_embed": float(fx.pos_embed[i]),
-                       "heads": float(fx.heads[i].sum()), "attn_bias": fx.attn_bias[i].tolist(),
-                       "mlp": fx.mlp[i].tolist(), "constant": float(fx.constant)},
-        "identity_error": float(abs(fx.total()[i] - fx.pre[i])),
-        "active_heads": [str(candidates[j]) for j in np.flatnonzero(active[i])],
-        "top_heads": listed,
-    }
-    if options.per_position:
-        record["positions"] = _per_position(model, one, run, neuron, candidates, i, n, options)
-    return record
+        listed.append(TopHead(str(head), **{k: float(a[i, j]) for k, a in parts.items()}, active=bool(active[i, j]),
+                              sources=[Source(int(s), model.token_str(toks[s]), float(by_source[0, s]),
+                                              float(weights[s])) for s in best]))
+    return PromptRecord(
+        text=model.decode(toks[1:] if toks[0] == model.bos else toks),
+        tokens=[model.token_str(t) for t in toks],
+        truncated=prompt.truncated, mined=prompt.mined,
+        activation=float(post[i]), pre=float(fx.pre[i]), sigma=float(fx.sigma[i]),
+        components=Components(float(fx.embed[i]), float(fx.pos_embed[i]), float(fx.heads[i].sum()),
+                              fx.attn_bias[i].tolist(), fx.mlp[i].tolist(), float(fx.constant)),
+        identity_error=float(abs(fx.total()[i] - fx.pre[i])),
+        active_heads=[str(candidates[j]) for j in np.flatnonzero(active[i])],
+        top_heads=listed,
+        positions=_per_position(model, one, run, neuron, candidates, i, n, options, mode)
+        if options.per_position else None)
 
 
-def _per_position(model, one, run, neuron, candidates, i, n, options) -> list[dict]:
+def _per_position(model, one, run, neuron, candidates, i, n, options, mode) -> list[Position]:
     """Activation and the top candidate heads (by the selecting score) at every position of prompt i (``one``:
     its view), each with its effect and context part."""
     out = []
     for t in range(n):
         fx = direct_effects(model, one, neuron, np.array([t]))
-        effects = np.array([fx.head(h)[0] for h in candidates])  # [N]
-        context = np.array([fx.head_context[0, h.layer, h.head] for h in candidates])  # [N]
-        best = np.argsort(-(context if options.scores == "paper" else effects), kind="stable")[:options.top_heads]
-        out.append({"activation": float(run.neuron(neuron)["post"][i, t]), "pre": float(fx.pre[0]),
-                    "heads": [{"head": str(candidates[j]), "effect": float(effects[j]), "context": float(context[j])}
-                              for j in best]})
+        scores = {"effect": np.array([fx.head(h)[0] for h in candidates]),  # [N]
+                  "context": np.array([fx.head_context[0, h.layer, h.head] for h in candidates])}  # [N]
+        best = np.argsort(-scores[mode.selects], kind="stable")[:options.top_heads]
+        out.append(Position(float(run.neuron(neuron)["post"][i, t]), float(fx.pre[0]),
+                            [PositionHead(str(candidates[j]), float(scores["effect"][j]),
+                                          float(scores["context"][j])) for j in best]))
     return out
 
 
@@ -277,14 +436,12 @@ def _one(run, i):
     return Run(run.tokens[i:i + 1], run.lengths[i:i + 1], None, cache, run.neuron_columns)
 
 
-def _ablation_record(d_post: np.ndarray, d_p: np.ndarray, active: np.ndarray) -> dict:
+def _ablation_record(d_post: np.ndarray, d_p: np.ndarray, active: np.ndarray) -> Ablation:
     def mean(x):
         return float(x.mean()) if x.size else None
 
-    record = {"mean_dpost": mean(d_post), "mean_dp": mean(d_p),
-              "mean_dpost_active": mean(d_post[active]), "mean_dpost_inactive": mean(d_post[~active]),
-              "mean_dp_active": mean(d_p[active]), "mean_dp_inactive": mean(d_p[~active]), "ks": None}
-    if active.sum() >= 5 and (~active).sum() >= 5:
-        d, p = ks_2samp(d_p[active], d_p[~active])
-        record["ks"] = {"statistic": d, "p_value": p}
-    return record
+    ks = None
+    if both_classes(int(active.sum()), int((~active).sum()), at_least=KS_MIN_PROMPTS) is None:
+        ks = KS(*ks_2samp(d_p[active], d_p[~active]))
+    return Ablation(mean(d_post), mean(d_p), mean(d_post[active]), mean(d_post[~active]), mean(d_p[active]),
+                    mean(d_p[~active]), ks, d_post=d_post, d_p=d_p)

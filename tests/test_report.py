@@ -174,7 +174,7 @@ def test_cards_as_neurons_py_writes_them_render_too():
     trace["neuron"] = card_record({"layer": 3, "index": 100, "name": "L3N100", "token_id": 262, "token": " the",
                                    "promoted": [(262, " the", 0.41), (7, NASTY, 0.2)], "suppressed": [(9, " and", -0.3)],
                                    "congruence": 0.41, "rank": 1, "kurtosis": 12.5, "skew": 1.2, "class": "prediction"},
-                                  trace["model"]["d_mlp"])
+                                  trace["model"]["d_mlp"]).to_json()
     page = render_html(trace)
     assert 'class="tok big"> the</span>' in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "prediction" in page and NASTY not in page
@@ -539,22 +539,23 @@ REAL_TEXTS = ["the theatre is in the centre", "he said <b>&</b> there", "in the 
 @pytest.fixture(scope="module")
 def real_trace():
     from minitf import Model, Neuron
-    from minitf.trace import TraceOptions, prompts_from_texts, trace
+    from minitf.prompts import prompts_from_texts
+    from minitf.trace import NeuronCard, TraceOptions, trace
 
     model = Model.load(GOLDEN / "prefixed_f16")  # 3 layers, 4 heads, n_ctx 16
-    card = {"name": "L2N7", "layer": 2, "index": 7, "token": {"id": 294, "str": " th"}}
+    card = NeuronCard.from_json({"name": "L2N7", "layer": 2, "index": 7, "token": {"id": 294, "str": " th"}})
     return trace(model, Neuron(2, 7), prompts_from_texts(model, REAL_TEXTS), TraceOptions(per_position=True, ablate=3),
                  card=card)
 
 
 def test_a_real_trace_renders_every_token(real_trace):
     page = render_html(real_trace)
-    for n, p in enumerate(real_trace["prompts"]):
+    for n, p in enumerate(real_trace.prompts):
         block = page.split(f'id="ptext-{n}"')[1].split("</div>")[0]
-        assert block.count('class="t') == len(p["tokens"]) == len(p["positions"])
+        assert block.count('class="t') == len(p.tokens) == len(p.positions)
         parser = _Tags()
         parser.feed("<div " + block)
-        assert parser.tags == ["div"] + ["span"] * len(p["tokens"])  # the "<b>" of prompt 2 is no tag
+        assert parser.tags == ["div"] + ["span"] * len(p.tokens)  # the "<b>" of prompt 2 is no tag
         assert "".join(parser.data) == "<|endoftext|>" + REAL_TEXTS[n]
 
 
@@ -562,13 +563,13 @@ def test_a_real_trace_in_the_browser(browser, real_trace, tmp_path):
     path = write_html(tmp_path / "real.html", real_trace)
     got = browser.open(path.as_uri(), READY)
     assert got == {"requests": [path.as_uri()], "console": [], "exceptions": [], "log": [], "dialogs": []}
-    p = real_trace["prompts"][1]
+    p = real_trace.prompts[1]
     i = 4  # a token inside "<b>&</b>"
     x, y = browser.center(f'article[data-p="1"] .t[data-i="{i}"]')
     browser.mouse("mouseMoved", x, y)
     panel = browser.eval("document.getElementById('detail-1').innerText")
-    assert f"position {i}" in panel and p["positions"][i]["heads"][0]["head"] in panel
-    assert f"activation {p['positions'][i]['activation']:+.3f}".replace("-", "\u2212") in panel
+    assert f"position {i}" in panel and p.positions[i].heads[0].head in panel
+    assert f"activation {p.positions[i].activation:+.3f}".replace("-", "\u2212") in panel
 
 
 @pytest.fixture
@@ -580,7 +581,7 @@ def fake_trace_neuron(monkeypatch):
 
     def fake(model, neuron, source, options):
         calls.append({**vars(source), **vars(options)})
-        return make_trace()
+        return minitf.trace.Trace.from_json(make_trace())
     monkeypatch.setattr(minitf.trace, "trace_neuron", fake)
     return calls
 
@@ -640,12 +641,13 @@ def test_cli_report_end_to_end(tmp_path, monkeypatch):
 
 def test_a_layer_0_neuron_without_bos_has_no_heads_and_no_errors(browser, tmp_path):
     from minitf import Model, Neuron
-    from minitf.trace import TraceOptions, prompts_from_texts, trace
+    from minitf.prompts import prompts_from_texts
+    from minitf.trace import NeuronCard, PromptOrigin, TraceOptions, trace
 
     model = Model.load(GOLDEN / "prefixed_f16")
-    card = {"name": "L0N3", "layer": 0, "index": 3, "token": {"id": 5, "str": "&"}}
+    card = NeuronCard.from_json({"name": "L0N3", "layer": 0, "index": 3, "token": {"id": 5, "str": "&"}})
     result = trace(model, Neuron(0, 3), prompts_from_texts(model, REAL_TEXTS[:2], bos=False),
-                   TraceOptions(per_position=True), card=card, settings={"bos": False})
+                   TraceOptions(per_position=True), card=card, origin=PromptOrigin(bos=False))
     path = write_html(tmp_path / "l0.html", result)
     got = browser.open(path.as_uri(), READY)
     assert got == {"requests": [path.as_uri()], "console": [], "exceptions": [], "log": [], "dialogs": []}
@@ -661,11 +663,12 @@ def test_the_histogram_comes_from_the_neuron_index(tmp_path):
     from minitf import Model, Neuron
     from minitf.index.build import build_index
     from minitf.report.page import report_extras
+    from minitf.trace import PromptOrigin
 
     model = Model.load(GOLDEN / "prefixed_f16")
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n\n".join(REAL_TEXTS * 3) + "\n")
-    trace = {"settings": {"corpus": str(corpus), "split": "all"}}
+    trace = PromptOrigin(corpus=str(corpus), split="all")  # where the trace's prompts came from
     explanations, histogram = report_extras(model, Neuron(2, 7), trace, cache_dir=tmp_path / "cache")
     assert explanations is None and "no neuron index" in histogram["note"]
     build_index(model, corpus, layers=[2], k=3, workers=1, progress=False)

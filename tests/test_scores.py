@@ -191,7 +191,8 @@ def test_tiny_trace_selects_the_authors_heads(monkeypatch):
     import minitf.trace as trace_mod
     from minitf import load
     from minitf.prompts import mine_prompts
-    from minitf.trace import Prompt, TraceOptions
+    from minitf.prompts import Prompt
+    from minitf.trace import TraceOptions
 
     monkeypatch.setattr(trace_mod, "ablate_heads", lambda *a, **k: {})  # selection only: skip the ablation runs
     tiny = load("tiny")
@@ -205,9 +206,9 @@ def test_tiny_trace_selects_the_authors_heads(monkeypatch):
         for rule in ("sigma2", "top3"):
             result = trace_mod.trace(tiny, neuron, prompts, TraceOptions(rule=rule, ablate=0))  # scores "paper"
             active, is_diff = authors_selection(theirs, rule)
-            for i, p in enumerate(result["prompts"]):
-                assert p["active_heads"] == [heads[j] for j in np.flatnonzero(active[i])], (name, rule, i)
-            assert sorted(result["differential_heads"]) == sorted(heads[j] for j in np.flatnonzero(is_diff)), (name, rule)
+            for i, p in enumerate(result.prompts):
+                assert p.active_heads == [heads[j] for j in np.flatnonzero(active[i])], (name, rule, i)
+            assert sorted(result.differential_heads) == sorted(heads[j] for j in np.flatnonzero(is_diff)), (name, rule)
         # the context part × σ is the authors' score, on every head of every prompt
         run = tiny.run([p.tokens for p in prompts], keep=NEEDED, stop_at_layer=neuron.layer)
         fx = direct_effects(tiny, run, neuron)

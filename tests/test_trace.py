@@ -7,7 +7,8 @@ import pytest
 from minitf import Model, Neuron
 from minitf.ablation import ks_2samp
 from minitf.heads import active_mask, candidate_heads, differential
-from minitf.trace import TraceOptions, prompts_from_texts, trace
+from minitf.prompts import prompts_from_texts
+from minitf.trace import NeuronCard, TraceOptions, trace
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 TEXTS = ["the theatre is in the centre", "he said that she was there", "in the beginning", "a b c d e f",
@@ -20,29 +21,29 @@ def model():
 
 
 def card(token_id=5):
-    return {"name": "L2N7", "layer": 2, "index": 7, "token": {"id": token_id, "str": "&"}}
+    return NeuronCard.from_json({"name": "L2N7", "layer": 2, "index": 7, "token": {"id": token_id, "str": "&"}})
 
 
 def test_trace_numbers_agree_with_the_engine(model):
     neuron = Neuron(2, 7)
     prompts = prompts_from_texts(model, TEXTS)
     result = trace(model, neuron, prompts, TraceOptions(ablate=3), card=card())
-    assert result["identity_check"]["max_rel_error"] < 1e-5
+    assert result.identity_check.max_rel_error < 1e-5
     run = model.run([p.tokens for p in prompts], logits="last", keep={"post"})
-    for i, p in enumerate(result["prompts"]):
-        assert p["activation"] == pytest.approx(float(run["post", 2][i, len(prompts[i].tokens) - 1, 7]), abs=1e-5)
-        assert p["tokens"][0] == "<|endoftext|>" and p["text"] == TEXTS[i]
-        scores = [h["context"] for h in p["top_heads"]]  # listed by the selecting score: the context part
+    for i, p in enumerate(result.prompts):
+        assert p.activation == pytest.approx(float(run["post", 2][i, len(prompts[i].tokens) - 1, 7]), abs=1e-5)
+        assert p.tokens[0] == "<|endoftext|>" and p.text == TEXTS[i]
+        scores = [h.context for h in p.top_heads]  # listed by the selecting score: the context part
         assert scores == sorted(scores, reverse=True)
-        for h in p["top_heads"]:
-            assert h["effect"] == pytest.approx(h["context"] + h["constant"], abs=1e-6)
-        for h in p["top_heads"]:  # the source list is the head's top sources, each attended to by the last token
-            assert all(0 <= s["attention"] <= 1 for s in h["sources"])
+        for h in p.top_heads:
+            assert h.effect == pytest.approx(h.context + h.constant, abs=1e-6)
+        for h in p.top_heads:  # the source list is the head's top sources, each attended to by the last token
+            assert all(0 <= s.attention <= 1 for s in h.sources)
     # mean effects are the prompts' effects averaged; heads are the 8 candidates of layers 0–1
-    assert len(result["heads"]) == 8 and result["settings"]["candidates"] == 8
-    means = [h["mean_context"] for h in result["heads"]]
+    assert len(result.heads) == 8 and result.settings.candidates == 8
+    means = [h.mean_context for h in result.heads]
     assert means == sorted(means, reverse=True)
-    ablated = [h for h in result["heads"] if h["ablation"]]
+    ablated = [h for h in result.heads if h.ablation]
     assert len(ablated) >= 3
 
 
@@ -54,19 +55,19 @@ def test_ablation_matches_a_direct_intervention(model, scores):
     neuron = Neuron(2, 7)
     prompts = prompts_from_texts(model, TEXTS)
     result = trace(model, neuron, prompts, TraceOptions(ablate=1, scores=scores), card=card(token_id=11))
-    top = result["heads"][0]
-    layer, h = top["layer"], top["index"]
+    top = result.heads[0]
+    layer, h = top.layer, top.index
     ln1_bias = model.w[f"h.{layer}.ln_1.bias"].astype(np.float64)
     constant = model.b_V[layer][h] + ln1_bias @ model.W_V[layer][h]  # [Dh]
     value = constant.astype(np.float32) if scores == "paper" else 0.0
     tokens = [p.tokens for p in prompts]
     base = model.run(tokens, logits="last")
-    removed = model.run(tokens, logits="last", interventions=[Intervention(top["head"], value)])
+    removed = model.run(tokens, logits="last", interventions=[Intervention(top.head, value)])
     dp = softmax(base.logits)[:, 11] - softmax(removed.logits)[:, 11]
-    assert top["ablation"]["mean_dp"] == pytest.approx(float(dp.mean()), abs=1e-6)
+    assert top.ablation.mean_dp == pytest.approx(float(dp.mean()), abs=1e-6)
     # and the two ways differ: the constant part matters downstream
     other = model.run(tokens, logits="last",
-                      interventions=[Intervention(top["head"], constant if scores == "exact" else 0.0)])
+                      interventions=[Intervention(top.head, constant if scores == "exact" else 0.0)])
     assert abs(float((softmax(base.logits)[:, 11] - softmax(other.logits)[:, 11]).mean()) - dp.mean()) > 1e-7
 
 
@@ -119,12 +120,12 @@ def test_mined_prompts_are_listed_by_activation_and_given_ones_in_order(model, t
     corpus.write_text("\n\n".join(f"{TEXTS[i % 8]} {TEXTS[(3 * i + 1) % 8]} {TEXTS[(5 * i + 2) % 8]}" for i in range(40)))
     neuron = Neuron(2, 7)
     result = trace_neuron(model, neuron, PromptSource(corpus=corpus, split="all", n_prompts=10), TraceOptions(ablate=0))
-    shown = [p["activation"] for p in result["prompts"]]
+    shown = [p.activation for p in result.prompts]
     assert len(shown) >= 3 and shown == sorted(shown, reverse=True)
     mined = mine_prompts(model, neuron, corpus, split=None, k=10, progress=False)
-    assert sorted(p["mined"]["doc_id"] for p in result["prompts"]) == sorted(m.doc_id for m in mined)
+    assert sorted(p.mined.doc_id for p in result.prompts) == sorted(m.doc_id for m in mined)
     given = trace_neuron(model, neuron, PromptSource(texts=TEXTS), TraceOptions(ablate=0))
-    assert [p["text"] for p in given["prompts"]] == TEXTS
+    assert [p.text for p in given.prompts] == TEXTS
 
 
 def test_scores_exact_reproduces_the_whole_effect_selection(monkeypatch):
@@ -135,7 +136,7 @@ def test_scores_exact_reproduces_the_whole_effect_selection(monkeypatch):
     import minitf.trace as trace_mod
     from minitf import load
     from minitf.prompts import mine_prompts
-    from minitf.trace import Prompt
+    from minitf.prompts import Prompt
 
     monkeypatch.setattr(trace_mod, "ablate_heads", lambda *a, **k: {})  # selection only: skip the ablation runs
     golden = json.loads((GOLDEN / "exact_selection_tiny.json").read_text())
@@ -150,11 +151,11 @@ def test_scores_exact_reproduces_the_whole_effect_selection(monkeypatch):
             assert sorted(m.doc_id for m in mined) == sorted(before["prompts"])
             active_before = dict(zip(before["prompts"], before["active_heads"]))  # by document
             exact = trace(tiny, neuron, prompts, TraceOptions(rule=rule, ablate=0, scores="exact"))
-            assert [p["active_heads"] for p in exact["prompts"]] == [active_before[m.doc_id] for m in mined], \
+            assert [p.active_heads for p in exact.prompts] == [active_before[m.doc_id] for m in mined], \
                 (name, rule)
-            assert exact["differential_heads"] == before["differential_heads"], (name, rule)
+            assert exact.differential_heads == before["differential_heads"], (name, rule)
             paper = trace(tiny, neuron, prompts, TraceOptions(rule=rule, ablate=0))
-            if paper["differential_heads"] != exact["differential_heads"]:
+            if paper.differential_heads != exact.differential_heads:
                 changed.add(f"{name} {rule}")
     # where the paper's scores find other differential heads (see tests/test_scores.py: the authors' ones)
     assert {"L2N181 sigma2", "L3N157 sigma2"} <= changed

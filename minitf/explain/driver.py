@@ -27,6 +27,9 @@ from __future__ import annotations
 from typing import Any, Protocol, Sequence
 
 from minitf.errors import MinitfError
+from minitf.heads import both_classes
+from minitf.scores import DEFAULT
+from minitf.trace import Trace, TraceOptions
 from minitf.explain.answers import Answer, normalize_answer, parse_response, yes_probability  # noqa: F401
 from minitf.explain.metrics import (  # noqa: F401
     Confusion, HeadScore, Summary, balanced_accuracy, confusion, render_summary, roc_auc, score_head, skip_reason_for,
@@ -80,9 +83,7 @@ def evaluate_head(
     lack a class, and after explaining when the explanation is empty.
     """
     skipped = HeadScore(neuron=train.neuron, head=train.head, token=train.token, skipped=True)
-    reason = skip_reason_for(test)
-    if reason is None and (not train.active or not train.inactive):
-        reason = f"train split has {len(train.active)} active and {len(train.inactive)} inactive prompts: need both"
+    reason = skip_reason_for(test) or both_classes(len(train.active), len(train.inactive), "train prompt")
     if reason is not None:
         skipped.skip_reason = reason
         skipped.n_test = len(test.active) + len(test.inactive)
@@ -95,14 +96,14 @@ def evaluate_head(
     return score_explanation(llm, explanation, test)
 
 
-def head_examples(trace: dict[str, Any], head: str) -> HeadExamples:
+def head_examples(trace: Trace, head: str) -> HeadExamples:
     """The active / inactive prompts (decoded text) of ``head`` in a trace (see ``minitf.trace``)."""
-    if not any(h["head"] == head for h in trace["heads"]):
-        raise MinitfError(f"`head` {head}: not a candidate head of {trace['neuron']['name']} "
+    if trace.head(head) is None:
+        raise MinitfError(f"`head` {head}: not a candidate head of {trace.neuron.name} "
                           "(heads of earlier layers; `include_same_layer` adds its own layer)", param="head")
-    active = [p["text"] for p in trace["prompts"] if head in p["active_heads"]]
-    inactive = [p["text"] for p in trace["prompts"] if head not in p["active_heads"]]
-    return HeadExamples(trace["neuron"]["name"], head, trace["neuron"]["token"]["str"], active, inactive)
+    active = [p.text for p in trace.prompts if head in p.active_heads]
+    inactive = [p.text for p in trace.prompts if head not in p.active_heads]
+    return HeadExamples(trace.neuron.name, head, trace.neuron.token.text, active, inactive)
 
 
 def llm_client(model_name: str = DEFAULT_LLM, base_url: str | None = None, cache_dir=None,
@@ -118,14 +119,14 @@ def llm_client(model_name: str = DEFAULT_LLM, base_url: str | None = None, cache
 def _traced_heads(model, neuron, split: str, head: str | None, trace_options: dict[str, Any]):
     """Trace ``neuron`` on a split's top prompts; the heads to explain (``head``, or the differential ones)."""
     from minitf.names import parse_head
-    from minitf.trace import PromptSource, TraceOptions, trace_neuron
+    from minitf.trace import PromptSource, trace_neuron
 
     options = dict(trace_options)  # corpus and n_prompts choose the prompts, the rest are TraceOptions
     source = PromptSource(corpus=options.pop("corpus", None), split=split, n_prompts=options.pop("n_prompts", 20))
     result = trace_neuron(model, neuron, source, TraceOptions(ablate=0, **options))
     if head:
         return result, [str(parse_head(head, model.cfg.n_layer, model.cfg.n_head))]
-    return result, result["differential_heads"]
+    return result, result.differential_heads
 
 
 def explain_neuron(model, neuron, llm: CompletionClient | None, store: ResultStore, head: str | None = None,
@@ -137,20 +138,20 @@ def explain_neuron(model, neuron, llm: CompletionClient | None, store: ResultSto
     "skip_reason"}}}; explanations are saved in ``store``.
     """
     result, heads = _traced_heads(model, neuron, "train", head, trace_options)
-    out: dict[str, Any] = {"token": result["neuron"]["token"]["str"], "n_prompts": len(result["prompts"]), "heads": {}}
+    out: dict[str, Any] = {"token": result.neuron.token.text, "n_prompts": len(result.prompts), "heads": {}}
     for name in heads:
         examples = head_examples(result, name)
         entry: dict[str, Any] = {"n_active": len(examples.active), "n_inactive": len(examples.inactive)}
         out["heads"][name] = entry
-        if not examples.active or not examples.inactive:
-            entry["skip_reason"] = "the train prompts need both active and inactive examples"
+        if reason := both_classes(len(examples.active), len(examples.inactive), "train prompt"):
+            entry["skip_reason"] = reason
         elif llm is None:
             entry["messages"] = explain_messages(examples)
         else:
             entry["explanation"] = explain_head(llm, examples)
             store.update(name, explanation=entry["explanation"], n_active=entry["n_active"],
-                         n_inactive=entry["n_inactive"], rule=trace_options.get("rule", "sigma2"),
-                         scores=trace_options.get("scores", "paper"), prompt_format=PROMPT_FORMAT_VERSION)
+                         n_inactive=entry["n_inactive"], rule=result.settings.rule, scores=result.settings.scores,
+                         prompt_format=PROMPT_FORMAT_VERSION)
     return out
 
 
@@ -164,7 +165,7 @@ def score_neuron(model, neuron, llm: CompletionClient, store: ResultStore, head:
         # explanations stored before --scores existed were made on whole effects: "exact"
         made = {"rule": stored[h].get("rule"), "scores": stored[h].get("scores", "exact"),
                 "prompt_format": stored[h].get("prompt_format")}
-        now = {"rule": trace_options.get("rule", "sigma2"), "scores": trace_options.get("scores", "paper"),
+        now = {"rule": trace_options.get("rule", TraceOptions.rule), "scores": trace_options.get("scores", DEFAULT),
                "prompt_format": PROMPT_FORMAT_VERSION}
         if made != now:
             raise MinitfError(f"{store.path}: the explanation of {h} was made with {made}, this score uses {now}: "

@@ -11,6 +11,7 @@ import numpy as np
 from minitf.errors import MinitfError
 from minitf.explain.answers import Answer
 from minitf.explain.prompts import HeadExamples
+from minitf.heads import both_classes
 
 @dataclass(frozen=True)
 class Confusion:
@@ -123,14 +124,8 @@ class HeadScore:
 
 
 def skip_reason_for(test: HeadExamples) -> str | None:
-    """Why ``test`` cannot be scored (all prompts one label, or none), else None."""
-    if not test.active and not test.inactive:
-        return "no test prompts"
-    if not test.active:
-        return f"all {len(test.inactive)} test prompts are inactive: balanced accuracy undefined"
-    if not test.inactive:
-        return f"all {len(test.active)} test prompts are active: balanced accuracy undefined"
-    return None
+    """Why ``test`` cannot be scored (all prompts one label, or none: balanced accuracy undefined), else None."""
+    return both_classes(len(test.active), len(test.inactive), "test prompt")
 
 
 def score_head(

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from minitf.errors import MinitfError
+from minitf.heads import both_classes
 
 PROMPT_FORMAT_VERSION = "1"
 """Version of the prompt wording and request parameters; part of every LLM cache key."""
@@ -101,11 +102,8 @@ def explain_messages(ex: HeadExamples, max_examples: int = DEFAULT_MAX_EXAMPLES)
     """
     if max_examples < 1:
         raise MinitfError(f"max_examples: must be at least 1, got {max_examples}")
-    if not ex.active or not ex.inactive:
-        raise MinitfError(
-            f"{ex.neuron} {ex.head}: need both active and inactive examples to explain the head "
-            f"(got {len(ex.active)} active, {len(ex.inactive)} inactive)"
-        )
+    if reason := both_classes(len(ex.active), len(ex.inactive)):
+        raise MinitfError(f"{ex.neuron} {ex.head}: {reason}")
     user = EXPLAIN_TEMPLATE.format(
         token=format_text(ex.token),
         newline=NEWLINE_MARK,

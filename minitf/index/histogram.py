@@ -8,14 +8,14 @@ from minitf.errors import MinitfError
 from minitf.index.build import load_index
 
 
-def index_histogram(model, neuron, trace: dict, index=None) -> dict | None:
-    """{"edges", "counts", "positions", "positive", "split"} from the neuron index, or {"note": why not}.
-    ``index``: the trace's corpus's index, already loaded (``minitf.study.run``)."""
-    s = trace.get("settings", {})
-    corpus = default_corpus(model, s.get("corpus") or None)
+def index_histogram(model, neuron, origin, index=None) -> dict | None:
+    """{"edges", "counts", "positions", "positive", "split"} from the neuron index of ``origin``'s corpus (a
+    trace's ``PromptOrigin``; else the model's own), or {"note": why not}. ``index``: that corpus's index,
+    already loaded (``minitf.study.run``)."""
+    corpus = default_corpus(model, origin.corpus or None)
     if corpus is None:
         return None
-    split = s.get("split") if s.get("split") in ("train", "test") else None
+    split = origin.split if origin.split in ("train", "test") else None
     try:
         index = index if index is not None else load_index(model, corpus)
         if index is None:

@@ -18,7 +18,7 @@ ASSETS = Path(__file__).resolve().parent / "assets"
 STYLE = "\n" + (ASSETS / "report.css").read_text(encoding="utf-8")
 SCRIPT = "\n" + (ASSETS / "report.js").read_text(encoding="utf-8")
 
-HEADS_SHOWN = 16  # heads in the bar chart (by mean effect), plus every differential head
+HEADS_SHOWN = 16  # heads in the bar chart (by mean selecting score, ``minitf.scores``), plus every differential head
 CARD_TOKENS = 10  # promoted / suppressed tokens shown
 POS_RGB = (234, 88, 12)  # activation > 0: orange
 NEG_RGB = (37, 99, 235)  # activation < 0: blue
@@ -85,15 +85,14 @@ def _json_for_script(obj) -> str:
     return text
 
 
-def _card_token(card: dict) -> tuple[object, str]:
-    """(id, text) of the neuron's token, from the trace's card ``{"token": {"id", "str"}}``."""
-    tok = card["token"]
-    return tok.get("id", "?"), tok["str"] if tok.get("str") is not None else "?"
+def _card_token(card) -> tuple[object, str]:
+    """(id, text) of the neuron's token, from the trace's card (``minitf.trace.NeuronCard``)."""
+    return card.token.id, card.token.text if card.token.text is not None else "?"
 
 
 def _card_pairs(items) -> list[tuple[str, float]]:
-    """Promoted / suppressed tokens of the trace's card (``{"id", "token", "value"}``) as (text, value)."""
-    return [(str(x["token"]), float(x["value"])) for x in items or []]
+    """Promoted / suppressed tokens of the trace's card (``TokenValue``) as (text, value)."""
+    return [(str(x.token), float(x.value)) for x in items or []]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -101,35 +100,33 @@ def _card_pairs(items) -> list[tuple[str, float]]:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _header(trace: dict) -> str:
-    card, model, s = trace["neuron"], trace["model"], trace["settings"]
+def _header(trace) -> str:
+    card, model, s = trace.neuron, trace.model, trace.settings
     _, tok = _card_token(card)
-    ic = trace.get("identity_check", {})
-    rel, err = ic.get("max_rel_error"), ic.get("max_abs_error")
-    ok = rel is not None and rel <= 1e-4
-    shape = ", ".join(f"{k} {model[k]}" for k in ("n_layer", "n_head", "d_mlp", "n_ctx") if k in model)
+    rel, err = trace.identity_check.max_rel_error, trace.identity_check.max_abs_error
+    ok = rel <= 1e-4
+    shape = f"n_layer {model.n_layer}, n_head {model.n_head}, d_mlp {model.d_mlp}, n_ctx {model.n_ctx}"
     items = [
-        ("model", f"<code>{_e(model.get('folder', '?'))}</code> <span class=dim>({_e(shape)})</span>"),
-        ("prompts", _e(f"{len(trace['prompts'])} · {s.get('source', 'given')}")),
+        ("model", f"<code>{_e(model.folder)}</code> <span class=dim>({_e(shape)})</span>"),
+        ("prompts", _e(f"{len(trace.prompts)} · {s.origin.source or 'given'}")),
     ]
-    if s.get("corpus"):
-        items.append(("corpus", f"<code>{_e(s['corpus'])}</code>"
-                                + (f" <span class=dim>split {_e(s['split'])}</span>" if s.get("split") else "")))
-    bos = s.get("bos")
-    if bos is None and all(p["tokens"][:1] == ["<|endoftext|>"] for p in trace["prompts"]):
-        bos = True  # not recorded (a trace() call without settings), but every prompt starts with it
+    if s.origin.corpus:
+        items.append(("corpus", f"<code>{_e(s.origin.corpus)}</code>"
+                                + (f" <span class=dim>split {_e(s.origin.split)}</span>" if s.origin.split else "")))
+    bos = s.origin.bos
+    if bos is None and all(p.tokens[:1] == ["<|endoftext|>"] for p in trace.prompts):
+        bos = True  # not recorded (a trace() call without an origin), but every prompt starts with it
     items.append(("BOS", "unknown" if bos is None else ("&lt;|endoftext|&gt; prepended" if bos else "none")))
-    items.append(("rule", _e(f"{s.get('rule', '?')} · {s.get('candidates', '?')} candidate heads"
-                              + (" (incl. the neuron's layer)" if s.get("include_same_layer") else ""))))
-    items.append(("scores", _e(f"{s.get('scores', 'exact')}: "
-                               + s.get("scores_note", "heads selected on their whole effect"))))
+    items.append(("rule", _e(f"{s.rule} · {s.candidates} candidate heads"
+                              + (" (incl. the neuron's layer)" if s.include_same_layer else ""))))
+    items.append(("scores", _e(f"{s.scores}: {s.scores_note}")))
     items.append(("identity check",
                   f'<span class="pill {"ok" if ok else "warn"}" title="max |Σ terms + constant − pre| over the '
                   f'prompts; relative to Σ|terms|">{"✓ " if ok else ""}{_e(_num(err, ".1e"))} '
                   f'<span class=dim>(rel {_e(_num(rel, ".1e"))})</span></span>'))
     meta = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in items)
     return (f'<header><div class=kicker>minitf trace</div>'
-            f'<h1>Neuron <span class=name>{_e(card.get("name", "?"))}</span> pushes '
+            f'<h1>Neuron <span class=name>{_e(card.name)}</span> pushes '
             f'{_tok(tok, "tok big")}</h1><dl class=meta>{meta}</dl></header>')
 
 
@@ -211,48 +208,48 @@ def _histogram_svg(histogram: dict, marks: list[float]) -> str:
             f'<span class=mark>▲n</span>: the traced prompts in that bin</figcaption></figure>')
 
 
-def _card(trace: dict, histogram: dict | None) -> str:
-    card = trace["neuron"]
+def _card(trace, histogram: dict | None) -> str:
+    card = trace.neuron
     token_id, _ = _card_token(card)
     stats = []
-    if "congruence" in card:
-        stats.append(("congruence", _num(card["congruence"], ".3f")))
-    if "rank" in card:
-        of = f" of {card['layer_size']}" if "layer_size" in card else ""
-        stats.append(("rank", f"{card['rank']}{of} in layer {card.get('layer', '?')}"))
-    if "kurtosis" in card:
-        stats.append(("kurtosis", _num(card["kurtosis"], ".1f")))
-    if "skew" in card:
-        stats.append(("skew", _num(card["skew"], "+.2f")))
-    if card.get("class"):
-        stats.append(("class", card["class"]))
+    if card.congruence is not None:
+        stats.append(("congruence", _num(card.congruence, ".3f")))
+    if card.rank is not None:
+        of = f" of {card.layer_size}" if card.layer_size is not None else ""
+        stats.append(("rank", f"{card.rank}{of} in layer {card.layer}"))
+    if card.kurtosis is not None:
+        stats.append(("kurtosis", _num(card.kurtosis, ".1f")))
+    if card.skew is not None:
+        stats.append(("skew", _num(card.skew, "+.2f")))
+    if card.kind:
+        stats.append(("class", card.kind))
     stats.append(("token id", token_id))
     dl = "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in stats)
-    scale = max([abs(v) for _, v in _card_pairs(card.get("promoted")) + _card_pairs(card.get("suppressed"))]
+    scale = max([abs(v) for _, v in _card_pairs(card.promoted) + _card_pairs(card.suppressed)]
                 + [0.0]) or 1.0  # one scale for both lists, so their bars compare
-    hist = _histogram_svg(histogram, [p["activation"] for p in trace["prompts"]]) if histogram else ""
+    hist = _histogram_svg(histogram, [p.activation for p in trace.prompts]) if histogram else ""
     if not hist:
         why = (histogram or {}).get("note") or "build the neuron index to see one"
         hist = f'<p class="dim small">no activation histogram ({_e(why)})</p>'
     return (f'<section id=card><h2>The neuron</h2><div class=cardgrid>'
-            f'<div><h3>promotes</h3>{_token_bars(card.get("promoted"), POS_RGB, scale)}</div>'
-            f'<div><h3>suppresses</h3>{_token_bars(card.get("suppressed"), NEG_RGB, scale)}</div>'
+            f'<div><h3>promotes</h3>{_token_bars(card.promoted, POS_RGB, scale)}</div>'
+            f'<div><h3>suppresses</h3>{_token_bars(card.suppressed, NEG_RGB, scale)}</div>'
             f'<div><h3>output direction</h3><dl class=stats>{dl}</dl>{hist}</div></div></section>')
 
 
-def _prompt_scale(prompts: list[dict]) -> float:
-    values = [abs(p["activation"]) for p in prompts]
+def _prompt_scale(prompts) -> float:
+    values = [abs(p.activation) for p in prompts]
     for p in prompts:
-        values += [abs(q["activation"]) for q in p.get("positions") or []]
+        values += [abs(q.activation) for q in p.positions or []]
     return max([v for v in values if math.isfinite(v)] or [0.0]) or 1.0
 
 
-def _prompt_text(p: dict, n: int, scale: float) -> str:
-    positions = p.get("positions") or []
-    last = len(p["tokens"]) - 1
+def _prompt_text(p, n: int, scale: float) -> str:
+    positions = p.positions or []
+    last = len(p.tokens) - 1
     spans = []
-    for i, token in enumerate(p["tokens"]):
-        act = positions[i]["activation"] if i < len(positions) else (p["activation"] if i == last else None)
+    for i, token in enumerate(p.tokens):
+        act = positions[i].activation if i < len(positions) else (p.activation if i == last else None)
         cls = "t"
         if i == 0 and token == "<|endoftext|>":
             cls += " special"
@@ -267,91 +264,82 @@ def _prompt_text(p: dict, n: int, scale: float) -> str:
     return f'<div class=ptext id="ptext-{n}">{"".join(spans)}</div>'
 
 
-def score_key(trace: dict) -> str:
-    """The per-head field that selected the heads: "context" (scores "paper") or "effect" ("exact", schema 1)."""
-    return "context" if trace.get("settings", {}).get("scores") == "paper" else "effect"
-
-
-def _top_heads_table(p: dict, differential: set[str], key: str = "effect") -> str:
-    heads = p.get("top_heads") or []
+def _top_heads_table(p, differential: set[str], mode) -> str:
+    heads = p.top_heads
     if not heads:
         return ""
-    scale = max(abs(h[key]) for h in heads) or 1.0
+    scale = max(abs(mode.of(h)) for h in heads) or 1.0
     rows = []
     for h in heads:
-        width = 100 * abs(h[key]) / scale
-        rgb = POS_RGB if h[key] >= 0 else NEG_RGB
-        badges = ('<span class="badge act" title="active on this prompt">active</span>' if h.get("active") else "")
-        if h["head"] in differential:
+        width = 100 * abs(mode.of(h)) / scale
+        rgb = POS_RGB if mode.of(h) >= 0 else NEG_RGB
+        badges = ('<span class="badge act" title="active on this prompt">active</span>' if h.active else "")
+        if h.head in differential:
             badges += '<span class="badge diff" title="differential: active on 25–75 % of the prompts">D</span>'
         sources = []
         # shade: the source's effect (orange raises the neuron, blue lowers it) relative to the head's context
         # part (what the sources sum to), or to its largest source where sources cancel out (shares past 100 %)
-        context = h.get("context", h["effect"])
-        shade_scale = max([abs(context)] + [abs(x["effect"]) for x in h.get("sources", [])])
-        for src in h.get("sources", []):
-            share = src["effect"] / context if context else 0.0
-            style = _shade(src["effect"], shade_scale, 0.75)
-            tip = f"position {src['position']}: effect {_num(src['effect'])}, attention {src['attention']:.2f}"
-            sources.append(f'<span class=src data-pos="{int(src["position"])}" style="{style}" title="{_e(tip)}">'
-                           f'{_e(_visible(src["token"])) or "&#8203;"}<sub>{_e(_pct(share))}</sub></span>')
-        if "constant" in h:
-            sources.append(f'<span class="dim small" title="the constant part (b_V + β₁W_V)·W_O: no source token; '
-                           f'{"not in" if key == "context" else "in"} the selecting score">'
-                           f'constant {_e(_num(h["constant"]))}</span>')
-        positions = ",".join(str(int(s["position"])) for s in h.get("sources", []))
-        rows.append(f'<tr class=hrow data-sources="{_e(positions)}"><td class=hname>{_e(h["head"])}{badges}</td>'
+        context = h.context
+        shade_scale = max([abs(context)] + [abs(x.effect) for x in h.sources])
+        for src in h.sources:
+            share = src.effect / context if context else 0.0
+            style = _shade(src.effect, shade_scale, 0.75)
+            tip = f"position {src.position}: effect {_num(src.effect)}, attention {src.attention:.2f}"
+            sources.append(f'<span class=src data-pos="{int(src.position)}" style="{style}" title="{_e(tip)}">'
+                           f'{_e(_visible(src.token)) or "&#8203;"}<sub>{_e(_pct(share))}</sub></span>')
+        sources.append(f'<span class="dim small" title="the constant part (b_V + β₁W_V)·W_O: no source token; '
+                       f'{"not in" if mode.selects == "context" else "in"} the selecting score">'
+                       f'constant {_e(_num(h.constant))}</span>')
+        positions = ",".join(str(int(s.position)) for s in h.sources)
+        rows.append(f'<tr class=hrow data-sources="{_e(positions)}"><td class=hname>{_e(h.head)}{badges}</td>'
                     f'<td class=hbar><span class=track><span class=bar style="width:{width:.1f}%;'
-                    f'background:{_rgba(rgb, 0.75)}"></span></span></td><td class=val>{_e(_num(h[key]))}</td>'
+                    f'background:{_rgba(rgb, 0.75)}"></span></span></td><td class=val>{_e(_num(mode.of(h)))}</td>'
                     f'<td class=srcs>{"".join(sources)}</td></tr>')
-    what = "context part" if key == "context" else "effect on pre"
-    return (f'<table class=topheads><thead><tr><th>head</th><th colspan=2>{what} at the last token</th>'
+    return (f'<table class=topheads><thead><tr><th>head</th><th colspan=2>{mode.score} at the last token</th>'
             f'<th>looked up (share of the context part)</th></tr></thead><tbody>{"".join(rows)}</tbody></table>')
 
 
-def _prompts(trace: dict) -> str:
-    prompts = trace["prompts"]
+def _prompts(trace) -> str:
+    prompts = trace.prompts
     scale = _prompt_scale(prompts)
-    differential = set(trace.get("differential_heads", []))
-    has_positions = any(p.get("positions") for p in prompts)
+    differential = set(trace.differential_heads)
+    has_positions = any(p.positions for p in prompts)
     blocks = []
     for n, p in enumerate(prompts):
         tags = []
-        if p.get("truncated"):
+        if p.truncated:
             tags.append('<span class="badge warn">truncated to the context</span>')
-        mined = p.get("mined")
-        if mined:
-            tags.append(f'<span class="dim small">doc {_e(mined.get("doc_id"))} · '
-                        f'position {_e(mined.get("position"))}</span>')
-        active = ", ".join(p.get("active_heads", [])) or "none"
+        if p.mined:
+            tags.append(f'<span class="dim small">doc {_e(p.mined.doc_id)} · position {_e(p.mined.position)}</span>')
+        active = ", ".join(p.active_heads) or "none"
         blocks.append(
             f'<article class=prompt data-p="{n}"><div class=phead><span class=pnum>#{n + 1}</span>'
-            f'<span class=act style="{_shade(p["activation"], scale)}">activation {_e(_num(p["activation"]))}</span>'
-            f'<span class=dim>pre {_e(_num(p.get("pre")))}</span>{"".join(tags)}'
+            f'<span class=act style="{_shade(p.activation, scale)}">activation {_e(_num(p.activation))}</span>'
+            f'<span class=dim>pre {_e(_num(p.pre))}</span>{"".join(tags)}'
             f'<span class="dim small right">active heads: {_e(active)}</span></div>'
             f'{_prompt_text(p, n, scale)}'
             f'<div class=detail id="detail-{n}" aria-live=polite></div>'
-            f'{_top_heads_table(p, differential, score_key(trace))}</article>')
+            f'{_top_heads_table(p, differential, trace.mode)}</article>')
     hint = ("Tokens are shaded by the neuron's activation (orange &gt; 0, blue &lt; 0; the traced last token is "
             "underlined). Hover a token to see the heads' direct effects there; click to pin it. "
             "Hover a head to outline the tokens it looked up.")
     if not has_positions:
         hint = ("Only the last token's activation is in this trace (trace with per_position=True to shade every "
                 "token). Hover a head to outline the tokens it looked up.")
-    order = "in the trace's order" if all(p.get("mined") for p in prompts) else "in the order given"
+    order = "in the trace's order" if all(p.mined for p in prompts) else "in the order given"
     return (f'<section id=prompts><h2>Prompts <span class="dim small">({len(prompts)}, {order})</span></h2>'
             f'<p class="hint">{hint}</p>{"".join(blocks)}</section>')
 
 
-def _heads_chart(trace: dict) -> str:
-    heads = trace.get("heads", [])
+def _heads_chart(trace) -> str:
+    heads = trace.heads
     if not heads:
         return '<section id=heads><h2>Heads</h2><p class=dim>no candidate heads (a layer-0 neuron)</p></section>'
-    shown = heads[:HEADS_SHOWN] + [h for h in heads[HEADS_SHOWN:] if h.get("differential")]
-    P = len(trace["prompts"])
-    paper = score_key(trace) == "context"
-    mean_key, std_key = ("mean_context", "std_context") if paper else ("mean_effect", "std_effect")
-    values = [h[mean_key] for h in shown]
+    shown = heads[:HEADS_SHOWN] + [h for h in heads[HEADS_SHOWN:] if h.differential]
+    P = len(trace.prompts)
+    mode = trace.mode
+    paper = mode.selects == "context"
+    values = [mode.mean(h) for h in shown]
     lo, hi = min(0.0, *values), max(0.0, *values)
     span = (hi - lo) or 1.0
     W, row, label_w, text_w, top = 1000, 22, 86, 390, 26
@@ -369,29 +357,29 @@ def _heads_chart(trace: dict) -> str:
         parts.append(f'<text x="{label_w + bar_w}" y="14" class=ax text-anchor=end>{_e(_num(hi))}</text>')
     for k, h in enumerate(shown):
         y = top + k * row
-        v = h[mean_key]
-        diff = h.get("differential")
+        v = mode.mean(h)
+        diff = h.differential
         rgb = DIFF_RGB if diff else (POS_RGB if v >= 0 else NEG_RGB)
         x0, x1 = sorted((x(0), x(v)))
-        sd = h.get(std_key) or 0.0
+        sd = mode.std(h) or 0.0
         a, b = x(max(lo, v - sd)), x(min(hi, v + sd))
-        ab = h.get("ablation")
-        text = f"{h.get('active_count', 0)}/{P}"
+        ab = h.ablation
+        text = f"{h.active_count}/{P}"
         if ab:
-            if diff and ab.get("mean_dp_active") is not None:
-                text += f" · Δp {_dp(ab.get('mean_dp_active'))} act / {_dp(ab.get('mean_dp_inactive'))} inact"
-                if ab.get("ks"):
-                    text += f" · KS {ab['ks']['statistic']:.2f}"
+            if diff and ab.mean_dp_active is not None:
+                text += f" · Δp {_dp(ab.mean_dp_active)} act / {_dp(ab.mean_dp_inactive)} inact"
+                if ab.ks:
+                    text += f" · KS {ab.ks.statistic:.2f}"
             else:
-                text += f" · Δp {_dp(ab.get('mean_dp'))}"
-        tip = (f"{h['head']}: mean {'context part' if paper else 'effect'} {_num(v)} ± {sd:.3f}"
-               + (f" (constant part {_num(h.get('mean_constant'))})" if paper else "")
-               + f", active on {h.get('active_count', 0)} of {P} prompts"
+                text += f" · Δp {_dp(ab.mean_dp)}"
+        tip = (f"{h.head}: mean {mode.score} {_num(v)} ± {sd:.3f}"
+               + (f" (constant part {_num(h.mean_constant)})" if paper else "")
+               + f", active on {h.active_count} of {P} prompts"
                + (", differential" if diff else ""))
         parts.append(
             f'<g class=hbar><title>{_e(tip)}</title>'
             f'<rect x="0" y="{y - 2}" width="{W}" height="{row}" fill="{"#f5f3ff" if diff else "none"}"/>'
-            f'<text x="4" y="{y + 14}" class="{"hl diff" if diff else "hl"}">{_e(h["head"])}</text>'
+            f'<text x="4" y="{y + 14}" class="{"hl diff" if diff else "hl"}">{_e(h.head)}</text>'
             + (f'<text x="{label_w - 8}" y="{y + 14}" class="hl diff" text-anchor=end>D</text>' if diff else "")
             + f'<rect x="{x0:.1f}" y="{y + 3}" width="{max(x1 - x0, 1):.1f}" height="{row - 10}" rx="2" '
               f'fill="{_rgba(rgb, 0.8)}"/>'
@@ -401,15 +389,13 @@ def _heads_chart(trace: dict) -> str:
     parts.append(f'<line x1="{x(0):.1f}" x2="{x(0):.1f}" y1="{top - 6}" y2="{H - 6}" stroke="#475569"/>')
     more = len(heads) - len(shown)
     note = f' <span class="dim small">({more} more heads not shown)</span>' if more > 0 else ""
-    diff = trace.get("differential_heads", [])
-    what = ("context part (what the head looked up; the paper's scores / σ) — selected with --scores paper"
-            if paper else "direct effect on the pre-activation — selected with --scores exact")
-    removed = "z replaced by its constant part, as TransformerLens's hook_v ablation" if paper else "z zeroed"
-    legend = (f'<p class=hint>Mean {_e(what)}, over the prompts (line: ± one std). '
+    diff = trace.differential_heads
+    legend = (f'<p class=hint>Mean {_e(mode.score)}, over the prompts (line: ± one std): {_e(mode.note)} '
+              f'(--scores {_e(mode.name)}). '
               f'<span class="badge diff">D</span> differential heads (active on 25–75 % of prompts): '
               f'{_e(", ".join(diff)) if diff else "none"}. Δp: mean change in p(token) when the head is removed '
-              f'({_e(removed)}).</p>')
-    title = "mean context part" if paper else "mean effect"
+              f'({_e(mode.removed)}).</p>')
+    title = f"mean {mode.score}"
     return (f'<section id=heads><h2>Heads by {title}{note}</h2>{legend}'
             f'<svg class=chart viewBox="0 0 {W} {H}" width="100%" role="img" aria-label="heads by {title}">'
             f'{"".join(parts)}</svg></section>')
@@ -439,11 +425,11 @@ def _explanations(explanations: dict | None) -> str:
             f'<th>ROC-AUC</th></tr></thead><tbody>{"".join(rows)}</tbody></table></section>')
 
 
-def _footer(trace: dict) -> str:
-    s = trace["settings"]
-    notes = "".join(f"<li>{_e(n)}</li>" for n in s.get("notes", []))
-    return (f'<footer><p>{_e(s.get("effects", ""))}</p>{f"<ul>{notes}</ul>" if notes else ""}'
-            f'<p>minitf · trace schema {_e(trace.get("schema_version", "?"))} · a reimplementation of Neo, '
+def _footer(trace) -> str:
+    s = trace.settings
+    notes = "".join(f"<li>{_e(n)}</li>" for n in s.origin.notes or [])
+    return (f'<footer><p>{_e(s.effects)}</p>{f"<ul>{notes}</ul>" if notes else ""}'
+            f'<p>minitf · trace schema {_e(trace.schema_version)} · a reimplementation of Neo, '
             f'Cohen &amp; '
             f'Barez, EMNLP 2024 · this page loads nothing from the network</p></footer>')
 
@@ -453,10 +439,11 @@ def _footer(trace: dict) -> str:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def page(trace: dict, explanations: dict | None, histogram: dict | None, script_data: dict) -> str:
-    """The whole page: head (CSP, title, style), the sections, the script's data as JSON and the script."""
-    card = trace["neuron"]
-    title = f"minitf · {card.get('name', 'neuron')} → {_card_token(card)[1]!r}"
+def page(trace, explanations: dict | None, histogram: dict | None, script_data: dict) -> str:
+    """The whole page from a ``minitf.trace.Trace``: head (CSP, title, style), the sections, the script's data as
+    JSON and the script."""
+    card = trace.neuron
+    title = f"minitf · {card.name} → {_card_token(card)[1]!r}"
     data = _json_for_script(script_data)
     digest = base64.b64encode(hashlib.sha256(SCRIPT.encode("utf-8")).digest()).decode("ascii")
     csp = (f"default-src 'none'; style-src 'unsafe-inline'; img-src data:; script-src 'sha256-{digest}'; "

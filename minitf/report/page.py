@@ -1,12 +1,13 @@
 """A self-contained HTML report of a trace: one file, no network, inline CSS, SVG and one small script.
 
-The page shows, from a trace dict (``minitf.trace``, ideally built with ``per_position=True``), top to bottom:
+The page shows, from a trace (``minitf.trace.Trace`` or its JSON, ideally built with ``per_position=True``), top to
+bottom:
 
 * a header: the model, where the prompts came from (corpus), the BOS choice and the identity check;
 * the neuron card: promoted / suppressed tokens as bars, congruence, rank, and the activation histogram
   from the neuron index when one is given (how many traced prompts fall in each bin is marked under it);
-* a bar chart of the candidate heads by the mean of the score that selected them (``settings.scores``:
-  "paper" each head's context part, "exact" its whole effect), marking differential heads and their ablation Δp;
+* a bar chart of the candidate heads by the mean of the score that selected them (``settings.scores``, see
+  ``minitf.scores``), marking differential heads and their ablation Δp;
 * the LLM explanations and their scores, when given;
 * every prompt as text, its tokens shaded by the neuron's activation; hovering or clicking a token shows
   the heads' scores at that position; under it, the top heads at the traced (last) position and
@@ -30,17 +31,10 @@ from pathlib import Path
 
 from minitf.errors import MinitfError
 from minitf.util.files import atomic_write
-from minitf.report.html import page, score_key
+from minitf.report.html import page
+from minitf.trace import PromptOrigin, Trace
 
 __all__ = ["render_html", "write_html", "report_extras"]
-
-
-def _require(trace: dict, *keys: str) -> None:
-    if not isinstance(trace, dict):
-        raise MinitfError(f"trace: expected a dict from minitf.trace, got {type(trace).__name__}")
-    for key in keys:
-        if key not in trace:
-            raise MinitfError(f"trace: missing key {key!r} (not a trace from minitf.trace?)")
 
 
 def _round(x, digits: int = 4):
@@ -50,35 +44,36 @@ def _round(x, digits: int = 4):
     return x
 
 
-def _script_data(trace: dict) -> dict:
-    key = score_key(trace)
+def _script_data(trace: Trace) -> dict:
+    mode = trace.mode
     prompts = []
-    for p in trace["prompts"]:
+    for p in trace.prompts:
         prompts.append({
-            "tokens": p["tokens"],
-            "activation": _round(p["activation"]),
-            "pre": _round(p.get("pre")),
-            "positions": [{"a": _round(q["activation"]), "pre": _round(q.get("pre")),
-                           "heads": [[h["head"], _round(h.get(key, h["effect"]))] for h in q.get("heads", [])]}
-                          for q in p.get("positions") or []],
-            "top": [[h["head"], _round(h[key])] for h in p.get("top_heads") or []],
+            "tokens": p.tokens,
+            "activation": _round(p.activation),
+            "pre": _round(p.pre),
+            "positions": [{"a": _round(q.activation), "pre": _round(q.pre),
+                           "heads": [[h.head, _round(mode.of(h))] for h in q.heads]} for q in p.positions or []],
+            "top": [[h.head, _round(mode.of(h))] for h in p.top_heads],
         })
-    return {"prompts": prompts, "differential": trace.get("differential_heads", [])}
+    return {"prompts": prompts, "differential": trace.differential_heads}
 
 
-def render_html(trace: dict, explanations: dict | None = None, histogram: dict | None = None) -> str:
-    """The trace as one self-contained HTML page (see the module docstring).
+def render_html(trace: Trace | dict, explanations: dict | None = None, histogram: dict | None = None) -> str:
+    """The trace (a ``Trace``, or its JSON: then read with ``Trace.from_json``) as one self-contained HTML page
+    (see the module docstring).
 
     ``explanations``: {head: {"explanation", "balanced_accuracy", "roc_auc"}} (e.g. ``ResultStore.load()``);
     ``histogram``: the neuron's activation histogram {"edges": [...], "counts": [...]} from the index.
     """
-    _require(trace, "neuron", "model", "settings", "prompts", "heads")
-    if not trace["prompts"]:
+    if not isinstance(trace, Trace):
+        trace = Trace.from_json(trace)
+    if not trace.prompts:
         raise MinitfError("trace: no prompts")
     return page(trace, explanations, histogram, _script_data(trace))
 
 
-def write_html(path, trace: dict, explanations: dict | None = None, histogram: dict | None = None) -> Path:
+def write_html(path, trace: Trace | dict, explanations: dict | None = None, histogram: dict | None = None) -> Path:
     """Render the report and write it to ``path`` atomically (``minitf.util.files.atomic_write``)."""
     path = Path(path)
     page = render_html(trace, explanations, histogram)
@@ -89,10 +84,11 @@ def write_html(path, trace: dict, explanations: dict | None = None, histogram: d
     return atomic_write(path, page)
 
 
-def report_extras(model, neuron, trace: dict, cache_dir=None) -> tuple[dict | None, dict | None]:
+def report_extras(model, neuron, origin: PromptOrigin, cache_dir=None) -> tuple[dict | None, dict | None]:
     """What the CLI adds to a report when it exists: the explain/score results stored for this model and
     neuron (``minitf.explain.driver.ResultStore``) and the neuron's activation histogram from the index of the
-    trace's corpus (or the model's own corpus). A missing or stale index gives {"note": why} instead."""
+    corpus the trace's prompts came from (``origin``, its settings' ``Trace.settings.origin``; else the model's
+    own corpus). A missing or stale index gives {"note": why} instead."""
     from minitf.explain.store import ResultStore
     from minitf.index.histogram import index_histogram
 
@@ -100,4 +96,4 @@ def report_extras(model, neuron, trace: dict, cache_dir=None) -> tuple[dict | No
     if model.folder is not None:  # results are stored per model folder
         store = ResultStore(cache_dir, model.folder, str(neuron))
         explanations = store.load() or None
-    return explanations, index_histogram(model, neuron, trace)
+    return explanations, index_histogram(model, neuron, origin)

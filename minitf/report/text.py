@@ -11,73 +11,66 @@ def show(text: str, width: int = 70) -> str:
 
 
 def _tokens(pairs, k=6) -> str:
-    return " · ".join(f"{t['token']!r} {t['value']:+.3f}" for t in pairs[:k])
+    return " · ".join(f"{t.token!r} {t.value:+.3f}" for t in (pairs or [])[:k])
 
 
-def card_lines(card: dict, folder: str = "") -> list[str]:
-    tok = card["token"]
-    lines = [f"neuron {card['name']}{' of ' + folder if folder else ''}: pushes {tok['str']!r} "
-             f"(congruence {card['congruence']:.3f}, rank {card['rank']} of {card['layer_size']} in layer {card['layer']})",
-             f"  promotes:   {_tokens(card['promoted'])}",
-             f"  suppresses: {_tokens(card['suppressed'])}"]
-    if "kurtosis" in card:
-        kind = card.get("class") or "neither prediction nor suppression"
-        lines.append(f"  vocabulary moments: kurtosis {card['kurtosis']:.1f}, skew {card['skew']:+.2f} ({kind})")
+def card_lines(card, folder: str = "") -> list[str]:
+    """A trace's neuron card (``minitf.trace.NeuronCard``) as three or four lines."""
+    lines = [f"neuron {card.name}{' of ' + folder if folder else ''}: pushes {card.token.text!r} "
+             f"(congruence {card.congruence:.3f}, rank {card.rank} of {card.layer_size} in layer {card.layer})",
+             f"  promotes:   {_tokens(card.promoted)}",
+             f"  suppresses: {_tokens(card.suppressed)}"]
+    if card.kurtosis is not None:
+        kind = card.kind or "neither prediction nor suppression"
+        lines.append(f"  vocabulary moments: kurtosis {card.kurtosis:.1f}, skew {card.skew:+.2f} ({kind})")
     return lines
 
 
-def trace_lines(result: dict, max_prompts: int = 20) -> list[str]:
-    """The human view: card, prompts with their top heads and looked-up tokens, head table, identity check."""
-    s = result["settings"]
-    lines = card_lines(result["neuron"], result["model"]["folder"]) + [""]
-    paper = s.get("scores", "exact") == "paper"  # traces of schema 1 selected on whole effects
-    key = "context" if paper else "effect"
-    lines.append(f"{count(len(result['prompts']), 'prompt')} ({s.get('source', 'given')}); rule {s['rule']}; "
-                 f"scores {s.get('scores', 'exact')}; "
-                 f"{count(s['candidates'], 'candidate head')} (layers < {result['neuron']['layer']}"
-                 f"{' and the same layer' if s['include_same_layer'] else ''})")
-    lines.append(f"note: {s['effects']}")
-    lines.append(f"note: {s.get('scores_note', 'heads selected on their whole effect')}")
-    lines.append(f"per prompt: the top heads by {'context part' if paper else 'effect'}, * = active, then the "
+def trace_lines(result, max_prompts: int = 20) -> list[str]:
+    """The human view of a ``minitf.trace.Trace``: card, prompts with their top heads and looked-up tokens, head
+    table, identity check."""
+    s, mode = result.settings, result.mode
+    lines = card_lines(result.neuron, result.model.folder) + [""]
+    lines.append(f"{count(len(result.prompts), 'prompt')} ({s.origin.source or 'given'}); rule {s.rule}; "
+                 f"scores {s.scores}; "
+                 f"{count(s.candidates, 'candidate head')} (layers < {result.neuron.layer}"
+                 f"{' and the same layer' if s.include_same_layer else ''})")
+    lines.append(f"note: {s.effects}")
+    lines.append(f"note: {s.scores_note}")
+    lines.append(f"per prompt: the top heads by {mode.score}, * = active, then the "
                  "constant part; ← the source tokens of the context part: their part of it (attention)")
-    for n, p in enumerate(result["prompts"][:max_prompts], 1):
-        extra = "  [truncated to the context]" if p["truncated"] else ""
+    for n, p in enumerate(result.prompts[:max_prompts], 1):
+        extra = "  [truncated to the context]" if p.truncated else ""
         lines.append("")
-        lines.append(f"#{n:<3} post {p['activation']:+.3f}  pre {p['pre']:+.3f}  {show(p['text'])}{extra}")
-        for h in p["top_heads"]:
-            mark = "*" if h["active"] else " "
-            src = ", ".join(f"{x['token']!r}@{x['position']} {x['effect']:+.2f} (attn {x['attention']:.2f})"
-                            for x in h["sources"])
-            const = f" {h['constant']:+7.3f}" if "constant" in h else ""
-            lines.append(f"      {h['head']:<7}{h.get(key, h['effect']):+8.3f}{mark}{const} ← {src}")
-    if len(result["prompts"]) > max_prompts:
-        lines.append(f"… {count(len(result['prompts']) - max_prompts, 'more prompt')} (--json shows all)")
-    what = "context part" if paper else "direct effect on pre"
-    first = result["heads"][0] if result["heads"] else {}
-    removed = "z replaced by its constant part" if paper else "z zeroed"
-    lines += ["", f"heads by mean {what} (D = differential: active on 25–75 % of prompts; ablation: {removed})",
-              f"{'head':<8}{'mean':>8}{'std':>8}{'const' if 'mean_constant' in first else '':>8}{'active':>9}  D  "
+        lines.append(f"#{n:<3} post {p.activation:+.3f}  pre {p.pre:+.3f}  {show(p.text)}{extra}")
+        for h in p.top_heads:
+            mark = "*" if h.active else " "
+            src = ", ".join(f"{x.token!r}@{x.position} {x.effect:+.2f} (attn {x.attention:.2f})" for x in h.sources)
+            lines.append(f"      {h.head:<7}{mode.of(h):+8.3f}{mark} {h.constant:+7.3f} ← {src}")
+    if len(result.prompts) > max_prompts:
+        lines.append(f"… {count(len(result.prompts) - max_prompts, 'more prompt')} (--json shows all)")
+    lines += ["", f"heads by mean {mode.score} (D = differential: active on 25–75 % of prompts; ablation: "
+                  f"{mode.removed})",
+              f"{'head':<8}{'mean':>8}{'std':>8}{'const':>8}{'active':>9}  D  "
               f"{'Δpost act/inact':>17}  {'Δp act/inact':<17}  {'KS D':>5}"]
-    P = len(result["prompts"])
-    for h in result["heads"][:15]:
-        ab = h["ablation"]
+    P = len(result.prompts)
+    for h in result.heads[:15]:
+        ab = h.ablation
 
         def pair(a, b):
             return f"{_num(a)}/{_num(b)}"
-        abl = (f"{pair(ab['mean_dpost_active'], ab['mean_dpost_inactive']):>17}  "
-               f"{_num(ab['mean_dp_active'], '+.1e') + '/' + _num(ab['mean_dp_inactive'], '+.1e'):<17}  "
-               f"{(format(ab['ks']['statistic'], '.2f') if ab['ks'] else '–'):>5}") if ab else ""
-        mean, std = (h["mean_context"], h["std_context"]) if paper else (h["mean_effect"], h["std_effect"])
-        const = f"{h['mean_constant']:+8.3f}" if "mean_constant" in h else " " * 8
-        lines.append(f"{h['head']:<8}{mean:+8.3f}{std:8.3f}{const}{h['active_count']:>5}/{P:<3}"
-                     f"  {'D' if h['differential'] else ' '}  {abl}")
-    if len(result["heads"]) > 15:
-        lines.append(f"… {count(len(result['heads']) - 15, 'more head')} (--json shows all)")
-    diff = result["differential_heads"]
+        abl = (f"{pair(ab.mean_dpost_active, ab.mean_dpost_inactive):>17}  "
+               f"{_num(ab.mean_dp_active, '+.1e') + '/' + _num(ab.mean_dp_inactive, '+.1e'):<17}  "
+               f"{(format(ab.ks.statistic, '.2f') if ab.ks else '–'):>5}") if ab else ""
+        lines.append(f"{h.head:<8}{mode.mean(h):+8.3f}{mode.std(h):8.3f}{h.mean_constant:+8.3f}{h.active_count:>5}/{P:<3}"
+                     f"  {'D' if h.differential else ' '}  {abl}")
+    if len(result.heads) > 15:
+        lines.append(f"… {count(len(result.heads) - 15, 'more head')} (--json shows all)")
+    diff = result.differential_heads
     lines.append(f"differential heads: {', '.join(diff) if diff else 'none'}")
-    ic = result["identity_check"]
-    lines.append(f"identity check: max |Σ terms + constant − pre| = {ic['max_abs_error']:.2e} "
-                 f"(relative to Σ|terms|: {ic['max_rel_error']:.1e})")
+    ic = result.identity_check
+    lines.append(f"identity check: max |Σ terms + constant − pre| = {ic.max_abs_error:.2e} "
+                 f"(relative to Σ|terms|: {ic.max_rel_error:.1e})")
     return lines
 
 

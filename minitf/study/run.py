@@ -48,7 +48,7 @@ from pathlib import Path
 
 from minitf.errors import MinitfError
 from minitf.explain.llm import DEFAULT_CONCURRENCY, DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT
-from minitf.names import Neuron, check_layer, parse_head, parse_neuron
+from minitf.names import Neuron, check_layer, parse_neuron
 from minitf.study.folder import FORMAT, VERSION, StudyDir
 from minitf.study.summary import aggregates, summary_entry, summary_lines  # noqa: F401  (summary_lines: the CLI's)
 
@@ -154,32 +154,29 @@ def ensure_index(model, corpus: Path, layers: set[int], k: int, progress: bool):
 
 
 def _prompts(model, neuron: Neuron, corpus: Path, split: str, k: int, index, docs):
-    """N's mined prompts as trace prompts, and the trace settings that ``trace_neuron`` would record."""
-    from minitf.prompts import mine_prompts
-    from minitf.trace import Prompt
+    """N's mined prompts as trace prompts, and their origin as ``trace_neuron`` would record it."""
+    from minitf.prompts import Prompt, mine_prompts
+    from minitf.trace import PromptOrigin
 
     mined = mine_prompts(model, neuron, corpus, split=None if split == "all" else split, k=k, index=index,
                          docs=docs)
-    prompts = [Prompt(m.tokens, mined={"doc_id": m.doc_id, "position": m.position, "activation": m.activation,
-                                       "trimmed_activation": m.trimmed_activation}) for m in mined]
-    settings = {"bos": True, "notes": [], "source": f"top {len(prompts)} mined from {corpus}, split {split}",
-                "corpus": str(corpus), "split": split}
-    return prompts, settings
+    prompts = [Prompt.from_mined(m) for m in mined]
+    return prompts, PromptOrigin(True, [], f"top {len(prompts)} mined from {corpus}, split {split}", str(corpus), split)
 
 
 # ---- steps 3–5 for one neuron --------------------------------------------------------------------------
-def ablation_samples(trace: dict, drops: dict) -> dict:
-    """For each differential head: per-prompt Δp, Δpost (the trace's own ablation runs, ``drops``) and whether
-    the head is active on the prompt."""
+def ablation_samples(trace) -> dict:
+    """For each differential head: per-prompt Δp, Δpost (the trace's own ablation runs, ``Ablation.d_p``/``d_post``)
+    and whether the head is active on the prompt."""
     out = {}
-    for h in trace["differential_heads"]:
-        d_post, d_p = drops[parse_head(h)]
-        out[h] = {"active": [h in p["active_heads"] for p in trace["prompts"]],
-                  "dp": [float(x) for x in d_p], "dpost": [float(x) for x in d_post]}
+    for h in trace.differential_heads:
+        ablation = trace.head(h).ablation
+        out[h] = {"active": [h in p.active_heads for p in trace.prompts],
+                  "dp": [float(x) for x in ablation.d_p], "dpost": [float(x) for x in ablation.d_post]}
     return out
 
 
-def explain_and_score(llm, train: dict, test: dict) -> tuple[dict, list[str]]:
+def explain_and_score(llm, train, test) -> tuple[dict, list[str]]:
     """{head: HeadScore dict (with items)} for the train trace's differential heads, explained from ``train``
     and scored on ``test`` (``explain.evaluate_head``), and the heads left undone because the LLM's call
     budget (``max_calls``) ran out (their answers so far are cached)."""
@@ -187,7 +184,7 @@ def explain_and_score(llm, train: dict, test: dict) -> tuple[dict, list[str]]:
     from minitf.explain.driver import evaluate_head, head_examples
 
     done, pending = {}, []
-    for h in train["differential_heads"]:
+    for h in train.differential_heads:
         try:
             done[h] = evaluate_head(llm, head_examples(train, h), head_examples(test, h)).to_dict(items=True)
         except BudgetExhausted:
@@ -199,43 +196,43 @@ def study_neuron(model, neuron: Neuron, options: StudyOptions, corpus: Path, ind
                  step) -> tuple[dict, dict | None]:
     """One neuron's record without its explanations: its full trace, the per-prompt ablation samples of its
     differential heads and its activation histogram from the index; and, when ``explain`` and it has
-    differential heads, the trace of its test-split prompts (for ``explain_and_score``), else None."""
+    differential heads, its train- and test-split traces (for ``explain_and_score``), else None."""
     from minitf.index.histogram import index_histogram
     from minitf.trace import TraceOptions, trace
 
     t0 = time.monotonic()
     record: dict = {"neuron": str(neuron), "layer": neuron.layer, "index": neuron.index}
     step("prompts")
-    prompts, settings = _prompts(model, neuron, corpus, options.split, options.n_prompts, index, docs)
+    prompts, origin = _prompts(model, neuron, corpus, options.split, options.n_prompts, index, docs)
     if not prompts:
         from minitf.neurons import neuron_card
         from minitf.trace import card_record
 
-        record["card"] = card_record(neuron_card(model, neuron), model.cfg.d_mlp)
+        record["card"] = card_record(neuron_card(model, neuron), model.cfg.d_mlp).to_json()
         record["skipped"] = f"no document activates {neuron} above 0 in the {options.split} split"
         record["run"] = {"seconds": round(time.monotonic() - t0, 3)}
         return record, None
     step("trace")
     topts = TraceOptions(rule=options.rule, include_same_layer=options.include_same_layer, scores=options.scores,
                          ablate=options.ablate, per_position=True)
-    drops: dict = {}
-    result = trace(model, neuron, prompts, topts, settings=settings, drops=drops)
-    record["trace"] = result
-    record["ablation_samples"] = ablation_samples(result, drops)
-    record["histogram"] = index_histogram(model, neuron, result, index)
+    result = trace(model, neuron, prompts, topts, origin=origin)
+    record["trace"] = result.to_json()
+    record["ablation_samples"] = ablation_samples(result)
+    record["histogram"] = index_histogram(model, neuron, result.settings.origin, index)
     record["explanations"] = {} if explain else None
-    test = None
-    if explain and result["differential_heads"]:
+    traces = None
+    if explain and result.differential_heads:
         step("test-split trace")
-        test_prompts, test_settings = _prompts(model, neuron, corpus, "test", options.n_prompts, index, docs)
+        test_prompts, test_origin = _prompts(model, neuron, corpus, "test", options.n_prompts, index, docs)
         if test_prompts:
             test_opts = TraceOptions(rule=options.rule, include_same_layer=options.include_same_layer,
                                      scores=options.scores, ablate=0)
-            test = trace(model, neuron, test_prompts, test_opts, card=result["neuron"], settings=test_settings)
+            test = trace(model, neuron, test_prompts, test_opts, card=result.neuron, origin=test_origin)
         else:
-            test = {"prompts": [], "heads": result["heads"], "neuron": result["neuron"]}
+            test = replace(result, prompts=[])  # no test prompt: every head is skipped
+        traces = (result, test)
     record["run"] = {"seconds": round(time.monotonic() - t0, 3)}
-    return record, test
+    return record, traces
 
 
 # ---- the run -------------------------------------------------------------------------------------------
@@ -407,13 +404,13 @@ def run_neurons(model, neurons: list[Neuron], todo: list[Neuron], options: Study
             for n in todo:
                 if stop.is_set():
                     break
-                record, test = study_neuron(model, n, options, corpus, index, docs, llm is not None,
+                record, traces = study_neuron(model, n, options, corpus, index, docs, llm is not None,
                                             lambda step, n=n: bar.update(status=f"{n}: {step}"))
-                if test is None:
+                if traces is None:
                     collect(block=True)  # keep the order of the records
                     finish(record)
                 else:
-                    waiting.append((record, llm_thread.submit(explain_and_score, llm, record["trace"], test)))
+                    waiting.append((record, llm_thread.submit(explain_and_score, llm, *traces)))
                     collect(block=False)
             collect(block=True)
             if not stop.is_set():

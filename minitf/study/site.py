@@ -16,6 +16,8 @@ from pathlib import Path
 from minitf.report.page import write_html
 from minitf.report.html import STYLE, _e, svg_bar
 from minitf.util.fmt import num as _f
+from minitf.scores import scores_mode
+from minitf.trace import Trace
 
 _SCRIPT = r"""
 (function () {
@@ -167,7 +169,8 @@ def render_index(study: dict) -> str:
               + "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in meta) + "</dl></header>")
     body = (header
             + "<section><h2>Aggregates</h2><p class=hint>Per layer and over all neurons. Δp: the drop in p(neuron's "
-              "token) when a differential head is zeroed, pooled over every (neuron, differential head) pair and "
+              f"token) when a differential head is removed ({_e(scores_mode(s['scores']).removed)}, --scores "
+              f"{_e(s['scores'])}), pooled over every (neuron, differential head) pair and "
               "prompt, on the prompts where the head is active vs inactive; KS: two-sample Kolmogorov–Smirnov.</p>"
             + _aggregate_rows(aggs, explained) + _figures(aggs["all"]) + "</section>"
             + "<section><h2>Neurons</h2><p class=hint>Click a column to sort; a neuron opens its report.</p>"
@@ -197,6 +200,7 @@ def write_site(out, study: dict, records: list[dict]) -> None:
     out = Path(out)
     for r in records:
         if "trace" in r:
-            write_html(out / "neurons" / f"{r['neuron']}.html", r["trace"], _explanations(r), r.get("histogram"))
+            trace = Trace.from_json(r["trace"], f"{r['neuron']}: trace")
+            write_html(out / "neurons" / f"{r['neuron']}.html", trace, _explanations(r), r.get("histogram"))
     page = render_index(study)
     atomic_write(out / "index.html", page)

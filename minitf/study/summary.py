@@ -11,8 +11,10 @@ from __future__ import annotations
 import numpy as np
 
 from minitf.ablation import ks_2samp
+from minitf.heads import both_classes
 from minitf.names import parse_head
 from minitf.util.fmt import num as _fmt
+from minitf.trace import Trace
 
 SCORE_BINS = 10  # explanation-score histogram bins over [0, 1]
 
@@ -36,7 +38,7 @@ def _scores(values: list[float], n_skipped: int) -> dict:
 
 def _drops(active: list[float], inactive: list[float]) -> dict:
     out = {"active": _dist(active), "inactive": _dist(inactive), "ks": None}
-    if active and inactive:
+    if both_classes(len(active), len(inactive)) is None:
         d, p = ks_2samp(np.array(active), np.array(inactive))
         out["ks"] = {"statistic": d, "p_value": p}
     return out
@@ -45,12 +47,13 @@ def _drops(active: list[float], inactive: list[float]) -> dict:
 def aggregate(records: list[dict], explained: bool) -> dict:
     """The study's numbers over a group of neuron records (see the module docstring)."""
     traced = [r for r in records if "trace" in r]
-    n_diff = [len(r["trace"]["differential_heads"]) for r in traced]
+    diffs = [Trace.from_json(r["trace"], f"{r['neuron']}: trace").differential_heads for r in traced]
+    n_diff = [len(d) for d in diffs]
     distance: dict[int, int] = {}
     samples = {"dp": ([], []), "dpost": ([], [])}
     ba, auc, n_skip_ba, n_skip_auc = [], [], 0, 0
-    for r in traced:
-        for h in r["trace"]["differential_heads"]:
+    for r, heads in zip(traced, diffs):
+        for h in heads:
             gap = r["layer"] - parse_head(h).layer
             distance[gap] = distance.get(gap, 0) + 1
             s = r["ablation_samples"][h]
@@ -92,10 +95,10 @@ def summary_entry(record: dict) -> dict:
     """A neuron's entry in study.json: everything but the per-prompt detail (kept in neurons/<name>.json)."""
     out = {k: v for k, v in record.items() if k not in ("trace", "histogram")}
     if "trace" in record:
-        t = record["trace"]
-        out["card"] = t["neuron"]
-        out |= {"n_prompts": len(t["prompts"]), "settings": t["settings"], "heads": t["heads"],
-                "differential_heads": t["differential_heads"], "identity_check": t["identity_check"]}
+        t = Trace.from_json(record["trace"], f"{record['neuron']}: trace")
+        out["card"] = t.neuron.to_json()
+        out |= {"n_prompts": len(t.prompts), "settings": t.settings.to_json(), "heads": [h.to_json() for h in t.heads],
+                "differential_heads": t.differential_heads, "identity_check": t.identity_check.to_json()}
     return out
 
 
