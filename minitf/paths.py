@@ -25,16 +25,16 @@ neuron's pre-activation read from an x_mid^l, post = gelu_new(pre), p the probab
   (``minitf.attribution``): Δpre = δ_h[t] · w̃ / σ_t = (z_h − z̃_h)[t] · u_h / σ_t, u_h = W_O[h] w̃ — exactly the
   head's term (zero ablation) or its context part (``--scores paper``); Δpost = post − gelu_new(pre − Δpre).
   (The issue's "minus the head's term" is the same number as a change removed − clean.)
-* via MLP k (k ≤ j < l, k ≥ the head's layer): MLP k alone reads x_mid^k − δ_h (at every position); every
-  component downstream of MLP k sees MLP k's changed output, and n reads it; every other input keeps h:
-  Δpre = pre − pre(MLP k's input without h), Δpost likewise. This is the set of paths whose *first* stop after h
-  is MLP k (h → MLP k → n, h → MLP k → later heads or MLPs → n) — what subtracting h's output at TransformerLens's
-  ``blocks.k.hook_mlp_in`` does.
+* via MLP j (k ≤ j < l): MLP j alone reads x_mid^j − δ_h (at every position); every component downstream of MLP
+  j sees MLP j's changed output, and n reads it; every other input keeps h: Δpre = pre − pre(with MLP j's input
+  without h), Δpost likewise. This is the set of paths whose *first* stop after h is MLP j (h → MLP j → n,
+  h → MLP j → later heads or MLPs → n) — what subtracting h's output at TransformerLens's ``blocks.j.hook_mlp_in``
+  does. (So a path h → MLP j → MLP j' → n counts under MLP j only.)
 * via the heads of layer j (k < j ≤ l): the attention of layer j alone reads x_pre^j − δ_h (queries, keys and
   values), its output changes and everything downstream sees it: the paths whose first stop is a head of layer j.
 * total: h removed everywhere (``Model.run`` with an ``Intervention``; ``minitf.ablation``'s measurement):
   Δpre, Δpost and Δp.
-* rest = total − direct − Σ_k via MLP k − Σ_j via heads j: the first stops after h partition every path from h
+* rest = total − direct − Σ_j via MLP j − Σ_j via heads j: the first stops after h partition every path from h
   to n, so the chain rule splits the first-order change exactly over them; what is left is second order in δ_h
   (the interactions of paths through LayerNorm, GELU and softmax): rest(εδ) = O(ε²) (``tests/test_paths.py``
   checks that halving ε quarters it). Without the heads' paths (``via_heads=False``) rest holds them too.
@@ -42,8 +42,9 @@ neuron's pre-activation read from an x_mid^l, post = gelu_new(pre), p the probab
   the share of the paper's ablation effect that the head carries straight to the neuron.
 * joint: every listed head removed at once vs the sum of each removed alone; interaction = joint − Σ alone.
 
-Cost per head: the direct path one LN₂ of layer l and one run of layers l+1 …; each path via MLP k one MLP and
-layers k+1 … l; each path via heads j layers j … l; the total layers k … (the ablation's own rerun).
+Cost per head: the direct path one LN₂ of layer l and one run of layers l+1 …; each path via MLP j one MLP and
+layers j+1 … l; each path via heads j layers j … l; the total layers k … (the ablation's own rerun); and once,
+a clean run from the earliest head's layer that records the residual streams.
 """
 from __future__ import annotations
 
@@ -291,9 +292,8 @@ class _Clean:
 
     def rerun_removed(self, interventions: list[Intervention], layer: int, token: int) -> Effect:
         """The total effect: a rerun from ``layer`` with the interventions (every path removed)."""
-        start = layer if layer else 0
         r = self.model.run(self.tokens, logits=self.t, keep={("resid_mid", self.l)}, interventions=interventions,
-                           start_layer=start, resid_pre=self.run["resid_pre", start] if start else None)
+                           start_layer=layer, resid_pre=self.run["resid_pre", layer] if layer else None)
         e = self.effect_at_t(r["resid_mid", self.l][self.rows, self.t])
         return Effect(e.d_pre, e.d_post, self.p_token(self.logits, token) - self.p_token(r.logits, token))
 
