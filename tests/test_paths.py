@@ -138,7 +138,7 @@ class Reference:
         return z.reshape(B, T, -1) @ self.w[f"h.{l}.attn.c_proj.weight"] + self.w[f"h.{l}.attn.c_proj.bias"]
 
     def post(self, l, x):
-        """(pre, post) of every neuron of layer l [B, T, M]; gelu_new in float64: ½x(1 + tanh(√(2/π)(x + 0.044715x³)))."""
+        """(pre, post) of every neuron of layer l [B, T, M]; gelu_new in float64."""
         pre = self.ln(x, f"h.{l}.ln_2") @ self.w[f"h.{l}.mlp.c_fc.weight"] + self.w[f"h.{l}.mlp.c_fc.bias"]
         return pre, 0.5 * pre * (1 + np.tanh(np.sqrt(2 / np.pi) * (pre + 0.044715 * pre ** 3)))
 
