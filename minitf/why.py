@@ -48,6 +48,7 @@ import numpy as np
 
 from minitf.attribution import NEEDED as EFFECTS_NEEDED
 from minitf.attribution import head_sources, read_direction
+from minitf.kernels import linear, pool, run_on_threads, split
 from minitf.model import Model, Run
 from minitf.names import Head, Neuron
 
@@ -159,19 +160,27 @@ def component_names(model: Model, layer: int, split_mlp: bool = False) -> list[s
     return names
 
 
-def head_reads(model: Model, run: Run, head: Head, prompt: int, slots: np.ndarray,
-               split_mlp: bool = False) -> Reads:
+def head_reads(model: Model, run: Run, head: Head, prompt: int, slots: np.ndarray, split_mlp: bool = False,
+               need: np.ndarray | None = None) -> Reads:
     """Every component's query, key and value read by ``head`` at the weighted positions ``slots`` [P, n] of
-    prompt ``prompt`` (n ≤ its length). ``run`` must record NEEDED."""
+    prompt ``prompt`` (n ≤ its length); ``need`` [P, 3] (default: all) the (slot, part) reads wanted, the others
+    left 0. ``run`` must record NEEDED."""
     k, w = head.layer, model.w
     P, n = slots.shape
     W_t, bias = read_weights(model, head)  # [D, 3, Dh], [3, Dh]
-    D, _, Dh = W_t.shape
-    W_t = W_t.reshape(D, 3 * Dh)  # [D, 3Dh]
+    need = np.ones((P, 3), bool) if need is None else np.asarray(need, bool)  # [P, 3]
+    parts = [(x, need[:, x]) for x in range(3) if need[:, x].any()]  # (part, its slots)
     a = (slots / run["ln1_scale", k][prompt, :n]).astype(np.float32)  # [P, n]  a_s / σ_s
     ones = a.sum(1)  # [P]  Σ_s a_s/σ_s: what a constant component (a bias) is weighted by
+
+    def read(x):  # weighted components [rows, P, D] → their reads [rows, P, 3, Dh]
+        out = np.zeros(x.shape[:2] + bias.shape, np.float32)
+        for part, at in parts:
+            out[:, at, part] = linear(x[:, at], W_t[:, part])  # [rows, P', Dh]
+        return out
+
     dense = [a @ w["wte.weight"][run.tokens[prompt, :n]], a @ w["wpe.weight"][:n]]  # [P, D] each
-    reads = []  # [rows, P, 3Dh] blocks, in the order of component_names
+    reads = []  # [rows, P, 3, Dh] blocks, in the order of component_names
     for j in range(k):
         z = np.einsum("ps,shd->hpd", a, run["z", j][prompt, :n])  # [H, P, Dh]  weighted z of each head
         dense += list(z @ model.W_O[j])  # H × [P, D]  each head's weighted output
@@ -179,15 +188,16 @@ def head_reads(model: Model, run: Run, head: Head, prompt: int, slots: np.ndarra
         if not split_mlp:
             dense.append(a @ run["mlp_out", j][prompt, :n])  # [P, D]  mlp[j], b_out included
             continue
-        reads.append(np.stack(dense) @ W_t)  # [rows, P, 3Dh]
+        reads.append(read(np.stack(dense)))
         post = a @ run["post", j][prompt, :n]  # [P, M]  weighted activation of each neuron
-        through = model.W_out[j] @ W_t  # [M, 3Dh]  W_out[m] W̃
-        reads.append(post.T[:, :, None] * through[:, None, :])  # [M, P, 3Dh]
+        neurons = np.zeros((post.shape[1], P) + bias.shape, np.float32)  # [M, P, 3, Dh]
+        for part, at in parts:
+            neurons[:, at, part] = post.T[:, at, None] * (model.W_out[j] @ W_t[:, part])[:, None]  # W_out[m] W̃
+        reads.append(neurons)
         dense = [ones[:, None] * w[f"h.{j}.mlp.c_proj.bias"]]  # [P, D]  b_out[j] opens the next block
-    reads.append(np.stack(dense) @ W_t)  # [rows, P, 3Dh]
-    reads.append(slots.sum(1)[None, :, None] * bias.reshape(1, 1, 3 * Dh))  # [1, P, 3Dh]  the bias row (Σ_s A)
-    qkv = np.concatenate(reads).reshape(-1, P, 3, Dh)  # [C + 1, P, 3, Dh]
-    return Reads(component_names(model, k, split_mlp), qkv)
+    reads.append(read(np.stack(dense)))
+    reads.append((slots.sum(1)[:, None, None] * bias * need[:, :, None])[None])  # [1, P, 3, Dh]  bias row (Σ_s A)
+    return Reads(component_names(model, k, split_mlp), np.concatenate(reads))  # [C + 1, P, 3, Dh]
 
 
 # ---- the exact top pairs -------------------------------------------------------------------------------
@@ -235,17 +245,18 @@ def why_for_heads(model: Model, run: Run, neuron: Neuron, heads: Sequence[Head],
     t = n - 1
     w_tilde, _ = read_direction(model, neuron)  # [D]
     sigma2 = run["ln2_scale", neuron.layer][b, t]
-    out = []
-    for head in heads:
-        head = Head(*head)
+    scale = np.float32(1 / math.sqrt(model.cfg.d_head))
+
+    def one(head: Head) -> HeadWhy:
         k, h = head
-        scale = np.float32(1 / math.sqrt(model.cfg.d_head))
         by_source = head_sources(model, run, neuron, head)[0][b, :n]  # [n]  context part from each source
         sources = top_source_positions(by_source, top_sources)  # [S]
         p = run["pattern", k][b, h, t, :n]  # [n]
         slots = np.zeros((2 + len(sources), n), np.float32)  # [2 + S, n]: t, the pattern, each source
         slots[0, t], slots[1], slots[2 + np.arange(len(sources)), sources] = 1, p, 1
-        reads = head_reads(model, run, head, b, slots, split_mlp)
+        need = np.zeros((len(slots), 3), bool)  # [2 + S, 3]: q at t, k at the expectation and the sources, v there
+        need[0, 0], need[1:, 1], need[2:, 2] = True, True, True
+        reads = head_reads(model, run, head, b, slots, split_mlp, need)
         names, qkv = reads.names, reads.qkv  # [C], [C + 1, 2 + S, 3, Dh]
         query_names = names + ["bias_q"]
         Q = qkv[:, 0, 0]  # [C + 1, Dh]  Q_c(t), bias_q last
@@ -271,8 +282,22 @@ def why_for_heads(model: Model, run: Run, neuron: Neuron, heads: Sequence[Head],
                 context=float(by_source[s]),
                 carried=[Carried(names[c], float(carried[c])) for c in _top(carried, top_pairs)],
                 carried_error=float(abs(carried.sum() - by_source[s]))))
-        out.append(HeadWhy(str(head), t, float(run["ln1_scale", k][b, t]),
-                           float(q @ qkv[-1, 0, 1] * scale), len(names), listed))
+        key_bias = q @ qkv[-1, 1, 1] * scale  # bias_k read at the expectation slot: × Σ_s p = 1
+        return HeadWhy(str(head), t, float(run["ln1_scale", k][b, t]), float(key_bias),
+                       len(names), listed)
+
+    heads = [Head(*head) for head in heads]
+    out: list[HeadWhy | None] = [None] * len(heads)
+    if not heads:
+        return []
+    with pool() as threads:  # the heads share the pool's threads, each running its small products on one BLAS thread
+        shares = split(len(heads), threads)
+
+        def share(i):
+            for x in range(*shares[i]):
+                out[x] = one(heads[x])
+
+        run_on_threads(share, len(shares), blas_one=True)
     return out
 
 
