@@ -110,9 +110,11 @@ def reference_outputs(folder: Path, tokens: np.ndarray) -> dict[str, np.ndarray]
     }
 
 
-def transformer_lens_model(hf_model: GPT2LMHeadModel):
+def transformer_lens_model(hf_model: GPT2LMHeadModel, processed: bool = True):
     """A HookedTransformer built offline from ``hf_model``, processed as ``from_pretrained`` does by default
-    (fold_ln, center_writing_weights, center_unembed, fold_value_biases) — the paper authors' setup.
+    (fold_ln, center_writing_weights, center_unembed, fold_value_biases) — the paper authors' setup; with
+    ``processed=False`` none of these (as ``from_pretrained_no_processing``): LayerNorms, biases and weights
+    stay where GPT-2 has them.
 
     The final LayerNorm is folded into the unembedding here, before TransformerLens's processing:
     W_U ← diag(γ_f) W_U, b_U ← β_f W_U, γ_f ← 1, β_f ← 0. TransformerLens 3.9's ``fold_layer_norm`` guesses
@@ -140,8 +142,9 @@ def transformer_lens_model(hf_model: GPT2LMHeadModel):
         state["unembed.W_U"], state["unembed.b_U"] = gamma[:, None] * W_U, beta @ W_U  # [D, V], [V]
         state["ln_final.w"], state["ln_final.b"] = torch.ones_like(gamma), torch.zeros_like(beta)
         model = HookedTransformer(cfg, move_to_device=False)
-        model.load_and_process_state_dict(state, fold_ln=True, center_writing_weights=True, center_unembed=True,
-                                          fold_value_biases=True, refactor_factored_attn_matrices=False)
+        model.load_and_process_state_dict(state, fold_ln=processed, center_writing_weights=processed,
+                                          center_unembed=processed, fold_value_biases=processed,
+                                          refactor_factored_attn_matrices=False)
     return model.eval()
 
 
