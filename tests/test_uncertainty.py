@@ -335,6 +335,7 @@ def test_correlations_against_scipy():
         half = stats.norm.ppf(0.975) / math.sqrt(n - 3)
         assert (rho.low, rho.high) == pytest.approx((math.tanh(z - half), math.tanh(z + half)), abs=1e-12)
     assert pearson([1, 2, 3], [1, 1, 1]).r is None
+    assert pearson([], []).r is None and spearman([1.0], [2.0]).r is None
     three = spearman([1, 2, 3], [3, 1, 2])
     assert three.r == pytest.approx(-0.5) and three.low is None
     assert pearson([1, 2, 3, 4], [2, 4, 6, 8]).low == 1.0
@@ -376,3 +377,19 @@ def test_hanley_mcneil_se_matches_simulation():
         aucs.append(float((pos[:, None] > neg[None, :]).mean()))
     se = hanley_mcneil_se(theta / (1 + theta), n_pos, n_neg)
     assert np.std(aucs, ddof=1) == pytest.approx(se, rel=0.08)  # sd of an sd over 1500 draws: ~2 %
+
+
+def test_records_are_plain_json():
+    records = [
+        ba_posterior(3, 1, 4, 1),
+        ba_permutation_test([1, 0, 1, 0], [1, 0, 0, 0]),
+        score_uncertainty([1, 0, 1, 0], [1, 0, 0, 0]),
+        score_uncertainty([1, 1], [1, 0]),
+        bootstrap_study([0.5, 0.9], n_boot=50),
+        benjamini_hochberg([0.01, 0.2]),
+        pearson([1, 2, 3, 5], [2, 1, 4, 4]),
+        auc_with_se([1, 0, 1], [0.7, 0.2, 0.1]),
+    ]
+    for record in records:
+        encoded = json.dumps(record.to_json(), allow_nan=False)
+        assert json.loads(encoded) == record.to_json()

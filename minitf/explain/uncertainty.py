@@ -517,9 +517,11 @@ def _correlation(method: str, a: np.ndarray, b: np.ndarray, level: float) -> Cor
     ``tanh(atanh(r) ± z_{(1+level)/2} / sqrt(n − 3))``."""
     z = _z(level)
     n = a.size
+    if n < 2:
+        return Correlation(method=method, r=None, low=None, high=None, level=level, n=n)
     da, db = a - a.mean(), b - b.mean()  # (n,) each
     denom = math.sqrt(float(da @ da) * float(db @ db))
-    if n < 2 or denom == 0.0:
+    if denom == 0.0:
         return Correlation(method=method, r=None, low=None, high=None, level=level, n=n)
     r = min(1.0, max(-1.0, float(da @ db) / denom))
     if n < 4:
