@@ -360,7 +360,7 @@ def peak_activations(model, neurons: Sequence[Neuron], docs: Sequence[Sequence[i
 def authors_prompts(model, neurons: Sequence[Neuron], docs: Sequence, protocol=None) -> dict[Neuron, NeuronPrompts]:
     """Each neuron's prompts the authors' way (the module's "paper's protocols" comment; ``protocol`` a
     ``minitf.protocol.Protocol``, default neo2024: its n_candidates, max_prompt_tokens, newlines, n_prompts,
-    attribution_tokens and trim_bos are used). ``docs``: the corpus's documents, ``Document`` or (doc_id, text)
+    attribution_tokens, trim_bos and prompt_tokens_counted are used). ``docs``: the corpus's documents, ``Document`` or (doc_id, text)
     in file order. All neurons' searches run in lockstep, one batched forward pass per bisection step.
 
     Where the authors' code crashes (a document whose peak is at BOS) the document is dropped and listed in
@@ -368,6 +368,9 @@ def authors_prompts(model, neurons: Sequence[Neuron], docs: Sequence, protocol=N
     from minitf.protocol import get_protocol
 
     proto = get_protocol(protocol)
+    if proto.trimming != "authors" or proto.duplicates != "collapse":
+        raise ValueError(f"authors_prompts does the authors' trimming with duplicates collapsed; protocol "
+                         f"{proto.name} asks trimming={proto.trimming}, duplicates={proto.duplicates} (mine_prompts)")
     neurons = list(dict.fromkeys(neurons))
     for n in neurons:
         check_neuron(n, model.cfg.n_layer, model.cfg.d_mlp, where=str(n))
@@ -399,7 +402,7 @@ def authors_prompts(model, neurons: Sequence[Neuron], docs: Sequence, protocol=N
             if res is None:
                 continue
             s, f = res
-            if p - s >= proto.max_prompt_tokens:
+            if p - s + (len(b) if proto.prompt_tokens_counted == "with-bos" else 0) >= proto.max_prompt_tokens:
                 long += 1
                 continue
             piece = text_tokens[i][s:p]

@@ -6,9 +6,10 @@ Follows github fbarez/Interpreting-Context-Look-ups (commit 7c4627c = neo2024; b
 ``src/neuron_heads.py::_get_head_attribution`` and notebooks/4_head_attribution.ipynb (the mean + 2σ rule and
 the first 20 prompts), ``src/neuron_explain.py::generate_explanation_prompt_dict`` (the bands).
 
-Two departures, neither changing a value: forward passes are batched with right padding (causal attention: a
-real position never sees a padded one; maxima and reads are taken at real positions only), and the bisection
-runs all documents of a neuron in lockstep (each document's start/end/mid sequence is the authors').
+Three departures, none changing a value: forward passes are batched with right padding (causal attention: a
+real position never sees a padded one; maxima and reads are taken at real positions only) and stop after the
+last layer read; the bisection runs all documents of a neuron in lockstep (each document's start/end/mid
+sequence is the authors'); head results are stacked for the layers before the neuron's only.
 """
 from __future__ import annotations
 
@@ -64,7 +65,7 @@ def _padded(seqs, pad):
 
 
 def _posts(model, tokens, neurons):
-    """{(layer, n): hook_post[:, :, n]} of one run."""
+    """{(layer, n): hook_post[:, :, n]} of one run (stopped after the deepest layer asked: nothing read later)."""
     cache = {}
 
     def hook_for(layer, n):
@@ -73,7 +74,8 @@ def _posts(model, tokens, neurons):
         return hook
 
     with torch.inference_mode():
-        model.run_with_hooks(tokens, fwd_hooks=[(f"blocks.{l}.mlp.hook_post", hook_for(l, n)) for l, n in neurons])
+        model.run_with_hooks(tokens, fwd_hooks=[(f"blocks.{l}.mlp.hook_post", hook_for(l, n)) for l, n in neurons],
+                             stop_at_layer=max(l for l, _ in neurons) + 1)
     return cache
 
 
@@ -154,10 +156,12 @@ def head_attribution(model, prompts, neuron, rule, n_prompts=None):
         tokens, _ = _padded([model.to_tokens(p) for p in batch], bos)
         prompt_lengths = torch.logical_and(tokens != bos, tokens != bos).sum(-1)
         with torch.inference_mode():
-            _, cache = model.run_with_cache(tokens)
-            head_output = cache.stack_head_results()  # [L·H, batch, pos, d_model]
-            last = head_output[:, torch.arange(len(batch)), prompt_lengths]  # [L·H, batch, d_model]
-            attr = torch.einsum("hbw,w->bh", last, model.W_in[layer, :, no])[:, :layer * model.cfg.n_heads]
+            # theirs: run_with_cache(tokens), stack_head_results() of every layer, then [:, :layer·H]; the same
+            # numbers from the cached hook_z (all stack_head_results reads), stacked for the layers before the neuron's
+            _, cache = model.run_with_cache(tokens, names_filter=lambda name: name.endswith("attn.hook_z"))
+            head_output = cache.stack_head_results(layer=layer)  # [layer·H, batch, pos, d_model]
+            last = head_output[:, torch.arange(len(batch)), prompt_lengths]  # [layer·H, batch, d_model]
+            attr = torch.einsum("hbw,w->bh", last, model.W_in[layer, :, no])
         for p, a in zip(batch, attr):
             if rule == "sigma2":
                 active = torch.nonzero(a > a.mean() + 2 * a.std()).reshape(-1).tolist()

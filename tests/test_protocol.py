@@ -157,6 +157,8 @@ def test_identical_documents_collapse_to_one_prompt_without_refill():
     for p in got.prompts:
         assert "\n" not in p.text and p.tokens == [model.bos] + model.encode(p.text)
         assert p.token_pos - p.start_pos < 100
+    with pytest.raises(ValueError, match="mine_prompts"):
+        authors_prompts(model, [n], dup, MINITF)
 
 
 # ---------------------------------------------------------------------------------------------- heads
@@ -259,9 +261,22 @@ def _reference():
     maxacts = ref.get_neuron_max_acts(tl, texts, neurons)
     trunc = ref.find_truncated_texts(tl, maxacts, texts)
     prompts = {n: ref.load_truncated_prompts(tl, trunc[n], texts) for n in neurons}
+    kept = {n: [e for e in trunc[n] if e["token_pos"] - e["start_pos"] < 100] for n in neurons}  # prompts' sources
+    live = {n: {p: e["og_act"] > 0 for p, e in reversed(list(zip(prompts[n], kept[n])))} for n in neurons}
     heads24 = {n: ref.head_attribution(tl, prompts[n], n, "sigma2", 20) for n in neurons}
     heads23 = {n: ref.head_attribution(tl, prompts[n], n, "top3") for n in neurons}
-    return ref, found, prompts, heads24, heads23
+    return ref, found, live, heads24, heads23
+
+
+def _compare(ref_heads, live, got, lists):
+    """The prompt strings and their active lists, both in order, over the documents where the neuron fires
+    (A > 0). Where it is off in the whole document, A is 0 at many positions, up to the sign of a rounding
+    (GELU of a very negative pre-activation), and which of them is the peak is a tie that float rounding
+    decides. Returns whether every prompt of both sides came from such a document (then bands compare)."""
+    ref_live = [(p, heads) for p, heads in ref_heads.items() if live[p]]
+    got_live = [(p.text, heads) for p, heads in zip(got, lists) if p.activation > 0]
+    assert got_live == ref_live
+    return len(ref_live) == len(ref_heads) and len(got_live) == len(got)
 
 
 def _minitf_active_lists(model, neuron, prompts, rule):
@@ -280,20 +295,20 @@ def _minitf(protocol_name):
 
 
 def test_neo2024_neurons_prompts_active_sets_differential_heads_and_explanations_are_the_authors():
-    ref, found, prompts, heads24, _ = _reference()
+    ref, found, live, heads24, _ = _reference()
     model, _ = _tiny()
     sel, mined = _minitf("neo2024")
     assert [((x.neuron.layer, x.neuron.index), x.token) for x in sel.neurons] == \
         [(n, v["token"]) for n, v in found.items()]
     np.testing.assert_allclose([x.congruence for x in sel.neurons], [v["congruence"] for v in found.values()],
                                rtol=1e-4)
-    n_prompts = n_explained = 0
+    n_prompts = n_bands = n_explained = 0
     for x in sel.neurons:
         key, n = (x.neuron.layer, x.neuron.index), x.neuron
-        got = mined[n].prompts
-        assert [p.text for p in got] == list(heads24[key]), n  # unique strings of the first 20, in order
+        got = mined[n].prompts  # unique strings of the first 20 kept, in order
         lists = _minitf_active_lists(model, n, got, "sigma2")
-        assert lists == list(heads24[key].values()), n
+        if not _compare(heads24[key], live[key], got, lists):
+            continue
         diff = differential_heads(lists, "25-75")
         assert diff == ref.differential_heads(heads24[key], "25-75"), n
         for h in diff:
@@ -303,17 +318,20 @@ def test_neo2024_neurons_prompts_active_sets_differential_heads_and_explanations
                 ref.explanation_prompt(x.token, [p + x.token for p in pos], [p + x.token for p in neg])
             n_explained += 1
         n_prompts += len(got)
-    assert n_prompts >= 100 and n_explained >= 3
+        n_bands += 1
+    assert n_bands >= 7 and n_prompts >= 100 and n_explained >= 3
 
 
 def test_neo2023_top3_rule_and_band_are_the_authors():
-    ref, found, prompts, _, heads23 = _reference()
+    ref, found, live, _, heads23 = _reference()
     model, _ = _tiny()
     sel, mined = _minitf("neo2023")
+    n_bands = 0
     for x in sel.neurons:
         key, n = (x.neuron.layer, x.neuron.index), x.neuron
-        got = mined[n].prompts
-        assert [p.text for p in got] == list(heads23[key]), n  # all kept prompts (≤ 30), unique
+        got = mined[n].prompts  # all kept prompts (≤ 30), unique
         lists = _minitf_active_lists(model, n, got, "top3")
-        assert lists == list(heads23[key].values()), n
-        assert differential_heads(lists, "over-25") == ref.differential_heads(heads23[key], "over-25"), n
+        if _compare(heads23[key], live[key], got, lists):
+            assert differential_heads(lists, "over-25") == ref.differential_heads(heads23[key], "over-25"), n
+            n_bands += 1
+    assert n_bands >= 7
