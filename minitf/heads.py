@@ -72,3 +72,35 @@ def both_classes(n_active: int, n_inactive: int, prompt: str = "prompt", at_leas
         state = "active" if n_active else "inactive"
         got = f"all {n} {prompt}s are {state}" if n > 1 else f"the one {prompt} is {state}"
     return f"need {need} {prompt}s: {got}"
+
+
+# --------------------------------------------------------------------------- the paper's protocols (minitf.protocol)
+BANDS = ("25-75", "over-25")
+"""Differential bands over n = the neuron's unique prompts and count_h = the prompts on which head h is active:
+    "25-75"   (neo2024, src/neuron_explain.py::generate_explanation_prompt_dict): 0.25·n ≤ count_h ≤ 0.75·n
+    "over-25" (neo2023, rule read off its stored outputs): count_h > 0.25·n, no upper bound."""
+
+
+def active_lists(effects: np.ndarray, rule: str = "sigma2") -> list[list[int]]:
+    """effects [P, N] → each prompt's active head indices in the authors' order: ascending for "sigma2"
+    (``torch.nonzero``), by descending effect for "top3" (``torch.topk``; ties by index)."""
+    mask = active_mask(effects, rule)  # [P, N]
+    if rule == "top3":
+        order = np.argsort(-effects, axis=1, kind="stable")  # [P, N]
+        return [[int(h) for h in row if m[h]] for row, m in zip(order, mask)]
+    return [[int(h) for h in np.flatnonzero(m)] for m in mask]
+
+
+def differential_heads(lists: list[list[int]], band: str = "25-75") -> list[int]:
+    """The differential heads of a neuron from its prompts' active lists, in the authors' order: the order in
+    which heads first appear when the lists are read in prompt order (``collections.Counter``)."""
+    n = len(lists)
+    counts: dict[int, int] = {}
+    for heads in lists:
+        for h in heads:
+            counts[h] = counts.get(h, 0) + 1
+    if band == "25-75":
+        return [h for h, c in counts.items() if 0.25 * n <= c <= 0.75 * n]
+    if band == "over-25":
+        return [h for h, c in counts.items() if c > 0.25 * n]
+    raise ValueError(f"unknown band {band!r}; choose from {BANDS}")

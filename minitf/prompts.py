@@ -272,6 +272,217 @@ def mine_prompts(model, neuron: Neuron | str, corpus: str | Path, split: str | N
     return out
 
 
+# --------------------------------------------------------------------------- the paper's protocols (minitf.protocol)
+# The authors' prompts (neo2024 and neo2023 alike: src/neuron_texts.py and src/datahandlers.py are the same in both):
+#
+#   A, p   = max_t post_t, argmax_t over ALL positions of [BOS] + doc (BOS included; get_neuron_max_acts)
+#   top    = the n_candidates (30) documents by A, stable (ties: lower doc_id first)
+#   toks   = doc[0 : p]   text tokens without BOS, the last one the peak token (find_truncated_texts)
+#   bisection on start ∈ [0, len − 1]: f(mid) = activation at the last token of toks[mid:] (no BOS);
+#       start ← mid if f(mid) > 0.8 A (strict) else end ← mid;  mid = (start + end) // 2;  until start == mid
+#   start_pos = mid; trunc_act = f of the LAST evaluated mid (a failed test possibly: the prompt is kept anyway)
+#   keep iff p − start_pos < 100; text = decode(toks[start_pos:]) with "\n" → " " (load_truncated_prompts)
+#   the first n_prompts (20; neo2023 all) kept, identical strings collapsed to their first occurrence
+#   attribution tokens = [BOS] + encode(text)
+@dataclass(frozen=True)
+class AuthorsPrompt:
+    """One prompt the authors' way: ``text`` (decoded, newlines replaced per protocol) and ``tokens`` (what is
+    traced: the text re-tokenised with BOS, or the trimmed tokens as measured)."""
+
+    text: str
+    tokens: list[int]
+    doc_id: int
+    token_pos: int  # the peak's position in [BOS] + doc (the authors' BOS coordinates)
+    start_pos: int  # the first kept text token (text coordinates, no BOS)
+    activation: float  # og_act: the peak activation A with BOS and the whole left context
+    trimmed_activation: float  # trunc_act: the activation of the LAST bisection test (the authors' record)
+
+    @property
+    def below_threshold(self) -> bool:
+        """True when the recorded activation is not > 0.8 A (the authors' quirk: such prompts are kept)."""
+        return not self.trimmed_activation > THRESHOLD * self.activation
+
+
+@dataclass(frozen=True)
+class NeuronPrompts:
+    """A neuron's prompts under a protocol's trimming, and what was dropped on the way (for the record)."""
+
+    neuron: Neuron
+    prompts: list[AuthorsPrompt]
+    candidates: int  # documents trimmed (n_candidates, or fewer when the corpus is smaller)
+    dropped_bos_peak: list[int]  # doc_ids whose peak is at BOS: the authors' code crashes; dropped here
+    dropped_long: int  # prompts of ≥ max_prompt_tokens tokens
+    cut: int  # kept prompts past n_prompts
+    duplicates: int  # prompts collapsed into an identical earlier string
+
+    @property
+    def below_threshold(self) -> int:
+        return sum(p.below_threshold for p in self.prompts)
+
+
+def authors_bisection(evaluate: Callable[[list[tuple[int, int]]], list[float]], lengths: Sequence[int],
+                      activations: Sequence[float], ratio: float = THRESHOLD) -> list[tuple[int, float] | None]:
+    """``find_truncated_texts``'s binary search for many items in lockstep: item i has ``lengthsᵢ`` tokens
+    (its peak the last) and peak activation Aᵢ; ``evaluate([(i, mid), …])`` returns the activation at the last
+    token of item i's tokens[mid:]. Per item: start = 0, end = len − 1, mid = (start + end) // 2;
+    while start != mid: start ← mid if f(mid) > ratio·A else end ← mid; mid ← (start + end) // 2.
+    Returns (start_pos, trunc_act) with trunc_act the LAST evaluated activation (Aᵢ when nothing was
+    evaluated, lengths 1 and 2), or None for an item of length 0 (a peak at BOS: the authors' code crashes)."""
+    n = len(lengths)
+    start, end = [0] * n, [L - 1 for L in lengths]
+    mid = [(s + e) // 2 for s, e in zip(start, end)]
+    out: list[tuple[int, float] | None] = [None] * n
+    running = []
+    for i, L in enumerate(lengths):
+        if L == 0:
+            continue
+        if start[i] == mid[i]:
+            out[i] = (mid[i], float(activations[i]))
+        else:
+            running.append(i)
+    while running:
+        still = []
+        for i, f in zip(running, evaluate([(i, mid[i]) for i in running])):
+            f = float(f)
+            if f > ratio * float(activations[i]):
+                start[i] = mid[i]
+            else:
+                end[i] = mid[i]
+            mid[i] = (start[i] + end[i]) // 2
+            if start[i] == mid[i]:
+                out[i] = (mid[i], f)
+            else:
+                still.append(i)
+        running = still
+    return out
+
+
+def last_activations(model, queries: Sequence[tuple[Sequence[int], Neuron]]) -> list[float]:
+    """Each query's neuron activation at the last token of its prompt. Batched by tokens; each forward pass
+    stops at the deepest layer asked and computes only the asked neurons of that layer."""
+    out = [0.0] * len(queries)
+    order = sorted(range(len(queries)), key=lambda i: len(queries[i][0]))
+    batch: list[int] = []
+
+    def flush():
+        layers = {queries[i][1].layer for i in batch}
+        top = max(layers)
+        cols = sorted({queries[i][1].index for i in batch if queries[i][1].layer == top})
+        run = model.run([list(queries[i][0]) for i in batch], logits=None, keep={("post", l) for l in layers},
+                        stop_at_layer=top, stop_neurons=cols)
+        for row, i in enumerate(batch):
+            out[i] = float(run.neuron(queries[i][1])["post"][row, len(queries[i][0]) - 1])
+
+    for i in order:
+        if batch and (len(batch) + 1) * len(queries[i][0]) > TOKENS_PER_BATCH:
+            flush()
+            batch = []
+        batch.append(i)
+    if batch:
+        flush()
+    return out
+
+
+def peak_activations(model, neurons: Sequence[Neuron], docs: Sequence[Sequence[int]]) -> dict[Neuron, tuple]:
+    """{neuron: (A [N] float32, p [N] int64)}: each document's peak activation and its position over ALL
+    positions of ``docs`` (token lists, BOS included and counted: the authors' get_neuron_max_acts), first
+    position on ties. One batched pass per chunk of documents for all neurons, stopping at the deepest layer."""
+    neurons = list(dict.fromkeys(neurons))
+    A = {n: np.full(len(docs), -np.inf, np.float32) for n in neurons}
+    P = {n: np.zeros(len(docs), np.int64) for n in neurons}
+    if not neurons:
+        return {}
+    layers = {n.layer for n in neurons}
+    top = max(layers)
+    cols = sorted({n.index for n in neurons if n.layer == top})
+    order = sorted(range(len(docs)), key=lambda i: len(docs[i]))
+    batch: list[int] = []
+
+    def flush():
+        run = model.run([list(docs[i]) for i in batch], logits=None, keep={("post", l) for l in layers},
+                        stop_at_layer=top, stop_neurons=cols)
+        T = run.tokens.shape[1]
+        pad = np.arange(T)[None, :] >= run.lengths[:, None]  # [B, T]
+        for n in neurons:
+            post = np.where(pad, -np.inf, run.neuron(n)["post"])  # [B, T]
+            p = post.argmax(1)  # [B] first maximum
+            A[n][batch] = post[np.arange(len(batch)), p]
+            P[n][batch] = p
+
+    for i in order:
+        if batch and (len(batch) + 1) * len(docs[i]) > TOKENS_PER_BATCH:
+            flush()
+            batch = []
+        batch.append(i)
+    if batch:
+        flush()
+    return {n: (A[n], P[n]) for n in neurons}
+
+
+def authors_prompts(model, neurons: Sequence[Neuron], docs: Sequence, protocol=None) -> dict[Neuron, NeuronPrompts]:
+    """Each neuron's prompts the authors' way (the module's "paper's protocols" comment; ``protocol`` a
+    ``minitf.protocol.Protocol``, default neo2024: its n_candidates, max_prompt_tokens, newlines, n_prompts,
+    attribution_tokens, trim_bos and prompt_tokens_counted are used). ``docs``: the corpus's documents, ``Document`` or (doc_id, text)
+    in file order. All neurons' searches run in lockstep, one batched forward pass per bisection step.
+
+    Where the authors' code crashes (a document whose peak is at BOS) the document is dropped and listed in
+    ``dropped_bos_peak``; a neuron with fewer prompts than n_prompts keeps what it has."""
+    from minitf.protocol import get_protocol
+
+    proto = get_protocol(protocol)
+    if proto.trimming != "authors" or proto.duplicates != "collapse":
+        raise ValueError(f"authors_prompts does the authors' trimming with duplicates collapsed; protocol "
+                         f"{proto.name} asks trimming={proto.trimming}, duplicates={proto.duplicates} (mine_prompts)")
+    neurons = list(dict.fromkeys(neurons))
+    for n in neurons:
+        check_neuron(n, model.cfg.n_layer, model.cfg.d_mlp, where=str(n))
+    docs = [(int(d[0]), str(d[1])) for d in docs]
+    n_ctx, bos = model.cfg.n_ctx, model.bos
+    with_bos = [tokenize_document(model, text, True) for _, text in docs]
+    # to_tokens(doc, prepend_bos=False)[:, :p]: p ≤ len(with_bos) − 1, so the BOS-less tokens past n_ctx − 1
+    # (which the authors' tokenisation has) are never used
+    text_tokens = [ids[1:] for ids in with_bos]
+    peaks = peak_activations(model, neurons, with_bos)
+    items = []  # (neuron, doc index, A, p)
+    for n in neurons:
+        A, P = peaks[n]
+        order = np.argsort(-A.astype(np.float64), kind="stable")[:proto.n_candidates]  # ties: lower doc first
+        items += [(n, int(i), float(A[i]), int(P[i])) for i in order]
+    b = [bos] if proto.trim_bos else []
+
+    def evaluate(queries):
+        return last_activations(model, [(b + text_tokens[items[i][1]][mid:items[i][3]], items[i][0])
+                                        for i, mid in queries])
+
+    found = authors_bisection(evaluate, [p for _, _, _, p in items], [a for _, _, a, _ in items])
+    out = {}
+    for n in neurons:
+        rows = [(it, res) for it, res in zip(items, found) if it[0] == n]
+        bos_peak = [docs[i][0] for (_, i, _, _), res in rows if res is None]
+        kept, long = [], 0
+        for (_, i, a, p), res in rows:
+            if res is None:
+                continue
+            s, f = res
+            if p - s + (len(b) if proto.prompt_tokens_counted == "with-bos" else 0) >= proto.max_prompt_tokens:
+                long += 1
+                continue
+            piece = text_tokens[i][s:p]
+            text = model.decode(piece)
+            if proto.newlines == "space":
+                text = text.replace("\n", " ")
+            tokens = ([bos] + model.encode(text))[:n_ctx] if proto.attribution_tokens == "retokenized" else b + piece
+            kept.append(AuthorsPrompt(text, tokens, docs[i][0], p, s, a, f))
+        first = kept[:proto.n_prompts]
+        unique, seen = [], set()
+        for pr in first:  # head_results[prompt] = …: an identical string counts once, at its first position
+            if pr.text not in seen:
+                seen.add(pr.text)
+                unique.append(pr)
+        out[n] = NeuronPrompts(n, unique, len(rows), bos_peak, long, len(kept) - len(first), len(first) - len(unique))
+    return out
+
+
 def _top_from_index(model, neuron: Neuron, corpus: Path, split: str | None, k: int, bos: bool, index=None):
     """[(doc_id, position, activation)] from a fresh index that covers the request, else None (then scan):
     all of the index's top list (≥ k entries), the ones past k as spares. ``index``: one already loaded."""

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -244,3 +245,146 @@ def render_summary(summary: Summary, label: str = "balanced accuracy", width: in
         bar = "#" * (max(1, round(c / peak * width)) if c else 0)
         lines.append(f"  [{lo:.{digits}f}, {hi:.{digits}f}{close} | {bar:<{width}} {c:>3}")
     return lines
+
+
+# --------------------------------------------------------------------------- the paper's protocols (minitf.protocol)
+# notebooks/7_results.ipynb (scores) and notebooks/8_head_ablation.ipynb (ablation), neo2024 and neo2023.
+def authors_answer(text: str) -> int | None:
+    """1 for exactly "Yes", 0 for exactly "No", None for anything else (" Yes", "yes", "Yes." count nowhere)."""
+    return {"Yes": 1, "No": 0}.get(text)
+
+
+def authors_score(c: Confusion, scoring: str) -> float | None:
+    """A pair's score from its confusion counts (answers exactly "Yes"/"No" only):
+
+    "drop-undefined" (neo2024): None (the pair is dropped) when tp + fn = 0 or tn + fp = 0, else (TPR + TNR)/2;
+    "rate-fallback" (neo2023): TNR when TPR is undefined, TPR when TNR is, (TPR + TNR)/2 otherwise, None when
+        both are (the authors' later sort would crash on it)."""
+    tpr = c.tp / (c.tp + c.fn) if c.tp + c.fn else None
+    tnr = c.tn / (c.tn + c.fp) if c.tn + c.fp else None
+    if scoring == "drop-undefined":
+        return None if tpr is None or tnr is None else (tpr + tnr) / 2
+    if scoring == "rate-fallback":
+        if tpr is None:
+            return tnr
+        if tnr is None:
+            return tpr
+        return (tpr + tnr) / 2
+    raise ValueError(f"unknown scoring {scoring!r}; choose drop-undefined or rate-fallback")
+
+
+def plain_accuracy(c: Confusion) -> float | None:
+    """(tp + tn) / (tp + tn + fp + fn), None without a counted answer."""
+    n = c.tp + c.tn + c.fp + c.fn
+    return (c.tp + c.tn) / n if n else None
+
+
+def skew(values: Sequence[float]) -> float:
+    """The biased sample skewness g₁ = m₃ / m₂^{3/2}, m_k = mean((x − x̄)^k) (scipy.stats.skew, bias=True);
+    nan for no values or when all values are equal (m₂ = 0; scipy gives nan there too)."""
+    x = np.asarray(values, np.float64)
+    if x.size == 0:
+        return float("nan")
+    d = x - x.mean()
+    m2, m3 = (d * d).mean(), (d ** 3).mean()
+    return float(m3 / m2 ** 1.5) if m2 > 0 else float("nan")
+
+
+def skewtest_greater(values: Sequence[float]) -> tuple[float, float]:
+    """D'Agostino's skewness test, H₁: skew > 0 (scipy.stats.skewtest(x, alternative="greater")): (Z, p).
+    With n values and g₁ = ``skew``:
+
+        y  = g₁ √((n+1)(n+3) / (6(n−2)))
+        β₂ = 3(n² + 27n − 70)(n+1)(n+3) / ((n−2)(n+5)(n+7)(n+9))
+        W² = √(2(β₂ − 1)) − 1,   δ = 1/√(½ ln W²),   α = √(2/(W² − 1))
+        Z  = δ asinh(y/α) = δ ln(y/α + √((y/α)² + 1)),   p = P(N(0,1) > Z) = ½ erfc(Z/√2)
+
+    Needs n ≥ 8 (scipy refuses fewer): MinitfError."""
+    x = np.asarray(values, np.float64)
+    n = x.size
+    if n < 8:
+        raise MinitfError(f"skewtest needs at least 8 values, got {n}")
+    b2 = skew(x)
+    y = b2 * math.sqrt((n + 1) * (n + 3) / (6.0 * (n - 2)))
+    beta2 = 3.0 * (n * n + 27 * n - 70) * (n + 1) * (n + 3) / ((n - 2.0) * (n + 5) * (n + 7) * (n + 9))
+    W2 = -1 + math.sqrt(2 * (beta2 - 1))
+    delta = 1 / math.sqrt(0.5 * math.log(W2))
+    alpha = math.sqrt(2.0 / (W2 - 1))
+    y = 1.0 if y == 0 else y
+    z = delta * math.log(y / alpha + math.sqrt((y / alpha) ** 2 + 1))
+    return float(z), 0.5 * math.erfc(z / math.sqrt(2))
+
+
+@dataclass(frozen=True)
+class PaperAggregates:
+    """The paper's aggregates of per-pair scores: mean and population std (np.std), biased skew, D'Agostino's
+    skewtest (H₁: skew > 0; None under 8 values), and the share of scores ≥ 0.8 and ≥ 0.9 (issue 20's
+    comparison table; the authors' notebooks plot histograms instead)."""
+
+    count: int
+    mean: float | None
+    std: float | None
+    skew: float | None
+    skewtest_z: float | None
+    skewtest_p: float | None
+    share_08: float | None
+    share_09: float | None
+
+
+def paper_aggregates(values: Sequence[float]) -> PaperAggregates:
+    """``PaperAggregates`` of ``values`` (None entries are left out, as the authors' dropped pairs)."""
+    x = np.asarray([v for v in values if v is not None], np.float64)
+    if x.size == 0:
+        return PaperAggregates(0, None, None, None, None, None, None, None)
+    z, p = skewtest_greater(x) if x.size >= 8 else (None, None)
+    return PaperAggregates(int(x.size), float(x.mean()), float(x.std()), skew(x), z, p,
+                           float((x >= 0.8).mean()), float((x >= 0.9).mean()))
+
+
+@dataclass(frozen=True)
+class PairAblation:
+    """One (neuron, head) pair's ablation (notebook 8): mean drop of p(token) on its active and on its inactive
+    prompts (None when a group is empty: the authors' NaN, dropped later)."""
+
+    neuron: str
+    head: str
+    active: float | None
+    inactive: float | None
+
+
+def pair_ablation(neuron: str, head: str, drops: Sequence[float], active: Sequence[bool]) -> PairAblation:
+    """act_diff_relevant / act_diff_irrelevant: mean(p_clean − p_ablated) over the active / inactive prompts."""
+    d, a = np.asarray(drops, np.float64), np.asarray(active, bool)
+    return PairAblation(neuron, head, float(d[a].mean()) if a.any() else None,
+                        float(d[~a].mean()) if (~a).any() else None)
+
+
+@dataclass(frozen=True)
+class PairedKS:
+    """The paper's ablation statistic: two-sample KS between the pairs' active means and inactive means
+    (each pair's None dropped from its own side, as the authors' NaN), with their means and medians."""
+
+    n_active: int
+    n_inactive: int
+    d: float | None
+    p: float | None
+    mean_active: float | None
+    mean_inactive: float | None
+    median_active: float | None
+    median_inactive: float | None
+
+
+def paired_ks(pairs: Sequence[PairAblation]) -> PairedKS:
+    """KS across pairs (scipy.stats.ks_2samp in the authors' notebook; here ``minitf.ablation.ks_2samp``, whose
+    p is the asymptotic one — scipy's default is exact for small samples)."""
+    from minitf.ablation import ks_2samp
+
+    a = np.asarray([p.active for p in pairs if p.active is not None], np.float64)
+    b = np.asarray([p.inactive for p in pairs if p.inactive is not None], np.float64)
+    d, pv = ks_2samp(a, b) if a.size and b.size else (None, None)
+
+    def stat(f, x):
+        return float(f(x)) if x.size else None
+
+    return PairedKS(int(a.size), int(b.size), d, pv, stat(np.mean, a), stat(np.mean, b), stat(np.median, a),
+                    stat(np.median, b))

@@ -145,3 +145,65 @@ def score_messages(explanation: str, token: str, prompt: str) -> list[dict[str, 
         example=format_example(prompt, token),
     )
     return [{"role": "system", "content": SCORE_SYSTEM}, {"role": "user", "content": user}]
+
+
+# --------------------------------------------------------------------------- the paper's protocols (minitf.protocol)
+# The authors' prompts, byte for byte (src/datahandlers.py of commit 7c4627c = neo2024, and
+# neuron_groups/src/datahandlers.py of commit b98f23e = neo2023). Examples are ``prompt + token`` with nothing
+# escaped: the protocol's newline replacement already happened when the prompt was decoded. Each request is one
+# user message, no system message, no temperature: {"model": M, "messages": [user], "max_tokens": 200 | 1}.
+AUTHORS_CONTEXT = ("We are studying attention heads in a transformer architecture neural network. "
+                   "Each attention head looks for some particular thing in a short document.\n")
+AUTHORS_INSTRUCTION = ("Look at the documents and explain what makes the attention head active, "
+                       "taking into consideration the inactive examples.\n")
+AUTHORS_QUESTION = "Is the given example an active example? (Yes/No)\n"
+AUTHORS_EXPLANATION_TAIL = {
+    "neo2024": "In two to three sentences, suggest when the attention head is active.",
+    "neo2023": "Explanation: This attention head is active when the document",  # a sentence to complete
+}
+AUTHORS_CLASSIFY_PREAMBLE_NEO2023 = "The example is active when the example "
+
+
+def _authors_examples(label: str, examples: Sequence[str]) -> str:
+    """``_prepare_example_list_to_str``: '*' then the example (no space added), fenced by three double quotes;
+    an empty list gives a lone '*' line."""
+    return label + ' """\n*' + "\n*".join(examples) + '\n"""\n'
+
+
+def authors_explanation_prompt(version: str, token: str, active: Sequence[str], inactive: Sequence[str]) -> str:
+    """``ExplanationPromptGen(token, active + token, inactive + token).get_prompt(shots=0)``:
+
+        context + head sentence + instruction + active examples + inactive examples + tail
+
+    ``active`` / ``inactive``: the trimmed prompts (the token is appended here, as generate_explanation_prompt_dict
+    does), in prompt order. ``version``: "neo2024" (tail: a request for two to three sentences) or "neo2023"
+    (tail: "Explanation: This attention head is active when the document", to be completed)."""
+    if version not in AUTHORS_EXPLANATION_TAIL:
+        raise ValueError(f"unknown version {version!r}; choose neo2024 or neo2023")
+    head = ('This attention head in particular helps to predict that the next token is "' + token
+            + '", but it is only active in some documents and not others. ')
+    return (AUTHORS_CONTEXT + head + AUTHORS_INSTRUCTION
+            + _authors_examples("Examples where the attention head is active:", [p + token for p in active])
+            + _authors_examples("Examples where the attention head is inactive:", [p + token for p in inactive])
+            + AUTHORS_EXPLANATION_TAIL[version])
+
+
+def authors_classify_prompt(version: str, prompt: str, token: str, explanation: str) -> str:
+    """``ClassifyPromptGen(prompt + token, token, explanation).get_prompt()`` with the explanation's newlines
+    replaced by spaces (the raw reply otherwise, not stripped):
+
+        neo2024: explanation + "\\n" + question + "\\n" + 'Example: \"\"\"\\n' + example + '\\n\"\"\"' + "\\nAnswer: "
+        neo2023: question + "The example is active when the example " + explanation + "\\n" + 'Example: …' (same)
+    """
+    example = 'Example: """\n' + prompt + token + '\n"""' + "\nAnswer: "
+    explanation = explanation.replace("\n", " ")
+    if version == "neo2024":
+        return explanation + "\n" + AUTHORS_QUESTION + "\n" + example
+    if version == "neo2023":
+        return AUTHORS_QUESTION + AUTHORS_CLASSIFY_PREAMBLE_NEO2023 + explanation + "\n" + example
+    raise ValueError(f"unknown version {version!r}; choose neo2024 or neo2023")
+
+
+def authors_messages(prompt: str) -> list[dict[str, str]]:
+    """The authors' request messages: the prompt as the one user message, no system message."""
+    return [{"role": "user", "content": prompt}]
