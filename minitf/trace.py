@@ -116,7 +116,13 @@ def trace(model: Model, neuron: Neuron, prompts: list[Prompt], options: TraceOpt
     rows = np.arange(len(prompts))
     post = run.neuron(neuron)["post"][rows, run.lengths - 1]  # [P]
 
-    candidates = candidate_heads(neuron.layer, model.cfg.n_head, options.include_same_layer)
+    # parallel residual (Pythia): the neuron's LN₂ reads resid_pre, its own layer's heads add nothing to it
+    same_layer = options.include_same_layer and not model.cfg.parallel_residual
+    if options.include_same_layer and not same_layer:
+        settings = {**(settings or {}), "notes": [*(settings or {}).get("notes", []),
+                    "--include-same-layer has nothing to add: in the parallel residual form the neuron reads "
+                    "its layer's resid_pre, which that layer's heads do not write"]}
+    candidates = candidate_heads(neuron.layer, model.cfg.n_head, same_layer)
     layers = np.array([h.layer for h in candidates], int)  # [N]
     indices = np.array([h.head for h in candidates], int)  # [N]
     parts = {name: a[:, layers, indices] for name, a in  # each [P, N]
