@@ -161,7 +161,7 @@ def trace(model: Model, neuron: Neuron, prompts: list[Prompt], options: TraceOpt
         "model": {"folder": str(model.folder), "n_layer": model.cfg.n_layer, "n_head": model.cfg.n_head,
                   "d_mlp": model.cfg.d_mlp, "n_ctx": model.cfg.n_ctx},
         "neuron": card,
-        "settings": {"rule": options.rule, "scores": options.scores, "include_same_layer": options.include_same_layer,
+        "settings": {"rule": options.rule, "scores": options.scores, "include_same_layer": same_layer,
                      "candidates": len(candidates), "effects": EFFECTS_NOTE, "scores_note": SCORES_NOTE[options.scores],
                      **(settings or {})},
         "prompts": per_prompt,
