@@ -210,10 +210,12 @@ def split_name(name: str) -> tuple[str, str]:
     org, _, folder = repo.rpartition("/")
     if folder in PYTHIA_SIZES and org in ("", "EleutherAI"):
         return f"EleutherAI/{folder}", folder
+    if folder.startswith("pythia"):
+        raise MinitfError(f"{name}: not a Pythia that download takes: pythia-70m, -160m, -410m, -1b or -1.4b, "
+                          f"optionally -deduped (as EleutherAI/<name> too)")
     if folder not in GPT2_SIZES or org not in ("", "openai-community"):
         raise MinitfError(f"{name}: not a GPT-2 model; download takes {', '.join(GPT2_SIZES[:-1])} or "
-                          f"{GPT2_SIZES[-1]} (optionally as openai-community/<name>), or Pythia's "
-                          f"pythia-70m, -160m, -410m, -1b, -1.4b (optionally -deduped, as EleutherAI/<name>)")
+                          f"{GPT2_SIZES[-1]} (optionally as openai-community/<name>)")
     return repo, folder
 
 
