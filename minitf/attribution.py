@@ -11,6 +11,13 @@ over every component c that writes into x: the token embedding, the position emb
 layers 0…l (the neuron's own layer too: its MLP reads resid_mid), each attention bias b_O of layers 0…l,
 and every earlier MLP output (each of which splits further over its neurons: post_m · (W_out[m] · w̃)).
 
+GPT-NeoX (Pythia) changes two things here. It has no position embedding (rotary turns q and k, never what a
+head writes), so that term is 0. And in its parallel residual form, xˡ⁺¹ = xˡ + attn(LN₁ xˡ) + mlp(LN₂ xˡ),
+LN₂ reads x = resid_pre of layer l: the components are the embedding, the heads and b_O of layers 0…l−1 and
+the MLPs of layers 0…l−1 — layer l's heads are not among them (their rows of ``DirectEffects`` are exactly 0,
+and ``--include-same-layer`` has nothing to add). The sequential form is GPT-2's. Everything below (a head's
+context and constant parts, its split over sources) holds unchanged: the value path has no rotary in it.
+
 A head writes z_h W_O[h], so its term is a d_head-long dot product, never a d_model one:
 
     u_h = W_O[h] @ w̃  [Dh],        term_h,t = z_h[t] · u_h / σ_t
@@ -72,7 +79,7 @@ class DirectEffects:
     sigma: np.ndarray  # [B] LN₂'s scale σ_t there
     embed: np.ndarray  # [B] token embedding
     pos_embed: np.ndarray  # [B] position embedding
-    heads: np.ndarray  # [B, l+1, H]
+    heads: np.ndarray  # [B, l+1, H] (layer l's row 0 in the parallel residual form)
     head_context: np.ndarray  # [B, l+1, H] Σ_s pattern[t, s] (x̂_s⊙γ₁) W_V · u_h / σ_t (the paper's score / σ_t)
     head_constant: np.ndarray  # [B, l+1, H] c_h · u_h / σ_t
     attn_bias: np.ndarray  # [B, l+1] b_O of each layer
@@ -112,12 +119,13 @@ def direct_effects(model: Model, run: Run, neuron: Neuron, positions: np.ndarray
         return (x @ w_tilde) / sigma  # [B]
 
     embed = through(model.w["wte.weight"][run.tokens[rows, t]])  # [B]
-    pos_embed = through(model.w["wpe.weight"][t])  # [B]
+    pos_embed = through(model.w["wpe.weight"][t]) if "wpe.weight" in model.w else np.zeros(B, np.float32)  # [B]
     heads = np.empty((B, layer + 1, model.cfg.n_head), np.float32)  # [B, l+1, H]
     context = np.empty_like(heads)  # [B, l+1, H]
     constant_part = np.empty_like(heads)  # [B, l+1, H]
     attn_bias = np.empty((B, layer + 1), np.float32)  # [B, l+1]
-    for k in range(layer + 1):
+    heads[:, layer] = context[:, layer] = constant_part[:, layer] = attn_bias[:, layer] = 0  # parallel: not read
+    for k in range(layer if model.cfg.parallel_residual else layer + 1):
         u = model.W_O[k] @ w_tilde  # [H, Dh]   u_h = W_O[h] @ w̃
         z = run["z", k][rows, t]  # [B, H, Dh]
         c = head_value_constant(model, k)  # [H, Dh]
@@ -149,6 +157,8 @@ def head_sources(model: Model, run: Run, neuron: Neuron, head: Head,
     B = run.tokens.shape[0]
     rows = np.arange(B)  # [B]
     t = run.lengths - 1 if positions is None else np.asarray(positions)  # [B]
+    if model.cfg.parallel_residual and head.layer >= neuron.layer:  # not a component (the module docstring)
+        return np.zeros(run.tokens.shape, np.float32), np.zeros(B, np.float32)
     w_tilde, _ = read_direction(model, neuron)  # [D]
     sigma = run["ln2_scale", neuron.layer][rows, t]  # [B]
     u = model.W_O[head.layer][head.head] @ w_tilde  # [Dh]

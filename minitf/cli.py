@@ -136,7 +136,7 @@ def _emit_json(obj) -> None:
 @json_option
 def info(model_spec, as_json):
     """Shapes, dtype and parameter count of a model."""
-    from minitf.info import model_info
+    from minitf.report.info import model_info
 
     data = model_info(minitf.load(model_spec))
     if as_json:
@@ -157,7 +157,7 @@ def info(model_spec, as_json):
 @json_option
 def run(model_spec, text, top_k, bos, as_json):
     """Top-k next-token predictions for a prompt."""
-    from minitf.info import next_token_predictions
+    from minitf.report.info import next_token_predictions
 
     data = next_token_predictions(minitf.load(model_spec), text, top_k, bos)
     if data["truncated"]:
@@ -202,7 +202,7 @@ def _trace(neuron, model_spec, texts, prompt_file, corpus, split, n_prompts, rul
                            scores=scores)
     result = trace_neuron(model, neuron, source=source, options=options)
     for note in result.settings.origin.notes or []:
-        click.echo(f"note: {note}", err=True)
+        click.echo(f"note: {main.in_flags(MinitfError(note))}", err=True)
     return model, result
 
 

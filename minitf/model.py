@@ -1,4 +1,5 @@
-"""GPT-2's forward pass in NumPy, float32, as the math alone (the fast kernels live in ``minitf.kernels``).
+"""GPT-2's and GPT-NeoX's (Pythia's) forward pass in NumPy, float32, as the math alone (the fast kernels live
+in ``minitf.kernels``).
 
 Shapes: B batch, T positions, D d_model, H heads, Dh d_head, M d_mlp, V vocabulary.
 
@@ -10,6 +11,22 @@ Shapes: B batch, T positions, D d_model, H heads, Dh d_head, M d_mlp, V vocabula
         pre = LN₂(x_mid) W_in + b_in;  post = gelu_new(pre)              each neuron's activation
         xˡ⁺¹ = x_mid + post W_out + b_out                                resid_post
     logits = LN_f(x^L) W_U
+
+GPT-NeoX (``cfg.arch == "gpt_neox"``) differs in four places, and nowhere else (its checkpoint is stored under
+GPT-2's names and layouts at load, ``minitf.load.weights``):
+
+    positions   no wpe: x⁰ = wte[tokens]; instead q_h and k_h are rotated (rotary embedding, GPT-NeoX's
+                half-split layout) on their first R = cfg.rotary_dims dimensions (¼ of Dh in Pythia):
+                with r = R/2, θ_i = base^(−2i/rotary_dim) and angle a = position · θ_i (i < r),
+                    q[i]     ← q[i] cos a − q[i + r] sin a
+                    q[i + r] ← q[i + r] cos a + q[i] sin a          dimensions R … Dh−1 pass through
+    residual    parallel (Pythia, ``cfg.parallel_residual``): xˡ⁺¹ = xˡ + attn(LN₁ xˡ) + mlp(LN₂ xˡ), so
+                the MLP reads resid_pre, not resid_mid; sequential: as GPT-2
+    activation  exact GELU x·Φ(x) = ½x(1 + erf(x/√2)) (``hidden_act: gelu``) instead of gelu_new's tanh
+    unembed     W_U = embed_outᵀ, untied from wte
+
+The recorded ``q`` and ``k`` are the rotated ones the pattern is computed from; ``resid_mid`` = xˡ + attn_out
+in both residual forms (in the parallel one, nothing reads it).
 
 LN(x) = (x − mean x) / σ · γ + β with σ = √(var x + ε); σ is recorded per position as ``ln1_scale``,
 ``ln2_scale`` and ``ln_f_scale`` because the direct-effect identity of ``minitf.attribution`` freezes it.
@@ -27,7 +44,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from minitf.errors import MinitfError
-from minitf.kernels import causal_attention, gelu_new, layer_norm, linear, pool
+from minitf.kernels import causal_attention, gelu, gelu_new, layer_norm, linear, pool
 from minitf.names import check_layer, parse_head, parse_neuron
 from minitf.runs import Intervention, Recorder, Run, pad
 from minitf.load.weights import Config, load_weights
@@ -36,15 +53,18 @@ from minitf.load.weights import Config, load_weights
 LAYER_INTERNALS = ("resid_pre", "ln1_scale", "q", "k", "v", "z", "pattern", "head_out", "attn_out",
                    "resid_mid", "ln2_scale", "pre", "post", "mlp_out", "resid_post")
 INTERNALS = LAYER_INTERNALS + ("ln_f_scale",)
+ATTENTION_INTERNALS = LAYER_INTERNALS[1:LAYER_INTERNALS.index("resid_mid") + 1]  # what a layer's attention makes
 __all__ = ["Model", "Run", "Intervention", "INTERNALS", "layer_norm", "gelu_new", "pad"]
 
 
 class Model:
-    """A GPT-2 loaded from a Hugging Face folder, with TransformerLens-style per-head weight views.
+    """A GPT-2 or GPT-NeoX loaded from a Hugging Face folder, with TransformerLens-style per-head weight views.
 
     ``W_O [L][H, Dh, D]``, ``W_in [L][D, M]``, ``W_out [L][M, D]``, ``W_U [D, V]`` are views made at load;
     ``W_Q, W_K, W_V [L][H, D, Dh]``, ``b_Q, b_K, b_V [L][H, Dh]`` are views of the fused ``c_attn`` the
-    forward pass multiplies by, made when asked. ``w`` holds the checkpoint's tensors under their key names.
+    forward pass multiplies by, made when asked. ``w`` holds the checkpoint's tensors under GPT-2's key names
+    (a GPT-NeoX's renamed and laid out as GPT-2's at load: ``minitf.load.weights``), so the views are the same
+    for both families.
     """
 
     def __init__(self, cfg: Config, weights: dict[str, np.ndarray], folder: Path | None = None):
@@ -54,6 +74,7 @@ class Model:
         self.W_in = [self.w[f"h.{l}.mlp.c_fc.weight"] for l in range(L)]  # [D, M] each
         self.W_out = [self.w[f"h.{l}.mlp.c_proj.weight"] for l in range(L)]  # [M, D] each
         self.W_U = self.w.get("lm_head.weight", self.w["wte.weight"]).T  # [D, V] view
+        self.act = gelu if cfg.act == "gelu" else gelu_new  # NeoX: exact erf GELU; GPT-2: tanh's gelu_new
 
     def _qkv_views(self, i: int, bias: bool) -> list[np.ndarray]:
         """Part i (0 Q, 1 K, 2 V) of every layer's fused c_attn: weights [H, D, Dh] or biases [H, Dh]."""
@@ -68,7 +89,7 @@ class Model:
 
     @classmethod
     def load(cls, folder: str | Path) -> "Model":
-        """Load ``folder`` (config.json + model.safetensors; vocab.json + merges.txt read on first use)."""
+        """Load ``folder`` (config.json + model.safetensors or its shards; the tokenizer read on first use)."""
         cfg, weights = load_weights(Path(folder))
         return cls(cfg, weights, Path(folder))
 
@@ -82,7 +103,7 @@ class Model:
                 raise MinitfError("this model was built without a folder: it has no tokenizer")
             self._tokenizer = load_tokenizer(self.folder)
             if self._tokenizer.n_vocab > self.cfg.d_vocab:
-                raise MinitfError(f"{self.folder / 'vocab.json'}: {self._tokenizer.n_vocab} tokens but the model's "
+                raise MinitfError(f"{self.folder}: the tokenizer has {self._tokenizer.n_vocab} tokens but the model's "
                                   f"vocab_size is {self.cfg.d_vocab}")
         return self._tokenizer
 
@@ -144,26 +165,55 @@ class Model:
             x = self.embed(tokens) if start_layer == 0 else resid_pre  # [B, T, D]
             for l in range(start_layer, last_layer + 1):
                 if l == top and at is not None:
-                    x = x[np.arange(B), at] + self.attention_at(l, x, at)  # [B, D]  resid_mid there
-                    x = (x + self.mlp(l, x[:, None], (), rec)[:, 0])[:, None]  # [B, 1, D]  resid_post there
+                    x_at = x[np.arange(B), at]  # [B, D]  resid_pre there
+                    mid = x_at + self.attention_at(l, x, at)  # [B, D]  resid_mid there
+                    reads = x_at if cfg.parallel_residual else mid  # [B, D]  what LN₂ reads
+                    x = (mid + self.mlp(l, reads[:, None], (), rec)[:, 0])[:, None]  # [B, 1, D]  resid_post there
                     at = np.zeros(B, np.int64)  # [B]  the one position left
                     break
                 rec("resid_pre", l, x)
-                x = x + self.attention(l, x, heads.get(l, ()), rec)  # [B, T, D]
-                rec("resid_mid", l, x)
                 if l == stop_at_layer:  # the neurons' activations are all that is asked of this layer
-                    self.mlp(l, x, neurons.get(l, ()), rec, cols=stop_neurons, activation_only=True)
+                    if not cfg.parallel_residual or any(rec.wants(n, l) for n in ATTENTION_INTERNALS):
+                        x_mid = rec("resid_mid", l, x + self.attention(l, x, heads.get(l, ()), rec))  # [B, T, D]
+                    reads = x if cfg.parallel_residual else x_mid  # [B, T, D]  what LN₂ reads
+                    self.mlp(l, reads, neurons.get(l, ()), rec, cols=stop_neurons, activation_only=True)
                     if stop_neurons is not None:
                         run.neuron_columns[l] = np.asarray(stop_neurons)
                     return run
-                x = x + self.mlp(l, x, neurons.get(l, ()), rec)  # [B, T, D]
+                x_mid = x + self.attention(l, x, heads.get(l, ()), rec)  # [B, T, D]
+                rec("resid_mid", l, x_mid)
+                reads = x if cfg.parallel_residual else x_mid  # [B, T, D]  LN₂ reads resid_pre (parallel) or resid_mid
+                x = x_mid + self.mlp(l, reads, neurons.get(l, ()), rec)  # [B, T, D]
                 rec("resid_post", l, x)
             run.logits = self.unembed(x, lengths, logits if at is None else at, rec)
         return run
 
     def embed(self, tokens: np.ndarray) -> np.ndarray:
-        """x⁰ = wte[tokens] + wpe[positions]  [B, T, D]."""
+        """x⁰ = wte[tokens] + wpe[positions]  [B, T, D] (GPT-NeoX: wte[tokens]; its positions are rotary's)."""
+        if "wpe.weight" not in self.w:
+            return self.w["wte.weight"][tokens]  # [B, T, D]
         return self.w["wte.weight"][tokens] + self.w["wpe.weight"][:tokens.shape[1]]  # [B, T, D]
+
+    def rotate(self, x: np.ndarray, positions: np.ndarray) -> None:
+        """GPT-NeoX's rotary embedding, in place, of x [..., H, Dh] (queries or keys) at ``positions``
+        (broadcast against x's leading axes: [T] for [B, T, H, Dh], [B, 1] for [B, 1, H, Dh]).
+
+        With R = cfg.rotary_dims, r = R/2 and θ_i = base^(−2i/rotary_dim), i < r (transformers' inv_freq), each
+        pair (x[i], x[i + r]) turns by the angle a = position · θ_i (the half-split layout, not adjacent pairs):
+            x[i] ← x[i] cos a − x[i + r] sin a,    x[i + r] ← x[i + r] cos a + x[i] sin a.
+        Dimensions R … Dh−1 pass through.
+        """
+        R, dim = self.cfg.rotary_dims, self.cfg.rotary_dim
+        if R == 0:
+            return
+        r = R // 2
+        theta = np.float32(1.0) / np.float32(self.cfg.rotary_base) ** (np.arange(0, dim, 2, dtype=np.float32)
+                                                                        / np.float32(dim))  # [r]
+        angle = (np.asarray(positions, np.float32)[..., None] * theta)[..., None, :]  # [..., 1, r]
+        cos, sin = np.cos(angle), np.sin(angle)  # [..., 1, r] each
+        first, second = x[..., :r].copy(), x[..., r:R].copy()  # [..., H, r] each
+        x[..., :r] = first * cos - second * sin  # [..., H, r]
+        x[..., r:R] = second * cos + first * sin  # [..., H, r]
 
     def ln(self, x: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
         """LayerNorm ``name`` (h.l.ln_1, h.l.ln_2, ln_f) of x [..., D]: (LN(x) [..., D], σ [...])."""
@@ -177,6 +227,8 @@ class Model:
         rec("ln1_scale", l, sigma)
         qkv = linear(a, self.w[f"h.{l}.attn.c_attn.weight"], self.w[f"h.{l}.attn.c_attn.bias"])  # [B, T, 3D]
         q, k, v = qkv.reshape(B, T, 3, H, Dh).transpose(2, 0, 1, 3, 4)  # [B, T, H, Dh] each: a W_Q[h] + b_Q[h] …
+        self.rotate(q, np.arange(T))  # [B, T, H, Dh]  (GPT-NeoX; GPT-2 has R = 0)
+        self.rotate(k, np.arange(T))  # [B, T, H, Dh]
         for name, value in (("q", q), ("k", k), ("v", v)):
             rec(name, l, value)
         pattern = np.zeros((B, H, T, T), np.float32) if rec.wants("pattern", l) else None  # [B, H, T, T]
@@ -198,7 +250,10 @@ class Model:
         W, bias = self.w[f"h.{l}.attn.c_attn.weight"], self.w[f"h.{l}.attn.c_attn.bias"]  # [D, 3D], [3D]
         a, _ = self.ln(x, f"h.{l}.ln_1")  # [B, T, D]
         q = linear(a[np.arange(B), at], W[:, :D], bias[:D]).reshape(B, H, 1, Dh)  # [B, H, 1, Dh]
-        k, v = linear(a, W[:, D:], bias[D:]).reshape(B, T, 2, H, Dh).transpose(2, 0, 3, 1, 4)  # [B, H, T, Dh] each
+        k, v = linear(a, W[:, D:], bias[D:]).reshape(B, T, 2, H, Dh).transpose(2, 0, 1, 3, 4)  # [B, T, H, Dh] each
+        self.rotate(q.reshape(B, 1, H, Dh), at[:, None])  # [B, 1, H, Dh]  (GPT-NeoX)
+        self.rotate(k, np.arange(T))  # [B, T, H, Dh]
+        k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, H, T, Dh] each
         s = q @ k.transpose(0, 1, 3, 2) / np.float32(np.sqrt(Dh))  # [B, H, 1, T]
         s = np.where(np.arange(T) > at[:, None, None, None], np.float32(-np.inf), s)  # [B, H, 1, T] causal mask
         p = np.exp(s - s.max(-1, keepdims=True))  # [B, H, 1, T]
@@ -206,7 +261,8 @@ class Model:
         return linear(z.reshape(B, H * Dh), self.W_O[l].reshape(H * Dh, D), self.w[f"h.{l}.attn.c_proj.bias"])
 
     def mlp(self, l: int, x: np.ndarray, patches, rec, cols=None, activation_only=False) -> np.ndarray | None:
-        """mlp_out = post W_out + b_out of layer l [B, T, D], post = gelu_new(LN₂(x) W_in + b_in) [B, T, M]
+        """mlp_out = post W_out + b_out of layer l [B, T, D], post = act(LN₂(x) W_in + b_in) [B, T, M]
+        (x: resid_mid, or resid_pre in the parallel form; act: gelu_new, or GPT-NeoX's exact gelu)
         (with ``activation_only``: post only, for the neurons ``cols`` when given; returns None)."""
         a, sigma = self.ln(x, f"h.{l}.ln_2")  # [B, T, D], [B, T]
         rec("ln2_scale", l, sigma)
@@ -215,7 +271,7 @@ class Model:
             W_in, b_in = W_in[:, cols], b_in[cols]  # [D, K], [K]
         pre = linear(a, W_in, b_in)  # [B, T, M]  pre = LN₂(x) W_in + b_in: each neuron's pre-activation
         rec("pre", l, pre)
-        post = gelu_new(pre)  # [B, T, M]
+        post = self.act(pre)  # [B, T, M]
         for neuron, positions, value in patches:  # an intervention replaces a neuron's activation
             post[:, slice(None) if positions is None else positions, neuron] = value
         rec("post", l, post)

@@ -20,7 +20,7 @@ documented in the README) that the CLI prints and the study stores, ``Trace.from
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +36,8 @@ from minitf.scores import DEFAULT, ScoresMode, scores_mode
 from minitf.util.records import Record, from_json, optional_field, record_field, to_json
 
 SCHEMA_VERSION = 2
+SAME_LAYER_NOTE = ("`include_same_layer` has nothing to add: in the parallel residual form the neuron reads its "
+                   "layer's resid_pre, which that layer's heads do not write")
 EFFECTS_NOTE = ("effects are exact direct effects on the neuron's pre-activation, LayerNorm-2's σ frozen; a head's "
                 "effect = its context part (what it looked up) + its constant part ((b_V + β₁W_V)·W_O through W_in)")
 KS_MIN_PROMPTS = 5  # the ablation's KS statistic needs this many active and inactive prompts
@@ -71,7 +73,11 @@ def trace(model: Model, neuron: Neuron, prompts: list[Prompt], options: TraceOpt
     rows = np.arange(len(prompts))
     post = run.neuron(neuron)["post"][rows, run.lengths - 1]  # [P]
 
-    candidates = candidate_heads(neuron.layer, model.cfg.n_head, options.include_same_layer)
+    # parallel residual (Pythia): the neuron's LN₂ reads resid_pre, its own layer's heads add nothing to it
+    same_layer = options.include_same_layer and not model.cfg.parallel_residual
+    if options.include_same_layer and not same_layer:
+        origin = replace(origin or PromptOrigin(), notes=[*((origin and origin.notes) or []), SAME_LAYER_NOTE])
+    candidates = candidate_heads(neuron.layer, model.cfg.n_head, same_layer)
     layers = np.array([h.layer for h in candidates], int)  # [N]
     indices = np.array([h.head for h in candidates], int)  # [N]
     parts = {name: a[:, layers, indices] for name, a in  # each [P, N]
@@ -104,7 +110,7 @@ def trace(model: Model, neuron: Neuron, prompts: list[Prompt], options: TraceOpt
     return Trace(
         model=ModelShape(str(model.folder), model.cfg.n_layer, model.cfg.n_head, model.cfg.d_mlp, model.cfg.n_ctx),
         neuron=card,
-        settings=Settings(options.rule, options.scores, options.include_same_layer, len(candidates), EFFECTS_NOTE,
+        settings=Settings(options.rule, options.scores, same_layer, len(candidates), EFFECTS_NOTE,
                           mode.note, origin or PromptOrigin()),
         prompts=per_prompt, heads=heads, differential_heads=[h.head for h in heads if h.differential],
         identity_check=IdentityCheck(float(errors.max()),

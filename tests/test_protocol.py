@@ -13,7 +13,7 @@ from minitf.explain.metrics import (Confusion, PairAblation, authors_answer, aut
                                     paper_aggregates, plain_accuracy, skew, skewtest_greater)
 from minitf.explain.prompts import authors_classify_prompt, authors_explanation_prompt, authors_messages
 from minitf.heads import active_lists, differential_heads
-from minitf.neurons import authors_token_ok, find_random_neurons, next_token_neurons
+from minitf.selection import authors_token_ok, find_random_neurons, next_token_neurons
 from minitf.prompts import authors_bisection, authors_prompts
 from minitf.protocol import CHOICES, MINITF, NEO2023, NEO2024, PROTOCOLS, get_protocol, reject_list
 from numpy_models import random_model

@@ -12,22 +12,18 @@ import pytest
 from scipy import integrate, optimize, stats
 
 from minitf.explain.metrics import balanced_accuracy
+from minitf.explain.correlation import auc_with_se, average_ranks, hanley_mcneil_se, pearson, spearman
 from minitf.explain.uncertainty import (
     TOKEN_ONLY_EXPLANATION,
-    auc_with_se,
-    average_ranks,
     ba_permutation_test,
     ba_posterior,
     benjamini_hochberg,
     bootstrap_study,
     constant_answers,
     constant_baseline,
-    hanley_mcneil_se,
-    pearson,
     random_explanation_donors,
     score_uncertainty,
     share_above_chance,
-    spearman,
     token_only_explanation,
 )
 

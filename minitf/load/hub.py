@@ -1,4 +1,4 @@
-"""Fetch GPT-2 weights from the Hugging Face hub, and find model folders for ``--model``.
+"""Fetch GPT-2 and Pythia weights from the Hugging Face hub, and find model folders for ``--model``.
 
 Protocol notes (what the hub does, and what :func:`download` relies on):
 
@@ -35,6 +35,9 @@ from minitf.util.progress import Progress
 
 FILES = ("config.json", "vocab.json", "merges.txt", "model.safetensors")
 GPT2_SIZES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")  # what ``download`` fetches (OpenAI's GPT-2)
+# EleutherAI's Pythia (GPT-NeoX): the sizes the paper's pipeline runs on, each also trained on the deduped Pile
+PYTHIA_SIZES = tuple(f"pythia-{n}{d}" for n in ("70m", "160m", "410m", "1b", "1.4b") for d in ("", "-deduped"))
+PYTHIA_FILES = ("config.json", "tokenizer.json", "model.safetensors")  # sharded: its index, then each shard
 DEFAULT_ENDPOINT = "https://huggingface.co"
 TIMEOUT = 30.0  # seconds, per socket operation (connect, each read)
 CHUNK = 1 << 20
@@ -199,12 +202,18 @@ def _fetch(remote: Remote, part: Path, label: str, live: bool) -> Progress | Non
 
 
 def split_name(name: str) -> tuple[str, str]:
-    """``"gpt2"`` -> ``("gpt2", "gpt2")``; ``"openai-community/gpt2"`` -> (that, ``"gpt2"``):
-    the hub repo id and the local folder name (its last part). Only the four GPT-2 sizes."""
+    """``"gpt2"`` -> ``("gpt2", "gpt2")``; ``"openai-community/gpt2"`` -> (that, ``"gpt2"``);
+    ``"pythia-160m"`` -> (``"EleutherAI/pythia-160m"``, ``"pythia-160m"``): the hub repo id and the local folder
+    name (its last part). Only the four GPT-2 sizes and ``PYTHIA_SIZES``."""
     repo = name.strip().strip("/")
     if not _REPO_ID.match(repo) or ".." in repo:
         raise MinitfError(f"{name}: not a Hugging Face model name (e.g. gpt2, gpt2-xl, openai-community/gpt2)")
     org, _, folder = repo.rpartition("/")
+    if folder in PYTHIA_SIZES and org in ("", "EleutherAI"):
+        return f"EleutherAI/{folder}", folder
+    if folder.startswith("pythia"):
+        raise MinitfError(f"{name}: not a Pythia that download takes: pythia-70m, -160m, -410m, -1b or -1.4b, "
+                          f"optionally -deduped (as EleutherAI/<name> too)")
     if folder not in GPT2_SIZES or org not in ("", "openai-community"):
         raise MinitfError(f"{name}: not a GPT-2 model; download takes {', '.join(GPT2_SIZES[:-1])} or "
                           f"{GPT2_SIZES[-1]} (optionally as openai-community/<name>)")
@@ -217,8 +226,9 @@ def download(
     endpoint: str | None = None,
     progress: bool = True,
 ) -> Path:
-    """Download config.json, vocab.json, merges.txt and model.safetensors of hub repo ``name``
-    into ``dest_root/<last part of name>/`` and return that folder.
+    """Download config.json, vocab.json, merges.txt and model.safetensors of hub repo ``name`` (a Pythia's:
+    config.json, tokenizer.json and model.safetensors, or, when the repo has none, model.safetensors.index.json
+    and the shards it names) into ``dest_root/<last part of name>/`` and return that folder.
 
     Endpoint: ``endpoint``, else ``$HF_ENDPOINT``, else https://huggingface.co; files come from
     ``{endpoint}/{repo}/resolve/main/{file}``.  Each file is streamed into ``<file>.part``
@@ -231,58 +241,79 @@ def download(
     repo, folder = split_name(name)
     endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
     dest = Path(dest_root) / folder
+    files = PYTHIA_FILES if folder in PYTHIA_SIZES else FILES
     by_hand = (
-        f"download {', '.join(FILES[:-1])} and {FILES[-1]} from {endpoint}/{repo} by hand into {dest}/"
+        f"download {', '.join(files[:-1])} and {files[-1]} from {endpoint}/{repo} by hand into {dest}/"
     )
-    for filename in FILES:
-        url = f"{endpoint}/{repo}/resolve/main/{filename}"
-        final, part = dest / filename, dest / (filename + ".part")
-        remote = None
-        try:
-            remote = probe(url)
-            dest.mkdir(parents=True, exist_ok=True)  # only once the hub answered: no empty folder left behind
-            if final.exists() and _matches(final, remote):
-                part.unlink(missing_ok=True)
-                print(f"{final}: already complete, {remote.algo or 'size'} ok", file=sys.stderr)
-                continue
-            bar = _fetch(remote, part, str(final), progress)
-        except urllib.error.HTTPError as e:
-            hint = " (no such public repo or file?)" if e.code in (401, 403, 404) else ""
-            raise MinitfError(f"{url}: HTTP {e.code} {e.reason}{hint}: {by_hand}") from None
-        except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
-            if isinstance(e, OSError) and e.filename:  # a local file problem (permissions, disk full)
-                raise MinitfError(f"{e.filename}: {e.strerror}") from None
-            reason = getattr(e, "reason", None) or e
-            if remote is not None and part.exists() and part.stat().st_size:
-                raise MinitfError(
-                    f"{final}: download interrupted ({reason}); partial data kept in {part}, "
-                    f"run the download again to resume, or {by_hand}"
-                ) from None
-            raise MinitfError(f"cannot reach {endpoint} ({reason}): {by_hand}") from None
-        size = part.stat().st_size
-        if remote.size is not None and size != remote.size:
+    for filename in files:
+        if folder in PYTHIA_SIZES and filename == "model.safetensors":
+            if not _get(endpoint, repo, dest, filename, by_hand, progress, missing_ok=True):
+                index = "model.safetensors.index.json"
+                _get(endpoint, repo, dest, index, by_hand, progress)
+                from minitf.load.weights import checkpoint_files
+
+                (dest / "model.safetensors").unlink(missing_ok=True)  # a stale single file would be read first
+                for shard in checkpoint_files(dest)[0]:
+                    _get(endpoint, repo, dest, shard.name, by_hand, progress)
+            continue
+        _get(endpoint, repo, dest, filename, by_hand, progress)
+    return dest
+
+
+def _get(endpoint: str, repo: str, dest: Path, filename: str, by_hand: str, progress: bool,
+         missing_ok: bool = False) -> bool:
+    """Download one file of ``repo`` into ``dest`` (resumed, size- and hash-checked, renamed into place); False
+    when ``missing_ok`` and the hub has no such file (HTTP 404), True when it is in place."""
+    url = f"{endpoint}/{repo}/resolve/main/{filename}"
+    final, part = dest / filename, dest / (filename + ".part")
+    remote = None
+    try:
+        remote = probe(url)
+        dest.mkdir(parents=True, exist_ok=True)  # only once the hub answered: no empty folder left behind
+        if final.exists() and _matches(final, remote):
+            part.unlink(missing_ok=True)
+            print(f"{final}: already complete, {remote.algo or 'size'} ok", file=sys.stderr)
+            return True
+        bar = _fetch(remote, part, str(final), progress)
+    except urllib.error.HTTPError as e:
+        if e.code == 404 and missing_ok and remote is None:
+            return False
+        hint = " (no such public repo or file?)" if e.code in (401, 403, 404) else ""
+        raise MinitfError(f"{url}: HTTP {e.code} {e.reason}{hint}: {by_hand}") from None
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+        if isinstance(e, OSError) and e.filename:  # a local file problem (permissions, disk full)
+            raise MinitfError(f"{e.filename}: {e.strerror}") from None
+        reason = getattr(e, "reason", None) or e
+        if remote is not None and part.exists() and part.stat().st_size:
+            raise MinitfError(
+                f"{final}: download interrupted ({reason}); partial data kept in {part}, "
+                f"run the download again to resume, or {by_hand}"
+            ) from None
+        raise MinitfError(f"cannot reach {endpoint} ({reason}): {by_hand}") from None
+    size = part.stat().st_size
+    if remote.size is not None and size != remote.size:
+        part.unlink()
+        raise MinitfError(
+            f"{final}: size mismatch: expected {remote.size} bytes, got {size}; partial download deleted"
+        )
+    if remote.algo:
+        got = file_digest(part, remote.algo)
+        if got != remote.digest:
             part.unlink()
             raise MinitfError(
-                f"{final}: size mismatch: expected {remote.size} bytes, got {size}; partial download deleted"
+                f"{final}: {remote.algo} mismatch: expected {remote.digest}, got {got}; "
+                f"partial download deleted, run the download again"
             )
-        if remote.algo:
-            got = file_digest(part, remote.algo)
-            if got != remote.digest:
-                part.unlink()
-                raise MinitfError(
-                    f"{final}: {remote.algo} mismatch: expected {remote.digest}, got {got}; "
-                    f"partial download deleted, run the download again"
-                )
-        os.replace(part, final)
-        if remote.algo:
-            note = f"{remote.algo} ok"
-        else:
-            note = "size ok (no hash given)" if remote.size is not None else "not verified (no hash or size given)"
-        bar = bar or Progress(str(final), size, size, live=False)
-        secs, got = bar.elapsed, bar.done - bar.start_done
-        bar.finish(f"{megabytes(bar.done)}, {megabytes(got)} fetched in {secs:.1f} s "
-                   f"({got / 1e6 / max(secs, 1e-6):.1f} MB/s), {note}")
-    return dest
+    os.replace(part, final)
+    if remote.algo:
+        note = f"{remote.algo} ok"
+    else:
+        note = "size ok (no hash given)" if remote.size is not None else "not verified (no hash or size given)"
+    bar = bar or Progress(str(final), size, size, live=False)
+    secs, got = bar.elapsed, bar.done - bar.start_done
+    bar.finish(f"{megabytes(bar.done)}, {megabytes(got)} fetched in {secs:.1f} s "
+               f"({got / 1e6 / max(secs, 1e-6):.1f} MB/s), {note}")
+    return True
 
 
 # ---------------------------------------------------------------- --model lookup
@@ -304,7 +335,9 @@ def _cache_snapshot(repo: str) -> Path | None:
     the revision named in ``refs/main`` first, else the newest other snapshot.  The renamed
     GPT-2 repos are looked up under both names (``gpt2`` and ``openai-community/gpt2``)."""
     names = [repo]
-    if "/" not in repo:
+    if repo in PYTHIA_SIZES:
+        names.append(f"EleutherAI/{repo}")
+    elif "/" not in repo:
         names.append(f"openai-community/{repo}")
     elif repo.startswith("openai-community/"):
         names.append(repo.split("/", 1)[1])
@@ -318,7 +351,8 @@ def _cache_snapshot(repo: str) -> Path | None:
         others = sorted((p for p in snaps.iterdir() if p != main), key=lambda p: p.stat().st_mtime, reverse=True)
         for snap in ([main] if main else []) + others:
             # exists() follows the symlinks into blobs/: a dangling link means a missing blob
-            if (snap / "config.json").exists() and (snap / "model.safetensors").exists():
+            if (snap / "config.json").exists() and ((snap / "model.safetensors").exists()
+                                                    or (snap / "model.safetensors.index.json").exists()):
                 return snap
     return None
 

@@ -1,7 +1,8 @@
-"""Load a GPT-2 checkpoint folder in Hugging Face layout into float32 NumPy arrays.
+"""Load a GPT-2 or GPT-NeoX (Pythia) checkpoint folder in Hugging Face layout into float32 NumPy arrays.
 
-A folder holds ``config.json`` and ``model.safetensors`` (plus ``vocab.json`` / ``merges.txt``, read by
-``minitf.load.tokenizer``). The safetensors format is small enough to read by hand, which lets us
+A folder holds ``config.json`` and ``model.safetensors`` — or its shards ``model-0000x-of-0000y.safetensors``
+with ``model.safetensors.index.json`` — plus the tokenizer (``vocab.json`` / ``merges.txt`` or
+``tokenizer.json``, read by ``minitf.load.tokenizer``). The safetensors format is small enough to read by hand, which lets us
 
 * widen F16 and BF16 to float32 one tensor at a time (NumPy has no bfloat16: its bits are the top half of
   a float32, so ``uint32(bits) << 16`` reinterpreted as float32 is exact);
@@ -18,6 +19,26 @@ Keys may carry the ``transformer.`` prefix (transformers' ``save_pretrained``) o
 
 ``model_sha256`` is a loaded model's identity: the key of its neuron index, its cached neuron tables and a
 study's settings.
+
+A GPT-NeoX checkpoint (``GPTNeoXForCausalLM``) is stored under GPT-2's names and layouts at load, so that
+everything downstream (the forward pass, the per-head views, the attribution) reads one layout; what the
+forward pass does differently is decided by ``Config.arch`` and its NeoX fields (``minitf.model``):
+
+    GPT-NeoX key (``gpt_neox.`` prefix dropped)     stored as                 layout change
+    embed_in.weight [V, D]                          wte.weight [V, D]         —  (no wpe: rotary positions)
+    layers.l.input_layernorm.*                      h.l.ln_1.*                —
+    layers.l.post_attention_layernorm.*             h.l.ln_2.*                —
+    layers.l.attention.query_key_value.weight       h.l.attn.c_attn.weight    [(H, 3, Dh), D] → [D, (3, H, Dh)]
+    layers.l.attention.query_key_value.bias         h.l.attn.c_attn.bias      [(H, 3, Dh)] → [(3, H, Dh)]
+    layers.l.attention.dense.{weight,bias}          h.l.attn.c_proj.*         weight [D, D]ᵀ (torch's [out, in])
+    layers.l.mlp.dense_h_to_4h.{weight,bias}        h.l.mlp.c_fc.*            weight [M, D] → [D, M]
+    layers.l.mlp.dense_4h_to_h.{weight,bias}        h.l.mlp.c_proj.*          weight [D, M] → [M, D]
+    final_layer_norm.*                              ln_f.*                    —
+    embed_out.weight (or lm_head.weight) [V, D]     lm_head.weight [V, D]     —  (untied in Pythia)
+
+NeoX's fused query_key_value is laid out per head — each head's q, k, v side by side, (H, 3, Dh) along its
+output axis (transformers' ``modeling_gpt_neox`` views it as [..., H, 3·Dh] and chunks the last axis in 3) —
+while GPT-2's c_attn is (3, H, Dh): all queries, then all keys, then all values.
 """
 from __future__ import annotations
 
@@ -35,25 +56,40 @@ from minitf.util.files import file_sha256
 from minitf.util.fmt import count
 
 _DTYPES = {"F32": 4, "F16": 2, "BF16": 2}
-_IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
+_IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")  # GPT-2's causal-mask buffers
+_NEOX_IGNORED_SUFFIXES = (".attention.bias", ".attention.masked_bias", ".attention.rotary_emb.inv_freq")
+GPT2, NEOX = "gpt2", "gpt_neox"  # Config.arch: the two families
 _MODEL_SHA: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 @dataclass(frozen=True)
 class Config:
-    """The GPT-2 hyper-parameters minitf needs, read from ``config.json``."""
+    """The hyper-parameters minitf needs, read from ``config.json`` (GPT-2's names; GPT-NeoX's in comments).
 
-    n_layer: int
-    n_head: int
-    d_model: int  # n_embd
-    n_ctx: int  # n_positions (older files: n_ctx)
-    d_mlp: int  # n_inner, or 4 · n_embd
+    The last five fields say how a GPT-NeoX differs; their defaults are GPT-2's.
+    """
+
+    n_layer: int  # (num_hidden_layers)
+    n_head: int  # (num_attention_heads)
+    d_model: int  # n_embd (hidden_size)
+    n_ctx: int  # n_positions (older files: n_ctx) (max_position_embeddings)
+    d_mlp: int  # n_inner, or 4 · n_embd (intermediate_size)
     d_vocab: int  # vocab_size
-    eps: float  # layer_norm_epsilon
+    eps: float  # layer_norm_epsilon (layer_norm_eps)
+    arch: str = GPT2  # GPT2 or NEOX
+    act: str = "gelu_new"  # "gelu_new" (tanh) or "gelu" (exact, erf) (hidden_act)
+    parallel_residual: bool = False  # x + attn(LN₁ x) + mlp(LN₂ x) (use_parallel_residual)
+    rotary_dim: int = 0  # int(d_head · rotary_pct): rotary's frequency count is ⌈rotary_dim / 2⌉ (GPT-2: 0, wpe)
+    rotary_base: float = 10000.0  # rotary_emb_base (rope_parameters.rope_theta)
 
     @property
     def d_head(self) -> int:
         return self.d_model // self.n_head
+
+    @property
+    def rotary_dims(self) -> int:
+        """How many of each head's first dimensions rotary rotates: 2 · ⌈rotary_dim / 2⌉ (transformers' count)."""
+        return 2 * ((self.rotary_dim + 1) // 2)
 
 
 def read_config(path: Path) -> Config:
@@ -75,6 +111,8 @@ def read_config(path: Path) -> Config:
             raise MinitfError(f"{path}: missing field {names[0]!r}")
         return default
 
+    if raw.get("model_type") == "gpt_neox" or "GPTNeoXForCausalLM" in (raw.get("architectures") or []):
+        return _read_neox_config(path, raw, field)
     act = field("activation_function", default="gelu_new")
     if act not in ("gelu_new", "gelu_pytorch_tanh"):
         raise MinitfError(f"{path}: activation_function {act!r} is not supported (GPT-2 uses 'gelu_new')")
@@ -96,10 +134,49 @@ def read_config(path: Path) -> Config:
         )
     except (TypeError, ValueError) as e:
         raise MinitfError(f"{path}: bad value ({e})") from None
+    return _check_sizes(path, cfg)
+
+
+def _check_sizes(path: Path, cfg: Config) -> Config:
     if min(cfg.n_layer, cfg.n_head, cfg.d_model, cfg.n_ctx, cfg.d_mlp, cfg.d_vocab) <= 0:
         raise MinitfError(f"{path}: sizes must be positive")
     if cfg.d_model % cfg.n_head:
-        raise MinitfError(f"{path}: n_embd={cfg.d_model} is not a multiple of n_head={cfg.n_head}")
+        raise MinitfError(f"{path}: hidden size {cfg.d_model} is not a multiple of the head count {cfg.n_head}")
+    return cfg
+
+
+def _read_neox_config(path: Path, raw: dict, field) -> Config:
+    """A ``GPTNeoXForCausalLM``'s config.json: the Hub's (``rotary_pct``, ``rotary_emb_base``) or transformers 5's
+    (``rope_parameters``: ``partial_rotary_factor``, ``rope_theta``)."""
+    rope = raw.get("rope_parameters") or raw.get("rope_scaling") or {}
+    if not isinstance(rope, dict):
+        raise MinitfError(f"{path}: rope_parameters must be an object")
+    if rope.get("rope_type", rope.get("type", "default")) != "default":
+        raise MinitfError(f"{path}: rope_type {rope.get('rope_type', rope.get('type'))!r} is not supported "
+                          "(minitf runs the default rotary embedding)")
+    act = field("hidden_act", default="gelu")
+    if act not in ("gelu", "gelu_new", "gelu_pytorch_tanh"):
+        raise MinitfError(f"{path}: hidden_act {act!r} is not supported (Pythia uses 'gelu')")
+    if raw.get("attention_bias") is False:
+        raise MinitfError(f"{path}: attention_bias=false is not supported")
+    try:
+        d_model, n_head = int(field("hidden_size")), int(field("num_attention_heads"))
+        pct = float(raw["rotary_pct"] if raw.get("rotary_pct") is not None
+                    else rope.get("partial_rotary_factor", 0.25))
+        base = float(raw["rotary_emb_base"] if raw.get("rotary_emb_base") is not None
+                     else rope.get("rope_theta", 10000.0))
+        cfg = Config(
+            n_layer=int(field("num_hidden_layers")), n_head=n_head, d_model=d_model,
+            n_ctx=int(field("max_position_embeddings")), d_mlp=int(field("intermediate_size", default=4 * d_model)),
+            d_vocab=int(field("vocab_size")), eps=float(field("layer_norm_eps", default=1e-5)), arch=NEOX,
+            act="gelu" if act == "gelu" else "gelu_new", parallel_residual=bool(raw.get("use_parallel_residual", True)),
+            rotary_dim=int(d_model // max(n_head, 1) * pct), rotary_base=base)
+    except (TypeError, ValueError) as e:
+        raise MinitfError(f"{path}: bad value ({e})") from None
+    _check_sizes(path, cfg)
+    if not 0 < pct <= 1 or cfg.rotary_dims > cfg.d_head or base <= 0:
+        raise MinitfError(f"{path}: rotary_pct {pct} of head size {cfg.d_head} (rotating {cfg.rotary_dims} "
+                          f"dimensions) or rotary_emb_base {base} is out of range")
     return cfg
 
 
@@ -220,8 +297,90 @@ def _read_tensor(f, path: Path, key: str, info: dict, data_start: int) -> np.nda
     return out
 
 
+def checkpoint_files(folder: Path) -> tuple[list[Path], dict[str, str] | None]:
+    """The safetensors files of ``folder``: [model.safetensors], or, when only ``model.safetensors.index.json``
+    is there, its shards (sorted) with its weight map {key: shard file name}."""
+    single, index = folder / "model.safetensors", folder / "model.safetensors.index.json"
+    if single.exists() or not index.exists():
+        return [single], None
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as e:
+        raise MinitfError(f"{index}: not a safetensors index ({e})") from None
+    if not isinstance(weight_map, dict) or not weight_map or not all(
+            isinstance(v, str) and v and Path(v).name == v for v in weight_map.values()):
+        raise MinitfError(f"{index}: expected a weight_map of tensor name → shard file name in this folder")
+    return [folder / name for name in sorted(set(weight_map.values()))], weight_map
+
+
+def _tensor_table(folder: Path, prefix: str) -> dict[str, tuple[Path, str, dict, int]]:
+    """{key without ``prefix``: (file, key, header entry, data start)} over every safetensors file of ``folder``."""
+    files, weight_map = checkpoint_files(folder)
+    table: dict[str, tuple[Path, str, dict, int]] = {}
+    for path in files:
+        header, data_start = read_safetensors_header(path)
+        for key, info in header.items():
+            name = key.removeprefix(prefix)
+            if name in table:
+                there = "" if table[name][0] == path else f" in {table[name][0].name}"
+                raise MinitfError(f"{path}: {name} is stored twice (as {table[name][1]}{there} and {key})")
+            if weight_map is not None and weight_map.get(key) != path.name:
+                raise MinitfError(f"{folder / 'model.safetensors.index.json'}: {key} is in {path.name}, but the "
+                                  f"index says {weight_map.get(key)}")
+            table[name] = (path, key, info, data_start)
+    if weight_map is not None and (lost := sorted(set(weight_map) - {t[1] for t in table.values()})):
+        raise MinitfError(f"{folder / weight_map[lost[0]]}: has no tensor {lost[0]} (the index lists it there)")
+    return table
+
+
+def _layout(cfg: Config, present: set[str]) -> tuple[dict[str, tuple[str, tuple, object]], set[str]]:
+    """(our name → (checkpoint name, shape as stored, conversion to our layout or None), ignored buffer names).
+
+    Our names and layouts are GPT-2's (``expected_shapes``); a GPT-NeoX checkpoint's map onto them as the
+    module docstring's table says."""
+    L, H, D, Dh, M, V = cfg.n_layer, cfg.n_head, cfg.d_model, cfg.d_head, cfg.d_mlp, cfg.d_vocab
+    if cfg.arch == GPT2:
+        table = {name: (name, shape, None) for name, shape in expected_shapes(cfg).items()}
+        if "lm_head.weight" in present:
+            table["lm_head.weight"] = ("lm_head.weight", (V, D), None)
+        return table, {f"h.{l}{suffix}" for l in range(L) for suffix in _IGNORED_SUFFIXES}
+
+    def transpose(a):  # torch's Linear weight [out, in] → [in, out]
+        return np.ascontiguousarray(a.T)
+
+    def qkv_weight(a):  # [(H, 3, Dh), D] → [D, (3, H, Dh)]
+        return a.reshape(H, 3, Dh, D).transpose(3, 1, 0, 2).reshape(D, 3 * D)
+
+    def qkv_bias(a):  # [(H, 3, Dh)] → [(3, H, Dh)]
+        return a.reshape(H, 3, Dh).transpose(1, 0, 2).reshape(3 * D)
+
+    table = {"wte.weight": ("embed_in.weight", (V, D), None),
+             "ln_f.weight": ("final_layer_norm.weight", (D,), None), "ln_f.bias": ("final_layer_norm.bias", (D,), None)}
+    for l in range(L):
+        p, q = f"h.{l}.", f"layers.{l}."
+        table |= {
+            p + "ln_1.weight": (q + "input_layernorm.weight", (D,), None),
+            p + "ln_1.bias": (q + "input_layernorm.bias", (D,), None),
+            p + "attn.c_attn.weight": (q + "attention.query_key_value.weight", (3 * D, D), qkv_weight),
+            p + "attn.c_attn.bias": (q + "attention.query_key_value.bias", (3 * D,), qkv_bias),
+            p + "attn.c_proj.weight": (q + "attention.dense.weight", (D, D), transpose),
+            p + "attn.c_proj.bias": (q + "attention.dense.bias", (D,), None),
+            p + "ln_2.weight": (q + "post_attention_layernorm.weight", (D,), None),
+            p + "ln_2.bias": (q + "post_attention_layernorm.bias", (D,), None),
+            p + "mlp.c_fc.weight": (q + "mlp.dense_h_to_4h.weight", (M, D), transpose),
+            p + "mlp.c_fc.bias": (q + "mlp.dense_h_to_4h.bias", (M,), None),
+            p + "mlp.c_proj.weight": (q + "mlp.dense_4h_to_h.weight", (D, M), transpose),
+            p + "mlp.c_proj.bias": (q + "mlp.dense_4h_to_h.bias", (D,), None),
+        }
+    for out in ("embed_out.weight", "lm_head.weight"):  # transformers ≥ 5.14 may save it as lm_head
+        if out in present:
+            table["lm_head.weight"] = (out, (V, D), None)
+            break
+    return table, {f"layers.{l}{suffix}" for l in range(L) for suffix in _NEOX_IGNORED_SUFFIXES}
+
+
 def load_weights(folder: Path) -> tuple[Config, dict[str, np.ndarray]]:
-    """Read ``folder/config.json`` and ``folder/model.safetensors`` → (config, {unprefixed key: float32 array}).
+    """Read ``folder/config.json`` and its safetensors file(s) → (config, {GPT-2 key name: float32 array}).
 
     Checks every expected key is present with the shape the config implies; names the file and key on failure.
     """
@@ -229,39 +388,39 @@ def load_weights(folder: Path) -> tuple[Config, dict[str, np.ndarray]]:
     if not folder.is_dir():
         raise MinitfError(f"{folder}: not a model folder (no such directory)")
     cfg = read_config(folder / "config.json")
-    path = folder / "model.safetensors"
-    header, data_start = read_safetensors_header(path)
-    by_name: dict[str, tuple[str, dict]] = {}
-    for key, info in header.items():
-        name = key.removeprefix("transformer.")
-        if name in by_name:
-            raise MinitfError(f"{path}: {name} is stored twice (as {by_name[name][0]} and {key})")
-        by_name[name] = (key, info)
-
-    shapes = expected_shapes(cfg)
-    missing = [k for k in shapes if k not in by_name]
+    by_name = _tensor_table(folder, "transformer." if cfg.arch == GPT2 else "gpt_neox.")
+    layout, buffers = _layout(cfg, set(by_name))
+    where = checkpoint_files(folder)[0]
+    where = where[0] if len(where) == 1 else folder / "model.safetensors.index.json"
+    missing = [source for source, _, _ in layout.values() if source not in by_name]
     if missing:
-        raise MinitfError(f"{path}: missing tensor {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
-    if "lm_head.weight" in by_name:
-        shapes["lm_head.weight"] = (cfg.d_vocab, cfg.d_model)
-    # Every other tensor must be a known causal-mask buffer of a layer the config has: anything else means
-    # config.json and the weights disagree (e.g. n_layer 4 on a 6-layer file would silently drop 2 layers).
-    buffers = {f"h.{layer}{suffix}" for layer in range(cfg.n_layer) for suffix in _IGNORED_SUFFIXES}
-    extra = [by_name[name][0] for name in by_name if name not in shapes and name not in buffers]
+        raise MinitfError(f"{where}: missing tensor {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    # Every other tensor must be a known buffer of a layer the config has: anything else means config.json and
+    # the weights disagree (e.g. n_layer 4 on a 6-layer file would silently drop 2 layers).
+    used = {source for source, _, _ in layout.values()}
+    extra = [by_name[name][1] for name in by_name if name not in used and name not in buffers]
     if extra:
         more = f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""
-        raise MinitfError(f"{path}: tensor {extra[0]}{more} is not part of the model config.json describes "
+        raise MinitfError(f"{by_name[next(n for n in by_name if by_name[n][1] == extra[0])][0]}: tensor {extra[0]}"
+                          f"{more} is not part of the model config.json describes "
                           f"(n_layer {cfg.n_layer}); check that config.json belongs to these weights")
-    for name, shape in shapes.items():
-        got = tuple(by_name[name][1]["shape"])
+    for source, shape, _ in layout.values():
+        got = tuple(by_name[source][2]["shape"])
         if got != shape:
-            raise MinitfError(f"{path}: {name} has shape {list(got)} but config.json implies {list(shape)}")
+            raise MinitfError(f"{by_name[source][0]}: {source} has shape {list(got)} but config.json implies {list(shape)}")
 
     weights: dict[str, np.ndarray] = {}
-    with open(path, "rb", buffering=0) as f:
-        for name in shapes:
-            key, info = by_name[name]
-            weights[name] = _read_tensor(f, path, key, info, data_start)
+    handles: dict[Path, object] = {}
+    try:
+        for name, (source, _, convert) in layout.items():
+            path, key, info, data_start = by_name[source]
+            if path not in handles:
+                handles[path] = open(path, "rb", buffering=0)
+            a = _read_tensor(handles[path], path, key, info, data_start)
+            weights[name] = a if convert is None else convert(a)  # the stored one is freed here
+    finally:
+        for f in handles.values():
+            f.close()
     # A saved lm_head that equals wte (a tied model saved with both) needs no second copy.
     if "lm_head.weight" in weights and np.array_equal(weights["lm_head.weight"], weights["wte.weight"]):
         del weights["lm_head.weight"]
@@ -277,7 +436,7 @@ def model_sha256(model) -> str:
             h.update(f"{name}:{a.shape}\n".encode())
             h.update(memoryview(a).cast("B"))
         if model.folder is not None:
-            for name in ("vocab.json", "merges.txt"):
+            for name in ("vocab.json", "merges.txt", "tokenizer.json"):
                 if (Path(model.folder) / name).is_file():
                     h.update(name.encode() + bytes.fromhex(file_sha256(Path(model.folder) / name)))
         _MODEL_SHA[model] = h.hexdigest()

@@ -6,7 +6,7 @@ import numpy as np
 from minitf.errors import MinitfError
 from minitf.model import Model
 from minitf.kernels import softmax
-from minitf.load.weights import read_safetensors_header
+from minitf.load.weights import checkpoint_files, read_safetensors_header
 
 
 def model_info(model: Model) -> dict:
@@ -15,10 +15,11 @@ def model_info(model: Model) -> dict:
     n_params = sum(a.size for a in model.w.values())
     stored = "?"
     if model.folder is not None:
-        header, _ = read_safetensors_header(model.folder / "model.safetensors")
-        stored = "/".join(sorted({v["dtype"] for v in header.values()}))
+        dtypes = {v["dtype"] for path in checkpoint_files(model.folder)[0] for v in read_safetensors_header(path)[0].values()}
+        stored = "/".join(sorted(dtypes))
     return {
         "folder": str(model.folder),
+        "architecture": cfg.arch + (" (parallel residual)" if cfg.parallel_residual else ""),
         "layers": cfg.n_layer, "heads": cfg.n_head, "d_model": cfg.d_model, "d_head": cfg.d_head,
         "d_mlp": cfg.d_mlp, "vocab": cfg.d_vocab, "context": cfg.n_ctx,
         "parameters": n_params, "stored dtype": stored, "computed in": "float32", "float32 bytes": n_params * 4,

@@ -1,0 +1,105 @@
+"""Which next-token neurons a study takes (step 1), by the protocols of ``minitf.protocol``: the authors' walk
+(``src/neuron_texts.py::find_neurons``: skip a neuron whose best token fails their filter), minitf's filtered
+argmax, and the authors' random-neuron baseline (notebook 1's ``find_random_neurons``), each over the
+congruence tables of ``minitf.neurons``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from minitf.errors import MinitfError
+from minitf.names import Neuron
+from minitf.neurons import _check_layer, _token_str, layer_scores
+
+
+@dataclass(frozen=True)
+class NextTokenNeuron:
+    """A selected neuron: its token (id and text) and congruence, as the protocol's walk found them."""
+
+    neuron: Neuron
+    token_id: int
+    token: str
+    congruence: float
+
+
+@dataclass(frozen=True)
+class NeuronSelection:
+    """The neurons a walk selected (layer order, then selection order), and the reject-list neurons it met
+    and skipped on the way (only those met before the quota was filled, as the authors record them)."""
+
+    neurons: list[NextTokenNeuron]
+    rejected: list[NextTokenNeuron]
+    walk: str
+
+
+def authors_token_ok(s: str) -> bool:
+    """The authors' test on a decoded token (``find_neurons``: skip iff ``len(s) <= 2 or s[0] != " "``)."""
+    return len(s) >= 3 and s[0] == " "
+
+
+def _by_congruence(cong: np.ndarray) -> np.ndarray:
+    """Neuron indices by descending congruence, ties by index (torch.topk leaves ties unspecified)."""
+    return np.lexsort((np.arange(cong.size), -cong))  # [M]
+
+
+def next_token_neurons(model, layers, per_layer: int, walk: str = "skip", reject=frozenset()) -> NeuronSelection:
+    """``per_layer`` next-token neurons of each of ``layers``, by the protocol's ``walk``:
+
+    "skip" (the authors' ``src/neuron_texts.py::find_neurons``): congruence_n = max_t s_n[t] and token_n =
+        argmax_t s_n[t] over *all* tokens; the neurons are walked by descending congruence and a neuron is
+        skipped when its token fails ``authors_token_ok`` (no fallback to its second-best token) or when
+        (layer, n) is in ``reject`` (then recorded in ``rejected``);
+    "filtered-argmax" (minitf): congruence and token maximised over the tokens ``allowed_token`` keeps, the
+        neurons walked by that; ``reject`` skips likewise.
+
+    Fewer than ``per_layer`` come back for a layer only when its neurons run out.
+    """
+    if per_layer < 1:
+        raise MinitfError(f"per_layer={per_layer}: must be at least 1")
+    if walk not in ("skip", "filtered-argmax"):
+        raise ValueError(f"unknown walk {walk!r}; choose skip or filtered-argmax")
+    reject = {(int(a), int(b)) for a, b in reject}
+    chosen, rejected = [], []
+    for layer in layers:
+        _check_layer(model, layer)
+        scores = layer_scores(model, layer, filter=walk == "filtered-argmax")
+        cong, tok = scores.pick(walk == "filtered-argmax")
+        found = 0
+        for n in _by_congruence(cong):
+            if not np.isfinite(cong[n]):
+                break  # no allowed token at all (filtered-argmax): the rest are the same
+            s = _token_str(model, int(tok[n]))
+            if walk == "skip" and not authors_token_ok(s):
+                continue
+            entry = NextTokenNeuron(Neuron(layer, int(n)), int(tok[n]), s, float(cong[n]))
+            if (layer, int(n)) in reject:
+                rejected.append(entry)
+                continue
+            chosen.append(entry)
+            found += 1
+            if found >= per_layer:
+                break
+    return NeuronSelection(chosen, rejected, walk)
+
+
+def find_random_neurons(model, layers, per_layer: int, seed: int = 0) -> NeuronSelection:
+    """The paper's random-neuron baseline (notebooks/1_find_neurons.ipynb ``find_random_neurons``): per layer,
+    ``per_layer`` neurons drawn uniformly without replacement (the authors draw a rank i of the congruence
+    order and take that neuron; here i ~ rng.choice(M, per_layer, replace=False) with
+    ``np.random.default_rng(seed)`` — theirs is unseeded and its inclusive ``randint(0, M)`` can crash);
+    token = argmax over all tokens, no filter, no reject list. Draw order is kept."""
+    if per_layer < 1:
+        raise MinitfError(f"per_layer={per_layer}: must be at least 1")
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for layer in layers:
+        _check_layer(model, layer)
+        scores = layer_scores(model, layer, filter=False)
+        order = _by_congruence(scores.congruence_all)  # [M] rank → neuron
+        for rank in rng.choice(order.size, size=min(per_layer, order.size), replace=False):
+            n = int(order[rank])
+            t = int(scores.token_all[n])
+            chosen.append(NextTokenNeuron(Neuron(layer, n), t, _token_str(model, t), float(scores.congruence_all[n])))
+    return NeuronSelection(chosen, [], "random")
