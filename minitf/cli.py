@@ -91,6 +91,9 @@ head_option = click.option("--head", "head_spec", default=None,
                            help="Only this head (e.g. L1H10).")
 scores_option = click.option("--scores", "head_scores", type=click.Choice(SCORES), default=DEFAULT_SCORES,
                              show_default=True, help=SCORES_HELP)
+protocol_option = click.option(  # each choice it implies is in minitf.protocol; a flag given overrides one
+    "--protocol", type=click.Choice(["neo2024", "neo2023", "minitf"]), default="neo2024", show_default=True,
+    help="The paper's protocol: neo2024 (published), neo2023 (Oct 2023) or minitf's own (docs/protocols.md).")
 rule_option = click.option("--rule", type=click.Choice(["sigma2", "top3"]), default="sigma2", show_default=True,
                            help="Active heads: effect > mean + 2·std of the candidates (the paper's default), "
                                 "or the top 3.")

@@ -52,6 +52,7 @@ class TraceOptions:
     sources: int = 3  # source tokens shown per listed head
     ablate: int = 5  # heads ablated: the top ones by mean selecting score, plus every differential head
     per_position: bool = False  # also each position's activation and top head effects (for the HTML report)
+    protocol: str = "neo2024"  # minitf.protocol: the paper's protocol whose choices apply (neo2024, neo2023, minitf)
 
 
 def trace(model: Model, neuron: Neuron, prompts: list[Prompt], options: TraceOptions | None = None,
