@@ -27,8 +27,8 @@ from minitf.study.run import StudyOptions, run_study  # noqa: E402
 
 # (label, file suffix, function name): cumulative time of these functions in the profile
 STEPS = [
-    ("choose neurons (congruence tables)", "minitf/study.py", "select_neurons"),
-    ("load the index", "minitf/study.py", "ensure_index"),
+    ("choose neurons (congruence tables)", "minitf/study/run.py", "select_neurons"),
+    ("load the index", "minitf/study/run.py", "ensure_index"),
     ("read the neurons' documents (one pass)", "minitf/corpus.py", "tokenized_documents"),
     ("mine + trim prompts", "minitf/prompts.py", "mine_prompts"),
     ("trace (effects, heads, ablation)", "minitf/trace.py", "trace"),
@@ -36,9 +36,9 @@ STEPS = [
     ("  of which each head's source split", "minitf/attribution.py", "head_sources"),
     ("  of which per-position effects (site)", "minitf/trace.py", "_per_position"),
     ("activation histogram from the index", "minitf/index/histogram.py", "index_histogram"),
-    ("write neuron records", "minitf/study.py", "_atomic_json"),
-    ("aggregates", "minitf/study_summary.py", "aggregates"),
-    ("site (index.html + neuron pages)", "minitf/study_site.py", "write_site"),
+    ("write neuron records", "minitf/study/folder.py", "save_record"),
+    ("aggregates", "minitf/study/summary.py", "aggregates"),
+    ("site (index.html + neuron pages)", "minitf/study/site.py", "write_site"),
 ]
 
 
