@@ -34,7 +34,7 @@ from minitf.names import Neuron, check_neuron
 from minitf.prompts import Mined, Prompt, prompts_from_texts, read_prompt_file
 from minitf.scores import DEFAULT, ScoresMode, scores_mode
 from minitf.util.records import Record, from_json, optional_field, record_field, to_json
-from minitf.why import NEEDED as WHY_NEEDED, HeadWhy, top_source_positions, why_for_heads
+from minitf.why import NEEDED as WHY_NEEDED, HeadWhy, check_model as why_check, top_source_positions, why_for_heads
 
 SCHEMA_VERSION = 2
 SAME_LAYER_NOTE = ("`include_same_layer` has nothing to add: in the parallel residual form the neuron reads its "
@@ -66,6 +66,8 @@ def trace(model: Model, neuron: Neuron, prompts: list[Prompt], options: TraceOpt
     if not prompts:
         raise MinitfError("no prompts to trace")
     options = options or TraceOptions()
+    if options.why:  # ---- --why: refused before any work where the split does not apply
+        why_check(model)
     mode = scores_mode(options.scores)
     if card is None:
         from minitf.neurons import neuron_card

@@ -48,6 +48,7 @@ import numpy as np
 
 from minitf.attribution import NEEDED as EFFECTS_NEEDED
 from minitf.attribution import head_sources, read_direction
+from minitf.errors import MinitfError
 from minitf.kernels import linear, pool, run_on_threads, split
 from minitf.model import Model, Run
 from minitf.names import Head, Neuron
@@ -232,12 +233,21 @@ def top_source_positions(by_source: np.ndarray, n: int) -> np.ndarray:
     return np.argsort(-by_source, kind="stable")[:n]
 
 
+def check_model(model: Model) -> None:
+    """The split is written for GPT-2 (learned positions, q and k read straight off the residual): a MinitfError
+    for GPT-NeoX, whose rotary embedding turns q and k by position after the reads (see the module docstring)."""
+    if model.cfg.arch != "gpt2":
+        raise MinitfError(f"`why` on a {model.cfg.arch} model: the score split is GPT-2's only (rotary q and k are "
+                          "not split yet)", param="why")
+
+
 def why_for_heads(model: Model, run: Run, neuron: Neuron, heads: Sequence[Head], prompt_index: int,
                   top_sources: int = 3, top_pairs: int = 5, split_mlp: bool = False) -> list[HeadWhy]:
     """For each head, at prompt ``prompt_index``'s last position t: why it looked at its top sources (the
     score split into pairs) and what it carried from each (its context part split over components).
     ``run``: the trace's run of the prompts up to the neuron's layer, recording NEEDED. ``top_pairs`` bounds
     every list (pairs, marginals, carried components)."""
+    check_model(model)
     b = prompt_index
     n = int(run.lengths[b])
     t = n - 1

@@ -316,3 +316,19 @@ def test_cli_trace_why_shows_the_pairs_of_the_differential_heads():
             pair = s["pairs"][0]
             assert f"{pair['query']}×{pair['key']} {pair['centred']:+.3f} ({pair['score']:+.3f})" in block
             assert f"{s['carried'][0]['component']} {s['carried'][0]['effect']:+.3f}" in block
+
+
+def test_why_refuses_a_rotary_model():
+    from types import SimpleNamespace
+
+    from minitf.errors import MinitfError
+    from minitf.trace import TraceOptions, trace
+
+    m = random_model()
+    neox = SimpleNamespace(cfg=SimpleNamespace(arch="gpt_neox"))
+    for call in (lambda: why.why_for_heads(neox, None, Neuron(1, 0), [Head(0, 0)], 0),
+                 lambda: trace(neox, Neuron(1, 0), [object()], TraceOptions(why=True))):
+        with pytest.raises(MinitfError, match="gpt_neox") as e:
+            call()
+        assert e.value.param == "why"
+    why.check_model(m)  # GPT-2: fine
