@@ -34,6 +34,7 @@ from minitf.names import Neuron, check_neuron
 from minitf.prompts import Mined, Prompt, prompts_from_texts, read_prompt_file
 from minitf.scores import DEFAULT, ScoresMode, scores_mode
 from minitf.util.records import Record, from_json, optional_field, record_field, to_json
+from minitf.why import NEEDED as WHY_NEEDED, HeadWhy, check_model as why_check, top_source_positions, why_for_heads
 
 SCHEMA_VERSION = 2
 SAME_LAYER_NOTE = ("`include_same_layer` has nothing to add: in the parallel residual form the neuron reads its "
@@ -53,6 +54,8 @@ class TraceOptions:
     ablate: int = 5  # heads ablated: the top ones by mean selecting score, plus every differential head
     per_position: bool = False  # also each position's activation and top head effects (for the HTML report)
     protocol: str = "neo2024"  # minitf.protocol: the paper's protocol whose choices apply (neo2024, neo2023, minitf)
+    # ---- --why (minitf.why): each listed head's score split into (query × key) pairs, its carried part by component
+    why: bool = False
 
 
 def trace(model: Model, neuron: Neuron, prompts: list[Prompt], options: TraceOptions | None = None,
@@ -63,13 +66,16 @@ def trace(model: Model, neuron: Neuron, prompts: list[Prompt], options: TraceOpt
     if not prompts:
         raise MinitfError("no prompts to trace")
     options = options or TraceOptions()
+    if options.why:  # ---- --why: refused before any work where the split does not apply
+        why_check(model)
     mode = scores_mode(options.scores)
     if card is None:
         from minitf.neurons import neuron_card
 
         card = card_record(neuron_card(model, neuron), model.cfg.d_mlp)
     tokens = [p.tokens for p in prompts]
-    run = model.run(tokens, keep=NEEDED | {"resid_pre"}, stop_at_layer=neuron.layer)  # resid_pre: ablation reruns from it
+    keep = NEEDED | {"resid_pre"} | (WHY_NEEDED if options.why else set())  # resid_pre: ablation reruns from it
+    run = model.run(tokens, keep=keep, stop_at_layer=neuron.layer)
     fx = direct_effects(model, run, neuron)
     rows = np.arange(len(prompts))
     post = run.neuron(neuron)["post"][rows, run.lengths - 1]  # [P]
@@ -221,6 +227,7 @@ class TopHead(Record):
     constant: float
     active: bool
     sources: list[Source] = record_field(Source, many=True)
+    why: HeadWhy | None = optional_field(record=HeadWhy, many=False)  # --why: why it looked at these sources
 
 
 @dataclass
@@ -404,10 +411,14 @@ def _prompt_record(model, run, fx, neuron, candidates, effects, parts, active, p
         head = candidates[j]
         by_source, _ = head_sources(model, one, neuron, head)  # the context part over sources
         weights = run["pattern", head.layer][i, head.head, n - 1, :n]  # [n] attention from the last token
-        best = np.argsort(-by_source[0, :n], kind="stable")[:options.sources]
+        best = top_source_positions(by_source[0, :n], options.sources)
         listed.append(TopHead(str(head), **{k: float(a[i, j]) for k, a in parts.items()}, active=bool(active[i, j]),
                               sources=[Source(int(s), model.token_str(toks[s]), float(by_source[0, s]),
                                               float(weights[s])) for s in best]))
+    if options.why:  # ---- --why: the split of each listed head at this prompt (on the same run)
+        for head, split in zip(listed, why_for_heads(model, one, neuron, [candidates[j] for j in top], 0,
+                                                     options.sources)):
+            head.why = split
     return PromptRecord(
         text=model.decode(toks[1:] if toks[0] == model.bos else toks),
         tokens=[model.token_str(t) for t in toks],

@@ -41,16 +41,18 @@ of each key position would be taken one by one (one-hot slots), rotated, and ave
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 
 from minitf.attribution import NEEDED as EFFECTS_NEEDED
 from minitf.attribution import head_sources, read_direction
+from minitf.errors import MinitfError
 from minitf.kernels import linear, pool, run_on_threads, split
 from minitf.model import Model, Run
 from minitf.names import Head, Neuron
+from minitf.util.records import Record, record_field
 
 # Internals a run must record for ``why_for_heads``: the direct effects' and LN₁'s σ, q and k of every layer.
 NEEDED = EFFECTS_NEEDED | {"ln1_scale", "q", "k"}
@@ -58,7 +60,7 @@ NEEDED = EFFECTS_NEEDED | {"ln1_scale", "q", "k"}
 
 # ---- the records the trace embeds under each listed head -----------------------------------------------
 @dataclass
-class Share:
+class Share(Record):
     """One component's share of a score: S (its part of q_t·k_s/√Dh) and S̃ (its part of S̃(t, s))."""
 
     component: str
@@ -67,7 +69,7 @@ class Share:
 
 
 @dataclass
-class Pair:
+class Pair(Record):
     """One (query-side component, key-side component) term of the score: S = Q_c(t)·K_c'(s)/√Dh and its S̃."""
 
     query: str
@@ -77,7 +79,7 @@ class Pair:
 
 
 @dataclass
-class Carried:
+class Carried(Record):
     """One component's part of a source's context part: p[t, s] · V_c(s) · u_h / σ₂_t."""
 
     component: str
@@ -85,7 +87,7 @@ class Carried:
 
 
 @dataclass
-class SourceWhy:
+class SourceWhy(Record):
     """Why head h at query t looked at key s, and what it took from there.
 
     ``score`` and ``centred`` are the forward pass's S(t, s) and S̃(t, s); ``error`` = |Σ of all pairs − S|.
@@ -100,16 +102,16 @@ class SourceWhy:
     score: float
     centred: float
     error: float
-    pairs: list[Pair]
-    query_side: list[Share]
-    key_side: list[Share]
+    pairs: list[Pair] = record_field(Pair, many=True)
+    query_side: list[Share] = record_field(Share, many=True)
+    key_side: list[Share] = record_field(Share, many=True)
     context: float
-    carried: list[Carried]
+    carried: list[Carried] = record_field(Carried, many=True)
     carried_error: float
 
 
 @dataclass
-class HeadWhy:
+class HeadWhy(Record):
     """One head's split at one prompt's query position t, for its top sources (by context part, as the trace
     lists them). ``key_bias`` = Σ_c Q_c(t)·bias_k/√Dh (bias_q included): the score every key gets alike.
     ``components``: how many residual components each side has (biases not counted)."""
@@ -119,10 +121,7 @@ class HeadWhy:
     sigma: float  # LN₁'s σ_t at the query
     key_bias: float
     components: int
-    sources: list[SourceWhy]
-
-    def to_json(self) -> dict:
-        return asdict(self)
+    sources: list[SourceWhy] = record_field(SourceWhy, many=True)
 
 
 # ---- the reads -----------------------------------------------------------------------------------------
@@ -234,12 +233,21 @@ def top_source_positions(by_source: np.ndarray, n: int) -> np.ndarray:
     return np.argsort(-by_source, kind="stable")[:n]
 
 
+def check_model(model: Model) -> None:
+    """The split is written for GPT-2 (learned positions, q and k read straight off the residual): a MinitfError
+    for GPT-NeoX, whose rotary embedding turns q and k by position after the reads (see the module docstring)."""
+    if model.cfg.arch != "gpt2":
+        raise MinitfError(f"`why` on a {model.cfg.arch} model: the score split is GPT-2's only (rotary q and k are "
+                          "not split yet)", param="why")
+
+
 def why_for_heads(model: Model, run: Run, neuron: Neuron, heads: Sequence[Head], prompt_index: int,
                   top_sources: int = 3, top_pairs: int = 5, split_mlp: bool = False) -> list[HeadWhy]:
     """For each head, at prompt ``prompt_index``'s last position t: why it looked at its top sources (the
     score split into pairs) and what it carried from each (its context part split over components).
     ``run``: the trace's run of the prompts up to the neuron's layer, recording NEEDED. ``top_pairs`` bounds
     every list (pairs, marginals, carried components)."""
+    check_model(model)
     b = prompt_index
     n = int(run.lengths[b])
     t = n - 1

@@ -683,3 +683,35 @@ def test_the_histogram_comes_from_the_neuron_index(tmp_path):
     _, histogram = report_extras(model, Neuron(2, 7), trace, cache_dir=tmp_path / "cache")
     assert "stale" in histogram["note"]
     assert "stale index" in render_html(make_trace(n_prompts=1), histogram=histogram)
+
+
+# ---- trace --why: clicking a looked-up token shows the pairs that made the head look there -------------------
+def test_clicking_a_source_token_shows_why_the_head_looked_there(browser, tmp_path):
+    from minitf import Model, Neuron
+    from minitf.prompts import prompts_from_texts
+    from minitf.trace import NeuronCard, TraceOptions, trace
+
+    model = Model.load(GOLDEN / "prefixed_f16")
+    card = NeuronCard.from_json({"name": "L2N7", "layer": 2, "index": 7, "token": {"id": 294, "str": " th"}})
+    result = trace(model, Neuron(2, 7), prompts_from_texts(model, REAL_TEXTS), TraceOptions(ablate=0, why=True),
+                   card=card)
+    path = write_html(tmp_path / "why.html", result)
+    got = browser.open(path.as_uri(), READY)
+    assert got == {"requests": [path.as_uri()], "console": [], "exceptions": [], "log": [], "dialogs": []}
+    head = result.prompts[0].top_heads[0]
+    source = head.why.sources[-1]  # the last listed source of the prompt's top head
+    assert browser.eval("document.querySelectorAll('#why-0 tr.whypair').length") == 0  # nothing until a click
+    x, y = browser.center(f'article[data-p="0"] tr.hrow[data-head="{head.head}"] .src[data-pos="{source.position}"]')
+    browser.mouse("mousePressed", x, y)
+    browser.mouse("mouseReleased", x, y)
+    panel = browser.eval("document.getElementById('why-0').innerText")
+    assert head.head in panel and f"@{source.position}" in panel
+    rows = browser.eval("[...document.querySelectorAll('#why-0 tr.whypair')].map(r => r.innerText.split('\\t'))")
+    assert [r[:2] for r in rows] == [[x.query, x.key] for x in source.pairs]
+    def shown(x):  # as the page shows a value: 4 significant digits in its data, 3 decimals on screen
+        return f"{float(f'{x:.4g}'):+.3f}".replace("-", "\u2212")
+
+    assert [r[2] for r in rows] == [shown(x.centred) for x in source.pairs]
+    for c in source.carried:
+        assert f"{c.component} {shown(c.effect)}" in panel
+    assert browser.record()["exceptions"] == []

@@ -1,7 +1,12 @@
 """Why a head looked there: Σ of the (query component × key component) pairs = the forward pass's score; S̃
 rows sum to zero under the pattern; each source's carried split sums to its context part; the reads agree with
 TransformerLens's decompose_resid + apply_ln_to_stack on the unfolded model; a planted head's pair dominates."""
+import json
 import math
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +15,7 @@ from hypothesis import strategies as st
 
 from minitf import Model, why
 from minitf.attribution import head_sources
-from minitf.names import Head, Neuron
+from minitf.names import Head, Neuron, parse_head, parse_neuron
 from numpy_models import random_model
 
 model_args = st.fixed_dictionaries({
@@ -237,3 +242,93 @@ def compare_with(m, run, tl, cache, T, H):
             forward = np.einsum("btd,bsd->bts", run["q", k][:, :, h], run["k", k][:, :, h]) / math.sqrt(m.cfg.d_head)
             causal = np.tril(np.ones((T, T), bool))
             np.testing.assert_allclose(scores[:, h][:, causal], forward[:, causal], rtol=1e-5, atol=1e-5)
+
+
+# ---- trace --why on the embedded model (weights/tiny) ------------------------------------------------------
+ROOT = Path(__file__).resolve().parents[1]
+NEURON = "L3N872"
+
+
+@pytest.fixture(scope="module")
+def traced_why():
+    """The embedded model's trace of NEURON with ``why`` (in process, as the CLI makes it), and its prompts' run."""
+    from minitf import load
+    from minitf.corpus import default_corpus
+    from minitf.prompts import Prompt, mine_prompts
+    from minitf.trace import PromptOrigin, TraceOptions, trace
+
+    m = load("tiny")
+    neuron = parse_neuron(NEURON)
+    corpus = default_corpus(m, None, needed_for="the test")
+    prompts = [Prompt.from_mined(x) for x in mine_prompts(m, neuron, corpus, "train", k=20, progress=False)]
+    result = trace(m, neuron, prompts, TraceOptions(why=True), origin=PromptOrigin(True, [], "mined", str(corpus)))
+    return m, result, m.run([p.tokens for p in prompts], keep=why.NEEDED, stop_at_layer=neuron.layer)
+
+
+def test_trace_why_reconstructs_each_listed_heads_score(traced_why):
+    m, result, run = traced_why
+    checked = 0
+    for b, p in enumerate(result.prompts):
+        for h in p.top_heads:
+            rec = h.why
+            assert rec is not None and rec.head == h.head and rec.query_position == len(p.tokens) - 1
+            assert [s.position for s in rec.sources] == [s.position for s in h.sources]  # the trace's own sources
+            pairs, centred, score, pattern = every_pair(m, run, parse_head(h.head), b, False)
+            magnitude = np.abs(pairs).sum((0, 1))  # [n]  Σ|pairs| at each key
+            for s, listed in zip(rec.sources, h.sources):
+                assert s.error <= 1e-5 * magnitude[s.position] + 1e-30
+                assert abs(pairs[..., s.position].sum() - s.score) <= 1e-5 * magnitude[s.position]
+                assert abs(centred[..., s.position].sum() - s.centred) <= 1e-5 * magnitude.max()
+                assert s.attention == pytest.approx(listed.attention) and s.context == pytest.approx(listed.effect)
+                checked += 1
+    assert checked == sum(len(h.sources) for p in result.prompts for h in p.top_heads) > 0
+
+
+def test_trace_why_json_follows_the_schema_and_reads_back(traced_why):
+    jsonschema = pytest.importorskip("jsonschema")
+    from minitf.trace import Trace
+
+    _, result, _ = traced_why
+    data = result.to_json()
+    jsonschema.validate(data, json.loads((ROOT / "docs" / "trace.schema.json").read_text(encoding="utf-8")))
+    back = Trace.from_json(data)
+    assert back.prompts[0].top_heads[0].why == result.prompts[0].top_heads[0].why
+    plain = replace(result, prompts=[replace(p, top_heads=[replace(h, why=None) for h in p.top_heads])
+                                     for p in result.prompts])
+    assert all("why" not in h for p in plain.to_json()["prompts"] for h in p["top_heads"])  # only when computed
+
+
+def test_cli_trace_why_shows_the_pairs_of_the_differential_heads():
+    def cli(*args):
+        out = subprocess.run([sys.executable, str(ROOT / "cli.py"), "trace", "--neuron", NEURON, "--why", *args],
+                             capture_output=True, text=True, cwd=ROOT)
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    data, text = json.loads(cli("--json")), cli()
+    assert data["differential_heads"]
+    for name in data["differential_heads"]:
+        listed = [(n, h) for n, p in enumerate(data["prompts"], 1) for h in p["top_heads"] if h["head"] == name]
+        assert listed and all("why" in h for _, h in listed)
+        n, h = sorted(listed, key=lambda x: not x[1]["active"])[0]  # the first prompt the text shows for it
+        block = text.split(f"\n{name} at #{n}")[1].split("\n\n")[0]
+        for s in h["why"]["sources"]:
+            pair = s["pairs"][0]
+            assert f"{pair['query']}×{pair['key']} {pair['centred']:+.3f} ({pair['score']:+.3f})" in block
+            assert f"{s['carried'][0]['component']} {s['carried'][0]['effect']:+.3f}" in block
+
+
+def test_why_refuses_a_rotary_model():
+    from types import SimpleNamespace
+
+    from minitf.errors import MinitfError
+    from minitf.trace import TraceOptions, trace
+
+    m = random_model()
+    neox = SimpleNamespace(cfg=SimpleNamespace(arch="gpt_neox"))
+    for call in (lambda: why.why_for_heads(neox, None, Neuron(1, 0), [Head(0, 0)], 0),
+                 lambda: trace(neox, Neuron(1, 0), [object()], TraceOptions(why=True))):
+        with pytest.raises(MinitfError, match="gpt_neox") as e:
+            call()
+        assert e.value.param == "why"
+    why.check_model(m)  # GPT-2: fine

@@ -264,7 +264,7 @@ def _prompt_text(p, n: int, scale: float) -> str:
     return f'<div class=ptext id="ptext-{n}">{"".join(spans)}</div>'
 
 
-def _top_heads_table(p, differential: set[str], mode) -> str:
+def _top_heads_table(p, differential: set[str], mode, n: int = 0) -> str:
     heads = p.top_heads
     if not heads:
         return ""
@@ -291,12 +291,16 @@ def _top_heads_table(p, differential: set[str], mode) -> str:
                        f'{"not in" if mode.selects == "context" else "in"} the selecting score">'
                        f'constant {_e(_num(h.constant))}</span>')
         positions = ",".join(str(int(s.position)) for s in h.sources)
-        rows.append(f'<tr class=hrow data-sources="{_e(positions)}"><td class=hname>{_e(h.head)}{badges}</td>'
+        rows.append(f'<tr class=hrow data-head="{_e(h.head)}" data-sources="{_e(positions)}"><td class=hname>{_e(h.head)}{badges}</td>'
                     f'<td class=hbar><span class=track><span class=bar style="width:{width:.1f}%;'
                     f'background:{_rgba(rgb, 0.75)}"></span></span></td><td class=val>{_e(_num(mode.of(h)))}</td>'
                     f'<td class=srcs>{"".join(sources)}</td></tr>')
+    why = ""  # trace --why: the script fills it when a source token is clicked
+    if any(h.why for h in heads):
+        why = (f'<div class=why id="why-{n}" aria-live=polite><span class="dim small">Click a looked-up token to see '
+               f'why the head looked there and what it took.</span></div>')
     return (f'<table class=topheads><thead><tr><th>head</th><th colspan=2>{mode.score} at the last token</th>'
-            f'<th>looked up (share of the context part)</th></tr></thead><tbody>{"".join(rows)}</tbody></table>')
+            f'<th>looked up (share of the context part)</th></tr></thead><tbody>{"".join(rows)}</tbody></table>{why}')
 
 
 def _prompts(trace) -> str:
@@ -319,7 +323,7 @@ def _prompts(trace) -> str:
             f'<span class="dim small right">active heads: {_e(active)}</span></div>'
             f'{_prompt_text(p, n, scale)}'
             f'<div class=detail id="detail-{n}" aria-live=polite></div>'
-            f'{_top_heads_table(p, differential, trace.mode)}</article>')
+            f'{_top_heads_table(p, differential, trace.mode, n)}</article>')
     hint = ("Tokens are shaded by the neuron's activation (orange &gt; 0, blue &lt; 0; the traced last token is "
             "underlined). Hover a token to see the heads' direct effects there; click to pin it. "
             "Hover a head to outline the tokens it looked up.")

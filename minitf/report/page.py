@@ -55,8 +55,19 @@ def _script_data(trace: Trace) -> dict:
             "positions": [{"a": _round(q.activation), "pre": _round(q.pre),
                            "heads": [[h.head, _round(mode.of(h))] for h in q.heads]} for q in p.positions or []],
             "top": [[h.head, _round(mode.of(h))] for h in p.top_heads],
+            **({"why": _why_data(p)} if any(h.why for h in p.top_heads) else {}),
         })
     return {"prompts": prompts, "differential": trace.differential_heads}
+
+
+def _why_data(p) -> dict:
+    """trace --why for the script: {head: {source position: {a: attention, s: S, c: S̃, pairs: [[query, key, S̃,
+    S]], took: [[component, effect]], ctx: context part}}} for the prompt's listed heads."""
+    return {h.head: {str(s.position): {"a": _round(s.attention), "s": _round(s.score), "c": _round(s.centred),
+                                       "pairs": [[x.query, x.key, _round(x.centred), _round(x.score)] for x in s.pairs],
+                                       "took": [[x.component, _round(x.effect)] for x in s.carried],
+                                       "ctx": _round(s.context)} for s in h.why.sources}
+            for h in p.top_heads if h.why}
 
 
 def render_html(trace: Trace | dict, explanations: dict | None = None, histogram: dict | None = None) -> str:

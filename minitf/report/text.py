@@ -71,6 +71,36 @@ def trace_lines(result, max_prompts: int = 20) -> list[str]:
     ic = result.identity_check
     lines.append(f"identity check: max |Σ terms + constant − pre| = {ic.max_abs_error:.2e} "
                  f"(relative to Σ|terms|: {ic.max_rel_error:.1e})")
+    return lines + why_lines(result)
+
+
+# ---- trace --why (minitf.why) ---------------------------------------------------------------------------
+def why_lines(result, max_prompts: int = 3, k: int = 3) -> list[str]:
+    """For each differential head (else the top head by mean score), at up to ``max_prompts`` prompts that list
+    it (active ones first): for each of its sources, the top ``k`` (query × key) pairs by S̃ and the top ``k``
+    components that wrote what it carried. Empty when the trace has no ``why`` (``trace --why``)."""
+    listed = [(n, p, h) for n, p in enumerate(result.prompts, 1) for h in p.top_heads if h.why is not None]
+    if not listed:
+        return []
+    names = result.differential_heads or [h.head for h in result.heads[:1]]
+    lines = ["", f"why the {'differential heads' if result.differential_heads else 'top head'} looked there (--why): "
+                 "at the last token t, for each source s the score S = q_t·k_s/√Dh",
+             "  and S̃ = S − Σ_s' p[t, s']·S (what moves the attention); looked: the top pairs query component × "
+             "key component by S̃ (their S);",
+             "  took: the components at s that wrote what the head carried from there (its context part, = their sum)"]
+    for name in names:
+        here = sorted((x for x in listed if x[2].head == name), key=lambda x: not x[2].active)[:max_prompts]
+        if not here:
+            lines += ["", f"{name}: not among any prompt's listed heads"]
+        for n, p, h in here:
+            lines += ["", f"{name} at #{n}{' (active)' if h.active else ''}  {show(p.text)}"]
+            for s in h.why.sources:
+                lines.append(f"    ← {p.tokens[s.position]!r}@{s.position}  attn {s.attention:.2f}  S {s.score:+.3f}  "
+                             f"S̃ {s.centred:+.3f}  (Σ pairs − S: {s.error:.0e})")
+                lines.append("        looked: " + " · ".join(f"{x.query}×{x.key} {x.centred:+.3f} ({x.score:+.3f})"
+                                                             for x in s.pairs[:k]))
+                lines.append("        took:   " + " · ".join(f"{c.component} {c.effect:+.3f}" for c in s.carried[:k])
+                             + f"  (= {s.context:+.3f} in all)")
     return lines
 
 

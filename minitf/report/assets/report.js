@@ -84,6 +84,44 @@
       row.addEventListener("mouseleave", function () { mark(false); });
     });
     show(box, last);
+    // ---- trace --why: clicking a looked-up token shows why the head looked there and what it took
+    var why = data.prompts[n].why, whyPanel = box.querySelector(".why");
+    if (why && whyPanel) {
+      Array.prototype.forEach.call(box.querySelectorAll("tr.hrow .src"), function (src) {
+        src.classList.add("clickable");
+        src.addEventListener("click", function () {
+          var head = src.closest("tr.hrow").getAttribute("data-head"), pos = src.getAttribute("data-pos");
+          var w = (why[head] || {})[pos];
+          if (!w) return;
+          Array.prototype.forEach.call(box.querySelectorAll(".src.sel"), function (t) { t.classList.remove("sel"); });
+          src.classList.add("sel");
+          whyPanel.textContent = "";
+          var top = el("div", "dhead");
+          top.appendChild(el("b", "", head + " "));
+          top.appendChild(el("span", "", "looked at "));
+          top.appendChild(el("span", "tok", visible(data.prompts[n].tokens[+pos]) || "\u200b"));
+          top.appendChild(el("span", "dim", " @" + pos + "  attention " + w.a.toFixed(2) + "  score S " + fmt(w.s) +
+                             "  S\u0303 " + fmt(w.c) + " (S minus its mean under the pattern: what moves attention)"));
+          whyPanel.appendChild(top);
+          var table = el("table", "whypairs"), head1 = el("tr");
+          ["query component", "key component", "S\u0303", "S"].forEach(function (t) { head1.appendChild(el("th", "", t)); });
+          table.appendChild(head1);
+          w.pairs.forEach(function (x) {
+            var row = el("tr", "whypair");
+            row.appendChild(el("td", "", x[0]));
+            row.appendChild(el("td", "", x[1]));
+            row.appendChild(el("td", "val", fmt(x[2])));
+            row.appendChild(el("td", "val dim", fmt(x[3])));
+            table.appendChild(row);
+          });
+          whyPanel.appendChild(table);
+          var took = el("div", "whytook small");
+          took.appendChild(el("span", "dim", "what it took (context part " + fmt(w.ctx) + ") was written by: "));
+          took.appendChild(el("span", "", w.took.map(function (x) { return x[0] + " " + fmt(x[1]); }).join(" \u00b7 ")));
+          whyPanel.appendChild(took);
+        });
+      });
+    }
   });
   document.documentElement.setAttribute("data-ready", "1");
 })();
