@@ -102,7 +102,7 @@ def trace(model: Model, neuron: Neuron, prompts: list[Prompt], options: TraceOpt
     # ---- paths (``--paths``): each differential head's effect split by path, removed as the ablation removes it
     paths = None
     if options.paths:
-        diff = [candidates[i] for i in np.flatnonzero(is_differential)]
+        diff = [candidates[i] for i in order if is_differential[i]]  # as differential_heads lists them
         analysis = head_paths(model, run, neuron, card.token.id, diff, replace_with=replace_with,
                               ablate_with=options.ablate_with)
         paths = PathsRecord.of(analysis, options.ablate_with,

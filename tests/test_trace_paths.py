@@ -1,0 +1,77 @@
+"""``trace --paths`` (minitf.paths wired into the trace) on weights/tiny: the direct path with σ frozen is the
+head's own term (context part under --scores paper), the total is the ablation's own record, the text table
+and the schema; --ablate-with mean runs."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from minitf.trace import Trace
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = json.loads((ROOT / "docs" / "trace.schema.json").read_text())
+NEURON = "L3N27"  # two differential heads on its top 10 train prompts (L2H0, L1H0): a joint removal too
+ARGS = ("trace", "--model", "tiny", "--neuron", NEURON, "--n-prompts", "10", "--no-progress", "--paths")
+
+
+def cli(*args):
+    out = subprocess.run([sys.executable, str(ROOT / "cli.py"), *args], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+@pytest.fixture(scope="module", params=["paper", "exact"])
+def traced(request):
+    return request.param, json.loads(cli(*ARGS, "--scores", request.param, "--json"))
+
+
+def close(a, b, rel=1e-4, abs_=1e-6):
+    return a is not None and b is not None and abs(a - b) <= abs_ + rel * abs(b)
+
+
+def test_direct_frozen_is_the_heads_term_and_total_is_the_ablation(traced):
+    scores, result = traced
+    paths = result["paths"]
+    diff = result["differential_heads"]
+    assert len(diff) >= 2 and [h["head"] for h in paths["heads"]] == diff
+    assert paths["removal"] == ("replaced" if scores == "paper" else "zero") and paths["ablate_with"] == "zero"
+    selects = "mean_context" if scores == "paper" else "mean_effect"  # what the ablation removes (minitf.scores)
+    for hp in paths["heads"]:
+        head = next(h for h in result["heads"] if h["head"] == hp["head"])
+        # Δ = clean − removed: removing the head's term takes exactly that term off the pre-activation
+        assert close(hp["direct"]["frozen"]["mean_dpre"], head[selects]), (hp["direct"]["frozen"], head[selects])
+        ab = head["ablation"]  # the trace's own ablation of the same head, removed the same way
+        for key in ("mean_dpost", "mean_dp", "mean_dpost_active", "mean_dpost_inactive"):
+            assert close(hp["total"][key], ab[key], abs_=1e-6 if key.startswith("mean_dpost") else 1e-8), key
+        frac = hp["mediated_fraction"]["dpost"]
+        assert frac is None or close(frac, hp["direct"]["recomputed"]["mean_dpost"] / hp["total"]["mean_dpost"])
+    joint = paths["joint"]
+    assert joint["heads"] == diff
+    assert close(joint["sum_alone"]["mean_dpost"], sum(h["total"]["mean_dpost"] for h in paths["heads"]))
+
+
+def test_paths_follow_the_schema_and_read_back(traced):
+    jsonschema = pytest.importorskip("jsonschema")
+    _, result = traced
+    jsonschema.validate(result, SCHEMA)
+    assert Trace.from_json(result).to_json() == result
+
+
+def test_without_paths_no_paths_key():
+    out = json.loads(cli(*ARGS[:-1], "--ablate", "0", "--json"))
+    assert "paths" not in out
+
+
+def test_text_table_and_mean_ablation():
+    text = cli(*ARGS)
+    assert f"paths of {NEURON}: each differential head's effect by path" in text
+    for row in ("direct, σ frozen", "direct, LN₂ recomputed", "via MLP 1", "via the heads of layer 3",
+                "total (the ablation)", "mediated fraction direct / total: Δpost", "largest via MLP: MLP",
+                "removed at once vs the sum of each alone"):
+        assert row in text, row
+    mean = json.loads(cli(*ARGS, "--ablate-with", "mean", "--json"))
+    assert mean["paths"]["removal"] == "mean" and mean["paths"]["ablate_with"] == "mean"
+    zero = json.loads(cli(*ARGS, "--json"))
+    assert mean["paths"]["heads"][0]["total"]["mean_dpost"] != zero["paths"]["heads"][0]["total"]["mean_dpost"]
