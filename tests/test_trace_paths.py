@@ -2,6 +2,7 @@
 head's own term (context part under --scores paper), the total is the ablation's own record, the text table
 and the schema; --ablate-with mean runs."""
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -64,7 +65,7 @@ def test_without_paths_no_paths_key():
     assert "paths" not in out
 
 
-def test_text_table_and_mean_ablation():
+def test_text_table_html_and_mean_ablation(tmp_path):
     text = cli(*ARGS)
     assert f"paths of {NEURON}: each differential head's effect by path" in text
     for row in ("direct, σ frozen", "direct, LN₂ recomputed", "via MLP 1", "via the heads of layer 3",
@@ -73,5 +74,11 @@ def test_text_table_and_mean_ablation():
         assert row in text, row
     mean = json.loads(cli(*ARGS, "--ablate-with", "mean", "--json"))
     assert mean["paths"]["removal"] == "mean" and mean["paths"]["ablate_with"] == "mean"
-    zero = json.loads(cli(*ARGS, "--json"))
+    zero = json.loads(cli(*ARGS, "--json", "--html", str(tmp_path / "r.html")))
     assert mean["paths"]["heads"][0]["total"]["mean_dpost"] != zero["paths"]["heads"][0]["total"]["mean_dpost"]
+    page = (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "<section id=paths>" in page and "mediated Δpost" in page
+    data = json.loads(re.search(r'<script type="application/json" id="minitf-data">(.*?)</script>', page, re.S)[1])
+    assert data["paths"]["heads"][0]["head"] == zero["differential_heads"][0]
+    assert close(data["paths"]["heads"][0]["mediated_fraction"]["dpost"],
+                 zero["paths"]["heads"][0]["mediated_fraction"]["dpost"])

@@ -56,7 +56,10 @@ def _script_data(trace: Trace) -> dict:
                            "heads": [[h.head, _round(mode.of(h))] for h in q.heads]} for q in p.positions or []],
             "top": [[h.head, _round(mode.of(h))] for h in p.top_heads],
         })
-    return {"prompts": prompts, "differential": trace.differential_heads}
+    data = {"prompts": prompts, "differential": trace.differential_heads}
+    if trace.paths is not None:  # trace --paths: the path split's numbers, as in the trace's JSON
+        data["paths"] = trace.paths.to_json()
+    return data
 
 
 def render_html(trace: Trace | dict, explanations: dict | None = None, histogram: dict | None = None) -> str:
