@@ -475,9 +475,10 @@ def index(model_spec, corpus, layers, split, k, workers, bos, index_dir, rebuild
 @click.option("--restart", is_flag=True, help="Start over in --out, discarding an earlier study there.")
 @no_progress_option
 @json_option
+@click.option("--paths", is_flag=True, help="Also split each differential head's effect by path (costs reruns).")
 def study(out, model_spec, layers, per_layer, exclude, neurons_file, min_count, corpus, split, n_prompts, rule,
           head_scores, include_same_layer, ablate, llm_model, base_url, max_calls, concurrency, timeout, max_retries,
-          cache_dir, restart, no_progress, as_json):
+          cache_dir, restart, no_progress, as_json, paths):
     """The paper's experiments over many neurons: trace, ablate, explain and score; aggregates and a site (resumable)."""
     from minitf.index.build import IndexInterrupted
     from minitf.study.run import StudyInterrupted, StudyOptions, run_study, summary_lines
@@ -486,7 +487,7 @@ def study(out, model_spec, layers, per_layer, exclude, neurons_file, min_count, 
                            neurons_file=neurons_file, corpus=corpus, split=split, n_prompts=n_prompts, rule=rule,
                            scores=head_scores, include_same_layer=include_same_layer, min_count=min_count, ablate=ablate,
                            llm=llm_model, base_url=base_url, max_calls=max_calls, concurrency=concurrency,
-                           timeout=timeout, max_retries=max_retries, cache_dir=cache_dir)
+                           timeout=timeout, max_retries=max_retries, cache_dir=cache_dir, paths=paths)
     try:
         result = run_study(minitf.load(model_spec), out, options, restart=restart, progress=not no_progress,
                            say=lambda line: click.echo(line, err=True))

@@ -2,11 +2,13 @@
 head's own term (context part under --scores paper), the total is the ablation's own record, the text table
 and the schema; --ablate-with mean runs."""
 import json
+import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from minitf.trace import Trace
@@ -60,11 +62,6 @@ def test_paths_follow_the_schema_and_read_back(traced):
     assert Trace.from_json(result).to_json() == result
 
 
-def test_without_paths_no_paths_key():
-    out = json.loads(cli(*ARGS[:-1], "--ablate", "0", "--json"))
-    assert "paths" not in out
-
-
 def test_text_table_html_and_mean_ablation(tmp_path):
     text = cli(*ARGS)
     assert f"paths of {NEURON}: each differential head's effect by path" in text
@@ -82,3 +79,27 @@ def test_text_table_html_and_mean_ablation(tmp_path):
     assert data["paths"]["heads"][0]["head"] == zero["differential_heads"][0]
     assert close(data["paths"]["heads"][0]["mediated_fraction"]["dpost"],
                  zero["paths"]["heads"][0]["mediated_fraction"]["dpost"])
+
+
+def test_study_paths_aggregates_the_mediated_fractions(tmp_path):
+    (tmp_path / "neurons.txt").write_text(f"{NEURON}\nL3N15\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL")}
+    out = subprocess.run([sys.executable, str(ROOT / "cli.py"), "study", "--out", str(tmp_path / "s"), "--model", "tiny",
+                          "--neurons", str(tmp_path / "neurons.txt"), "--n-prompts", "10", "--no-progress", "--paths"],
+                         capture_output=True, text=True, cwd=ROOT, env=env)
+    assert out.returncode == 0, out.stderr
+    assert "mediated fraction direct / total over" in out.stdout
+    study = json.loads((tmp_path / "s" / "study.json").read_text())
+    agg = study["aggregates"]["paths"]
+    traces = [json.loads((tmp_path / "s" / "neurons" / f"{n}.json").read_text())["trace"] for n in (NEURON, "L3N15")]
+    pairs = [(t, h) for t in traces for h in t["paths"]["heads"]]
+    assert agg["pairs"] == len(pairs) == sum(len(t["differential_heads"]) for t in traces) >= 3
+    for key in ("dpost", "dp"):  # recomputed from each pair's own means: Σ direct / Σ total = mean / mean
+        fractions = [h["direct"]["recomputed"][f"mean_{key}"] / h["total"][f"mean_{key}"] for _, h in pairs]
+        assert close(agg[key]["all"]["median"], float(np.median(fractions)))
+        assert close(agg[key]["all"]["q1"], float(np.percentile(fractions, 25)))
+        active = [h["mediated_fraction_active"][key] for _, h in pairs if h.get("mediated_fraction_active")]
+        assert close(agg[key]["active"]["mean"], float(np.mean([a for a in active if a is not None])))
+    without = json.loads(cli("trace", "--model", "tiny", "--neuron", NEURON, "--n-prompts", "10", "--no-progress",
+                             "--ablate", "0", "--json"))
+    assert "paths" not in without
