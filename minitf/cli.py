@@ -225,8 +225,7 @@ trace_options = _options(  # trace and report
     ablate_option(default=5, help="Ablate this many top heads by mean score (see --scores) and each differential head."),
     no_progress_option,
     click.option("--paths", is_flag=True, help="Split each differential head's effect by path (minitf.paths)."),
-    click.option("--ablate-with", type=click.Choice(["zero", "mean"]), default="zero", show_default=True,
-                 help="How --paths removes a head: its kept part (zero), plus its mean over the prompts (mean)."),
+    click.option("--ablate-with", type=click.Choice(["zero", "mean"]), default="zero", help="--paths' removal [zero]."),
 )
 
 

@@ -84,8 +84,8 @@ def test_text_table_html_and_mean_ablation(tmp_path):
 def test_study_paths_aggregates_the_mediated_fractions(tmp_path):
     (tmp_path / "neurons.txt").write_text(f"{NEURON}\nL3N15\n")
     env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL")}
-    out = subprocess.run([sys.executable, str(ROOT / "cli.py"), "study", "--out", str(tmp_path / "s"), "--model", "tiny",
-                          "--neurons", str(tmp_path / "neurons.txt"), "--n-prompts", "10", "--no-progress", "--paths"],
+    out = subprocess.run([sys.executable, str(ROOT / "cli.py"), "study", "--out", str(tmp_path / "s"),
+                          "--model", "tiny", "--neurons", str(tmp_path / "neurons.txt"), "--n-prompts", "10", "--no-progress", "--paths"],
                          capture_output=True, text=True, cwd=ROOT, env=env)
     assert out.returncode == 0, out.stderr
     assert "mediated fraction direct / total over" in out.stdout

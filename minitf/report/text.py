@@ -82,8 +82,8 @@ def paths_lines(paths) -> list[str]:
     the path removed), the mediated fraction direct / total, and the joint removal vs the sum alone."""
     lines = [f"paths of {paths.neuron}: each differential head's effect by path (removal {paths.removal}, ablate "
              f"with {paths.ablate_with})",
-             "note: Δ = clean − with the path removed, means over the prompts; the direct path's Δp goes through the "
-             "neuron alone"]
+             "note: Δ = clean − with the path removed, means over the prompts; the direct path's Δp goes "
+             "through the neuron alone"]
     if not paths.heads:
         return lines + ["no differential head: no path to split"]
 
