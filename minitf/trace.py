@@ -31,7 +31,7 @@ from minitf.errors import MinitfError
 from minitf.heads import active_mask, both_classes, candidate_heads, differential
 from minitf.model import Model, Run
 from minitf.names import Neuron, check_neuron
-from minitf.paths import PathsRecord, head_paths
+from minitf.paths import ABLATE_WITH, PathsRecord, head_paths
 from minitf.prompts import Mined, Prompt, prompts_from_texts, read_prompt_file
 from minitf.scores import DEFAULT, ScoresMode, scores_mode
 from minitf.util.records import Record, from_json, optional_field, record_field, to_json
@@ -68,6 +68,8 @@ def trace(model: Model, neuron: Neuron, prompts: list[Prompt], options: TraceOpt
         raise MinitfError("no prompts to trace")
     options = options or TraceOptions()
     mode = scores_mode(options.scores)
+    if options.paths and options.ablate_with not in ABLATE_WITH:  # --paths
+        raise MinitfError(f"`ablate_with` {options.ablate_with!r}: choose zero or mean", param="ablate_with")
     if card is None:
         from minitf.neurons import neuron_card
 
