@@ -189,7 +189,7 @@ def download(name, dest, endpoint, no_progress):
 
 
 def _trace(neuron, model_spec, texts, prompt_file, corpus, split, n_prompts, rule, include_same_layer, bos, ablate,
-           per_position, scores=DEFAULT_SCORES, progress=True, why=False):
+           per_position, scores=DEFAULT_SCORES, progress=True, why=False, **paths):
     """Load the model and trace the neuron (for trace and report); notes go to stderr."""
     from minitf.corpus import default_corpus
     from minitf.trace import PromptSource, TraceOptions, trace_neuron
@@ -201,7 +201,7 @@ def _trace(neuron, model_spec, texts, prompt_file, corpus, split, n_prompts, rul
         corpus = default_corpus(model, corpus, needed_for="give --text, --prompts or --corpus")
     source = PromptSource(list(texts), prompt_file, corpus, split, n_prompts, bos, progress)
     options = TraceOptions(rule=rule, include_same_layer=include_same_layer, ablate=ablate, per_position=per_position,
-                           scores=scores, why=why)
+                           scores=scores, why=why, **paths)  # --paths, --ablate-with
     result = trace_neuron(model, neuron, source=source, options=options)
     for note in result.settings.origin.notes or []:
         click.echo(f"note: {main.in_flags(MinitfError(note))}", err=True)
@@ -224,6 +224,8 @@ trace_options = _options(  # trace and report
     ablate_option(default=5, help="Ablate this many top heads by mean score (see --scores) and each differential head."),
     no_progress_option,
     click.option("--why", is_flag=True, help="Why each listed head looked there: its score split (minitf.why)."),
+    click.option("--paths", is_flag=True, help="Split each differential head's effect by path (minitf.paths)."),
+    click.option("--ablate-with", type=click.Choice(["zero", "mean"]), default="zero", help="--paths' removal [zero]."),
 )
 
 
@@ -233,13 +235,13 @@ trace_options = _options(  # trace and report
 @click.option("--html", "html_path", type=click.Path(dir_okay=False),
               help="Also write a self-contained HTML report (works offline) to this file.")
 def trace(neuron, model_spec, texts, prompt_file, corpus, split, n_prompts, rule, head_scores, include_same_layer, bos,
-          ablate, no_progress, why, as_json, html_path):
+          ablate, no_progress, why, as_json, html_path, **paths):
     """Which attention heads switch a neuron on: exact direct effects, looked-up tokens, ablation."""
     from minitf.report.text import trace_lines
 
     model, result = _trace(neuron, model_spec, texts, prompt_file, corpus, split, n_prompts, rule,
                            include_same_layer, bos, ablate, per_position=bool(html_path), scores=head_scores,
-                           progress=not no_progress, why=why)
+                           progress=not no_progress, why=why, **paths)
     if html_path:
         from minitf.report.page import report_extras, write_html
 
@@ -340,13 +342,13 @@ def score(neuron, model_spec, llm_model, base_url, max_calls, concurrency, timeo
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="The HTML file to write.")
 @cache_dir_option(help=f"Where explain/score saved their results {CACHE_DEFAULT}.")
 def report(out, cache_dir, neuron, model_spec, texts, prompt_file, corpus, split, n_prompts, rule, head_scores,
-           include_same_layer, bos, ablate, no_progress, why):
+           include_same_layer, bos, ablate, no_progress, why, **paths):
     """A self-contained HTML report of a trace (the same options as trace): one file that works offline."""
     from minitf.report.page import report_extras, write_html
 
     model, result = _trace(neuron, model_spec, texts, prompt_file, corpus, split, n_prompts, rule,
                            include_same_layer, bos, ablate, per_position=True, scores=head_scores,
-                           progress=not no_progress, why=why)
+                           progress=not no_progress, why=why, **paths)
     write_html(out, result, *report_extras(model, neuron, result.settings.origin, cache_dir))
     click.echo(f"{out}: HTML report of {neuron}, {count(len(result.prompts), 'prompt')}")
 
@@ -472,9 +474,10 @@ def index(model_spec, corpus, layers, split, k, workers, bos, index_dir, rebuild
 @click.option("--restart", is_flag=True, help="Start over in --out, discarding an earlier study there.")
 @no_progress_option
 @json_option
+@click.option("--paths", is_flag=True, help="Also split each differential head's effect by path (costs reruns).")
 def study(out, model_spec, layers, per_layer, exclude, neurons_file, min_count, corpus, split, n_prompts, rule,
           head_scores, include_same_layer, ablate, llm_model, base_url, max_calls, concurrency, timeout, max_retries,
-          cache_dir, restart, no_progress, as_json):
+          cache_dir, restart, no_progress, as_json, paths):
     """The paper's experiments over many neurons: trace, ablate, explain and score; aggregates and a site (resumable)."""
     from minitf.index.build import IndexInterrupted
     from minitf.study.run import StudyInterrupted, StudyOptions, run_study, summary_lines
@@ -483,7 +486,7 @@ def study(out, model_spec, layers, per_layer, exclude, neurons_file, min_count, 
                            neurons_file=neurons_file, corpus=corpus, split=split, n_prompts=n_prompts, rule=rule,
                            scores=head_scores, include_same_layer=include_same_layer, min_count=min_count, ablate=ablate,
                            llm=llm_model, base_url=base_url, max_calls=max_calls, concurrency=concurrency,
-                           timeout=timeout, max_retries=max_retries, cache_dir=cache_dir)
+                           timeout=timeout, max_retries=max_retries, cache_dir=cache_dir, paths=paths)
     try:
         result = run_study(minitf.load(model_spec), out, options, restart=restart, progress=not no_progress,
                            say=lambda line: click.echo(line, err=True))

@@ -53,11 +53,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from minitf.attribution import read_direction
-from minitf.kernels import gelu_new, linear
+from minitf.kernels import gelu_new, linear, softmax
 from minitf.model import Intervention, Model, Run
 from minitf.names import Head, Neuron
-from minitf.kernels import softmax
 from minitf.runs import Recorder
+from minitf.util.records import Record, optional_field, record_field
 
 ABLATE_WITH = ("zero", "mean")
 
@@ -206,6 +206,87 @@ class PathAnalysis:
         return {"neuron": str(self.neuron), "token": int(self.token), "removal": self.removal,
                 "heads": [hp.to_json(active.get(hp.head), per_prompt) for hp in self.heads],
                 "joint": None if self.joint is None else self.joint.to_json(per_prompt)}
+
+
+# ---- the trace's records: PathAnalysis.to_json(active) read back typed (``Trace.paths``, docs/trace.schema.json)
+@dataclass
+class PathEffectRecord(Record):
+    """``Effect.to_json(active)``: mean Δpre, Δpost, Δp (None: not measured), over all prompts and over the
+    head's active and inactive ones (left out where there are none)."""
+
+    mean_dpre: float | None
+    mean_dpost: float | None
+    mean_dp: float | None
+    mean_dpre_active: float | None = optional_field()
+    mean_dpre_inactive: float | None = optional_field()
+    mean_dpost_active: float | None = optional_field()
+    mean_dpost_inactive: float | None = optional_field()
+    mean_dp_active: float | None = optional_field()
+    mean_dp_inactive: float | None = optional_field()
+
+
+@dataclass
+class LayerPathRecord(Record):
+    """A path through a layer's MLP (or heads) first: its layer and its effect."""
+
+    layer: int
+    effect: PathEffectRecord = field(metadata={"flatten": True, "record": PathEffectRecord})
+
+
+@dataclass
+class DirectPathRecord(Record):
+    recomputed: PathEffectRecord = record_field(PathEffectRecord)
+    frozen: PathEffectRecord = record_field(PathEffectRecord)
+
+
+@dataclass
+class FractionRecord(Record):
+    """direct / total of Δpost and of Δp (None where the total sums to 0)."""
+
+    dpost: float | None
+    dp: float | None
+
+
+@dataclass
+class HeadPathsRecord(Record):
+    """``HeadPaths.to_json(active)``."""
+
+    head: str
+    direct: DirectPathRecord = record_field(DirectPathRecord)
+    via_mlp: list[LayerPathRecord] = record_field(LayerPathRecord, many=True)
+    via_heads: list[LayerPathRecord] = record_field(LayerPathRecord, many=True)
+    total: PathEffectRecord = record_field(PathEffectRecord)
+    rest: PathEffectRecord = record_field(PathEffectRecord)
+    mediated_fraction: FractionRecord = record_field(FractionRecord)
+    largest_mlps: list[int] = field(default_factory=list)
+    mediated_fraction_active: FractionRecord | None = optional_field(record=FractionRecord, many=False)
+    mediated_fraction_inactive: FractionRecord | None = optional_field(record=FractionRecord, many=False)
+
+
+@dataclass
+class JointRecord(Record):
+    """``JointEffect.to_json()``: every listed head removed at once vs the sum of each alone."""
+
+    heads: list[str]
+    joint: PathEffectRecord = record_field(PathEffectRecord)
+    sum_alone: PathEffectRecord = record_field(PathEffectRecord)
+    interaction: PathEffectRecord = record_field(PathEffectRecord)
+
+
+@dataclass
+class PathsRecord(Record):
+    """``PathAnalysis.to_json(active)`` as the trace stores it (``trace --paths``); ``ablate_with``: zero or mean."""
+
+    neuron: str
+    token: int
+    removal: str
+    ablate_with: str
+    heads: list[HeadPathsRecord] = record_field(HeadPathsRecord, many=True)
+    joint: JointRecord | None = record_field(JointRecord)
+
+    @classmethod
+    def of(cls, analysis: PathAnalysis, ablate_with: str, active: dict[Head, np.ndarray]) -> "PathsRecord":
+        return cls.from_json({**analysis.to_json(active), "ablate_with": ablate_with}, "paths")
 
 
 # ---- the computation ------------------------------------------------------------------------------------

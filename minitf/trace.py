@@ -31,6 +31,7 @@ from minitf.errors import MinitfError
 from minitf.heads import active_mask, both_classes, candidate_heads, differential
 from minitf.model import Model, Run
 from minitf.names import Neuron, check_neuron
+from minitf.paths import ABLATE_WITH, PathsRecord, head_paths
 from minitf.prompts import Mined, Prompt, prompts_from_texts, read_prompt_file
 from minitf.scores import DEFAULT, ScoresMode, scores_mode
 from minitf.util.records import Record, from_json, optional_field, record_field, to_json
@@ -57,6 +58,10 @@ class TraceOptions:
     # ---- --why (minitf.why): each listed head's score split into (query × key) pairs, its carried part by component
     why: bool = False
 
+    # ---- paths (``trace --paths``, minitf.paths) ----
+    paths: bool = False  # also split each differential head's effect by path (direct, via each MLP, total)
+    ablate_with: str = "zero"  # the paths' removal: "zero" (as the ablation) or "mean" (over the prompts)
+
 
 def trace(model: Model, neuron: Neuron, prompts: list[Prompt], options: TraceOptions | None = None,
           card: NeuronCard | None = None, origin: PromptOrigin | None = None) -> Trace:
@@ -69,6 +74,8 @@ def trace(model: Model, neuron: Neuron, prompts: list[Prompt], options: TraceOpt
     if options.why:  # ---- --why: refused before any work where the split does not apply
         why_check(model)
     mode = scores_mode(options.scores)
+    if options.paths and options.ablate_with not in ABLATE_WITH:  # --paths
+        raise MinitfError(f"`ablate_with` {options.ablate_with!r}: choose zero or mean", param="ablate_with")
     if card is None:
         from minitf.neurons import neuron_card
 
@@ -101,6 +108,15 @@ def trace(model: Model, neuron: Neuron, prompts: list[Prompt], options: TraceOpt
         replace_with = {h: constants[h.layer][h.head] for h in to_ablate}
     ablations = ablate_heads(model, tokens, neuron, card.token.id, to_ablate, run=run, replace_with=replace_with)
 
+    # ---- paths (``--paths``): each differential head's effect split by path, removed as the ablation removes it
+    paths = None
+    if options.paths:
+        diff = [candidates[i] for i in order if is_differential[i]]  # as differential_heads lists them
+        analysis = head_paths(model, run, neuron, card.token.id, diff, replace_with=replace_with,
+                              ablate_with=options.ablate_with)
+        paths = PathsRecord.of(analysis, options.ablate_with,
+                               {candidates[i]: active[:, i] for i in np.flatnonzero(is_differential)})
+    # ---- end paths
     errors = np.abs(fx.total() - fx.pre)  # [P]
     per_prompt = [_prompt_record(model, run, fx, neuron, candidates, effects, parts, active, post, i, prompts[i],
                                  options, mode) for i in range(len(prompts))]
@@ -121,7 +137,8 @@ def trace(model: Model, neuron: Neuron, prompts: list[Prompt], options: TraceOpt
                           mode.note, origin or PromptOrigin()),
         prompts=per_prompt, heads=heads, differential_heads=[h.head for h in heads if h.differential],
         identity_check=IdentityCheck(float(errors.max()),
-                                     float((errors / np.maximum(fx.magnitude(), 1e-30)).max())))
+                                     float((errors / np.maximum(fx.magnitude(), 1e-30)).max())),
+        paths=paths)
 
 
 @dataclass
@@ -371,6 +388,7 @@ class Trace(Record):
     differential_heads: list[str]
     identity_check: IdentityCheck = record_field(IdentityCheck)
     schema_version: int = SCHEMA_VERSION
+    paths: PathsRecord | None = optional_field(record=PathsRecord, many=False)  # ``--paths`` only
 
     @property
     def mode(self) -> ScoresMode:

@@ -429,6 +429,38 @@ def _explanations(explanations: dict | None) -> str:
             f'<th>ROC-AUC</th></tr></thead><tbody>{"".join(rows)}</tbody></table></section>')
 
 
+# ---- trace --paths (minitf.paths): each differential head's effect by path --------------------------------
+def _paths(trace) -> str:
+    """A row per differential head: Δpost direct (σ frozen, LN₂ recomputed), via the largest MLPs, via later
+    heads (Σ), total; Δp direct and total; the mediated fraction direct / total; then the joint removal."""
+    paths = trace.paths
+    if paths is None or not paths.heads:
+        return ""
+    rows = []
+    for h in paths.heads:
+        mlps = {v.layer: v.effect for v in h.via_mlp}
+        largest = ", ".join(f"MLP {k} {_num(mlps[k].mean_dpost)}" for k in h.largest_mlps[:3]) or "–"
+        heads = sum(v.effect.mean_dpost for v in h.via_heads) if h.via_heads else None
+        mf = h.mediated_fraction
+        cells = [_num(h.direct.frozen.mean_dpost), _num(h.direct.recomputed.mean_dpost), _e(largest), _num(heads),
+                 _num(h.total.mean_dpost), _dp(h.direct.recomputed.mean_dp), _dp(h.total.mean_dp),
+                 _num(mf.dpost, ".2f"), _num(mf.dp, ".2f")]
+        rows.append(f'<tr><td class=hname>{_e(h.head)}</td>{"".join(f"<td class=val>{c}</td>" for c in cells)}</tr>')
+    joint = ""
+    if (j := paths.joint) is not None:
+        joint = (f"<p class=hint>{_e(' + '.join(j.heads))} removed at once: Δpost {_num(j.joint.mean_dpost)} vs "
+                 f"{_num(j.sum_alone.mean_dpost)} summed alone (interaction {_num(j.interaction.mean_dpost)}); "
+                 f"Δp {_dp(j.joint.mean_dp)} vs {_dp(j.sum_alone.mean_dp)}.</p>")
+    head = "".join(f"<th>{_e(c)}</th>" for c in (
+        "head", "Δpost direct, σ frozen", "direct, LN₂ recomputed", "via the largest MLPs", "via later heads",
+        "total (ablation)", "Δp direct", "Δp total", "mediated Δpost", "mediated Δp"))
+    return (f'<section id=paths><h2>Direct or through others</h2><p class=hint>Each differential head removed '
+            f'({_e(paths.removal)}, ablate with {_e(paths.ablate_with)}) from one path at a time: Δ = clean − path '
+            f'removed, means over the prompts; mediated = Σ direct / Σ total (the ablation).</p>'
+            f'<table class=paths><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>{joint}'
+            f'</section>')
+
+
 def _footer(trace) -> str:
     s = trace.settings
     notes = "".join(f"<li>{_e(n)}</li>" for n in s.origin.notes or [])
@@ -453,7 +485,7 @@ def page(trace, explanations: dict | None, histogram: dict | None, script_data: 
     csp = (f"default-src 'none'; style-src 'unsafe-inline'; img-src data:; script-src 'sha256-{digest}'; "
            "base-uri 'none'; form-action 'none'")
     body = "".join([_header(trace), _card(trace, histogram), _heads_chart(trace), _explanations(explanations),
-                    _prompts(trace), _footer(trace)])
+                    _paths(trace), _prompts(trace), _footer(trace)])
     return ("<!DOCTYPE html>\n"
             f'<html lang="en"><head><meta charset="utf-8">'
             f'<meta http-equiv="Content-Security-Policy" content="{csp}">'

@@ -57,7 +57,10 @@ def _script_data(trace: Trace) -> dict:
             "top": [[h.head, _round(mode.of(h))] for h in p.top_heads],
             **({"why": _why_data(p)} if any(h.why for h in p.top_heads) else {}),
         })
-    return {"prompts": prompts, "differential": trace.differential_heads}
+    data = {"prompts": prompts, "differential": trace.differential_heads}
+    if trace.paths is not None:  # trace --paths: the path split's numbers, as in the trace's JSON
+        data["paths"] = trace.paths.to_json()
+    return data
 
 
 def _why_data(p) -> dict:

@@ -71,6 +71,8 @@ def trace_lines(result, max_prompts: int = 20) -> list[str]:
     ic = result.identity_check
     lines.append(f"identity check: max |Σ terms + constant − pre| = {ic.max_abs_error:.2e} "
                  f"(relative to Σ|terms|: {ic.max_rel_error:.1e})")
+    if result.paths is not None:  # trace --paths
+        lines += [""] + paths_lines(result.paths)
     return lines + why_lines(result)
 
 
@@ -101,6 +103,43 @@ def why_lines(result, max_prompts: int = 3, k: int = 3) -> list[str]:
                                                              for x in s.pairs[:k]))
                 lines.append("        took:   " + " · ".join(f"{c.component} {c.effect:+.3f}" for c in s.carried[:k])
                              + f"  (= {s.context:+.3f} in all)")
+    return lines
+
+
+# ---- trace --paths (minitf.paths) ------------------------------------------------------------------------
+def paths_lines(paths) -> list[str]:
+    """A ``minitf.paths.PathsRecord`` as one table per head: each path's mean Δpre, Δpost, Δp (Δ = clean − with
+    the path removed), the mediated fraction direct / total, and the joint removal vs the sum alone."""
+    lines = [f"paths of {paths.neuron}: each differential head's effect by path (removal {paths.removal}, ablate "
+             f"with {paths.ablate_with})",
+             "note: Δ = clean − with the path removed, means over the prompts; the direct path's Δp goes "
+             "through the neuron alone"]
+    if not paths.heads:
+        return lines + ["no differential head: no path to split"]
+
+    def row(name, e):
+        return f"  {name:<24}{_num(e.mean_dpre):>9}{_num(e.mean_dpost):>9}  {_num(e.mean_dp, '+.2e'):>10}"
+
+    for h in paths.heads:
+        lines += ["", f"{h.head:<26}{'Δpre':>9}{'Δpost':>9}  {'Δp':>10}",
+                  row("direct, σ frozen", h.direct.frozen), row("direct, LN₂ recomputed", h.direct.recomputed)]
+        lines += [row(f"via MLP {v.layer}" + (" *" if v.layer in h.largest_mlps[:3] else ""), v.effect)
+                  for v in h.via_mlp]
+        lines += [row(f"via the heads of layer {v.layer}", v.effect) for v in h.via_heads]
+        lines += [row("total (the ablation)", h.total), row("rest (2nd order)", h.rest)]
+        mf = h.mediated_fraction
+        split = "".join(f"; {name} Δpost {_num(f.dpost, '.2f')}, Δp {_num(f.dp, '.2f')}" for name, f in
+                        (("active", h.mediated_fraction_active), ("inactive", h.mediated_fraction_inactive)) if f)
+        lines.append(f"  mediated fraction direct / total: Δpost {_num(mf.dpost, '.2f')}, Δp {_num(mf.dp, '.2f')}"
+                     f"{split}")
+        if h.via_mlp:
+            lines.append(f"  * largest via MLP: {', '.join(f'MLP {k}' for k in h.largest_mlps[:3])}")
+    if (j := paths.joint) is not None:
+        lines += ["", f"{' + '.join(j.heads)} removed at once vs the sum of each alone (interaction = joint − sum):"]
+        for name, e in (("Δpost", "mean_dpost"), ("Δp", "mean_dp")):
+            spec = "+.3f" if name == "Δpost" else "+.2e"
+            lines.append(f"  {name:<6} joint {_num(getattr(j.joint, e), spec)}  sum alone "
+                         f"{_num(getattr(j.sum_alone, e), spec)}  interaction {_num(getattr(j.interaction, e), spec)}")
     return lines
 
 

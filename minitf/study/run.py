@@ -80,6 +80,7 @@ class StudyOptions:
     timeout: float = DEFAULT_TIMEOUT  # seconds per LLM request
     max_retries: int = DEFAULT_MAX_RETRIES  # the openai client's retries
     cache_dir: str | None = None
+    paths: bool = False  # trace --paths for each neuron (minitf.paths; costs reruns): the mediated fractions
 
     NOT_SETTINGS = ("max_calls", "concurrency", "timeout", "max_retries", "cache_dir", "neurons_file")  # budget and plumbing only
 
@@ -214,7 +215,7 @@ def study_neuron(model, neuron: Neuron, options: StudyOptions, corpus: Path, ind
         return record, None
     step("trace")
     topts = TraceOptions(rule=options.rule, include_same_layer=options.include_same_layer, scores=options.scores,
-                         ablate=options.ablate, per_position=True)
+                         ablate=options.ablate, per_position=True, paths=options.paths)
     result = trace(model, neuron, prompts, topts, origin=origin)
     record["trace"] = result.to_json()
     record["ablation_samples"] = ablation_samples(result)

@@ -88,7 +88,49 @@ def aggregates(records: list[dict], explained: bool) -> dict:
     layers = sorted({r["layer"] for r in records})
     return {"layers": {str(layer): aggregate([r for r in records if r["layer"] == layer], explained)
                        for layer in layers},
-            "all": aggregate(records, explained)}
+            "all": aggregate(records, explained),
+            **({"paths": p} if (p := paths_aggregate(records)) is not None else {})}  # study --paths only
+
+
+# ---- study --paths: the mediated fractions over (neuron, differential head) pairs (minitf.paths) ----------
+def _quartiles(values) -> dict:
+    """count, mean, median, first and third quartile of a list of numbers (None where there is none)."""
+    x = np.asarray(values, np.float64)
+    q1, med, q3 = np.percentile(x, [25, 50, 75]).tolist() if x.size else (None, None, None)
+    return {"count": int(x.size), "mean": float(x.mean()) if x.size else None, "median": med, "q1": q1, "q3": q3}
+
+
+def paths_aggregate(records: list[dict]) -> dict | None:
+    """Over every (neuron, differential head) pair with a path split (``study --paths``): the distribution of the
+    mediated fraction Σ direct / Σ total of Δpost and of Δp, over all the neuron's prompts and over those where
+    the head is active and inactive (pairs where it is undefined — a zero total, no such prompt — left out).
+    None when no record has a path split."""
+    with_paths = [Trace.from_json(r["trace"], f"{r['neuron']}: trace").paths for r in records if "trace" in r]
+    heads = [h for p in with_paths if p is not None for h in p.heads]
+    if not any(p is not None for p in with_paths):
+        return None
+    out = {"pairs": len(heads)}
+    for key in ("dpost", "dp"):
+        out[key] = {}
+        for group, attr in (("all", "mediated_fraction"), ("active", "mediated_fraction_active"),
+                            ("inactive", "mediated_fraction_inactive")):
+            values = [getattr(f, key) for h in heads if (f := getattr(h, attr)) is not None]
+            out[key][group] = _quartiles([v for v in values if v is not None])
+    return out
+
+
+def paths_lines(study: dict) -> list[str]:
+    """The printed lines of ``paths_aggregate`` (none without it)."""
+    agg = study["aggregates"].get("paths")
+    if not agg:
+        return []
+    lines = [f"mediated fraction direct / total over {agg['pairs']} (neuron, differential head) pairs: "
+             "median [q1, q3] (mean)"]
+    for key, name in (("dpost", "Δpost"), ("dp", "Δp")):
+        parts = [f"{g} {_fmt(d['median'], '.2f')} [{_fmt(d['q1'], '.2f')}, {_fmt(d['q3'], '.2f')}] "
+                 f"({_fmt(d['mean'], '.2f')}, n {d['count']})" for g, d in agg[key].items()]
+        lines.append(f"  {name:<6}" + "; ".join(parts))
+    return lines
 
 
 def summary_entry(record: dict) -> dict:
@@ -122,4 +164,5 @@ def summary_lines(study: dict) -> list[str]:
         lines.append(f"{name:<6}{a['neurons']:>8}{a['neurons_with_differential_heads']:>8}"
                      f"{_fmt(a['differential_heads_per_neuron']['mean'], '.2f'):>7}  {dist or '–':<15}{score:<20}"
                      f"{drops:<22}{'–' if ks is None else format(ks['statistic'], '.2f') + ' (' + format(ks['p_value'], '.1e') + ')'}")
+    lines += paths_lines(study)  # study --paths
     return [line.rstrip() for line in lines]
