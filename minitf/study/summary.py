@@ -109,6 +109,7 @@ def aggregate(records: list[dict], explained: bool, n_test: int = 10) -> dict:
         counts[n] = counts.get(n, 0) + 1
     return {
         "neurons": len(records), "neurons_traced": len(traced), "neurons_without_prompts": len(records) - len(traced),
+        "studied": len(traced), "skipped": len(records) - len(traced),  # issue 25: skipped = no document activates it
         "neurons_with_differential_heads": sum(1 for n in n_diff if n > 0),
         "differential_heads": sum(n_diff),
         "differential_heads_per_neuron": {**_dist(n_diff), "counts": {str(k): counts[k] for k in sorted(counts)}},
@@ -149,7 +150,7 @@ def summary_lines(study: dict) -> list[str]:
     s = study["settings"]
     lines = [f"study of {len(study['neurons'])} neurons of {s['model']['folder']}: top {s['n_prompts']} "
              f"{s['split']} prompts each, rule {s['rule']}, explanations {study['explanations'].split(':')[0]}",
-             f"{'layer':<6}{'neurons':>8}{'w/ diff':>8}{'diff/n':>7}  {'distance 1,2,…':<15}"
+             f"{'layer':<6}{'studied':>8}{'skipped':>8}{'w/ diff':>8}{'diff/n':>7}  {'distance 1,2,…':<15}"
              f"{'score ± std (n)':<20}{'Δp active / inactive':<22}KS D (p)"]
     groups = list(study["aggregates"]["layers"].items()) + [("all", study["aggregates"]["all"])]
     for name, a in groups:
@@ -160,7 +161,8 @@ def summary_lines(study: dict) -> list[str]:
         dp = a["ablation"]["dp"]
         ks = dp["ks"]
         drops = f"{_fmt(dp['active']['mean'], '+.1e')} / {_fmt(dp['inactive']['mean'], '+.1e')}"
-        lines.append(f"{name:<6}{a['neurons']:>8}{a['neurons_with_differential_heads']:>8}"
+        lines.append(f"{name:<6}{a['neurons_traced']:>8}{a['neurons_without_prompts']:>8}"
+                     f"{a['neurons_with_differential_heads']:>8}"
                      f"{_fmt(a['differential_heads_per_neuron']['mean'], '.2f'):>7}  {dist or '–':<15}{score:<20}"
                      f"{drops:<22}{'–' if ks is None else format(ks['statistic'], '.2f') + ' (' + format(ks['p_value'], '.1e') + ')'}")
     lines += [""] + paper_lines(study)
