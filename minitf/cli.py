@@ -308,7 +308,8 @@ def score(neuron, model_spec, llm_model, base_url, max_calls, concurrency, timeo
     note = (f"protocol {protocol}: the first {get_protocol(protocol).n_test} test prompts, scoring "
             f"{get_protocol(protocol).scoring}; {test_prompts_line(protocol, test_corpus)}")
     if as_json:
-        return _emit_json({"neuron": str(neuron), "protocol": protocol, "test_prompts": note, "scores": [s.to_dict(items=True) for s in scores],
+        return _emit_json({"neuron": str(neuron), "protocol": protocol, "test_prompts": note,
+                           "scores": [s.to_dict(items=True) for s in scores],
                            "skipped": skipped, "summary": summary.to_dict(),
                            "summary_roc_auc": summarize_scores(scores, "roc_auc").to_dict()})
     click.echo("\n".join([note] + score_lines(scores, skipped) + render_summary(summary)))

@@ -33,7 +33,8 @@ from minitf.scores import DEFAULT
 from minitf.trace import Trace, TraceOptions
 from minitf.explain.answers import Answer, normalize_answer, parse_response, yes_probability  # noqa: F401
 from minitf.explain.metrics import (  # noqa: F401
-    Confusion, HeadScore, Summary, authors_answer, authors_score, balanced_accuracy, confusion, render_summary, roc_auc, score_head, skip_reason_for,
+    Confusion, HeadScore, Summary, authors_answer, authors_score, balanced_accuracy, confusion, render_summary, roc_auc,
+    score_head, skip_reason_for,
     summarize, summarize_scores,
 )
 from minitf.explain.prompts import (  # noqa: F401
