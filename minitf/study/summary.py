@@ -71,7 +71,9 @@ def paper(records: list[dict], explained: bool, n_test: int) -> dict:
             pairs.append(pair_ablation(r["neuron"], h, s["dp"][:n], s["active"][:n]))
             p_clean += (test or {}).get("p_clean", [])[:n_test]
     plain = [x for x in plain if x is not None]
-    return {"scores": asdict(paper_aggregates(scores)) if explained else None,
+    finite = {k: (None if isinstance(v, float) and not np.isfinite(v) else v)  # skew of equal values: nan → None
+              for k, v in asdict(paper_aggregates(scores)).items()}
+    return {"scores": finite if explained else None,
             "plain_accuracy": (float(np.mean(plain)) if plain else None) if explained else None,
             "ablation": {"prompts": "+".join(sorted(where)) or None, "pairs": len(pairs),
                          **asdict(paired_ks(pairs))},
