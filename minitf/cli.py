@@ -94,6 +94,9 @@ scores_option = click.option("--scores", "head_scores", type=click.Choice(SCORES
 protocol_option = click.option(  # each choice it implies is in minitf.protocol; a flag given overrides one
     "--protocol", type=click.Choice(["neo2024", "neo2023", "minitf"]), default="neo2024", show_default=True,
     help="The paper's protocol: neo2024 (published), neo2023 (Oct 2023) or minitf's own (docs/protocols.md).")
+test_corpus_option = click.option("--test-corpus", type=click.Path(dir_okay=False, exists=True), default=None,
+                                  help="Mine the test prompts from this corpus, as the paper does [default: the "
+                                       "corpus's test split].")
 rule_option = click.option("--rule", type=click.Choice(["sigma2", "top3"]), default="sigma2", show_default=True,
                            help="Active heads: effect > mean + 2·std of the candidates (the paper's default), "
                                 "or the top 3.")
@@ -263,17 +266,9 @@ explain_options = _options(  # explain and score
     scores_option,
     include_same_layer_option,
     corpus_option(),
+    protocol_option,  # issue 20: the paper's protocol and test corpus (explain, score; study below)
+    test_corpus_option,
 )
-
-
-def _llm_setup(model_spec, neuron, cache_dir, llm_model, base_url, max_calls, concurrency, timeout, max_retries,
-               dry_run=False):
-    from minitf.explain.driver import ResultStore, llm_client
-
-    model = minitf.load(model_spec)
-    check_neuron(neuron, model.cfg.n_layer, model.cfg.d_mlp, where=f"--neuron {neuron}")
-    llm = None if dry_run else llm_client(llm_model, base_url, cache_dir, max_calls, concurrency, timeout, max_retries)
-    return model, llm, ResultStore(cache_dir, model.folder, str(neuron))
 
 
 @main.command()
@@ -281,30 +276,17 @@ def _llm_setup(model_spec, neuron, cache_dir, llm_model, base_url, max_calls, co
 @click.option("--dry-run", is_flag=True, help="Print the exact prompts; call nothing.")
 @json_option
 def explain(neuron, model_spec, llm_model, base_url, max_calls, concurrency, timeout, max_retries, cache_dir, head_spec,
-            n_prompts, rule, head_scores, include_same_layer, corpus, dry_run, as_json):
+            n_prompts, rule, head_scores, include_same_layer, corpus, protocol, test_corpus, dry_run, as_json):
     """Ask an LLM when each differential head of a neuron is active (prompts from the train split)."""
-    from minitf.explain.driver import explain_neuron
+    from minitf.explain.driver import explain_lines, explain_neuron, llm_setup
 
-    model, llm, store = _llm_setup(model_spec, neuron, cache_dir, llm_model, base_url, max_calls, concurrency, timeout,
-                                   max_retries, dry_run)
+    model, llm, store = llm_setup(model_spec, neuron, cache_dir, llm_model, base_url, max_calls, concurrency, timeout,
+                                  max_retries, dry_run)
     out = explain_neuron(model, neuron, llm, store, head_spec, corpus=corpus, n_prompts=n_prompts, rule=rule,
-                         scores=head_scores, include_same_layer=include_same_layer)
+                         scores=head_scores, include_same_layer=include_same_layer, protocol=protocol)
     if as_json:
         return _emit_json({"neuron": str(neuron), **out})
-    if not out["heads"]:
-        click.echo(f"{neuron}: no differential head on its top {count(out['n_prompts'], 'train prompt')} (rule {rule}, "
-                   f"scores {head_scores}); "
-                   "name one with --head")
-    for head, entry in out["heads"].items():
-        counts = f"{entry['n_active']} active / {count(entry['n_inactive'], 'inactive train prompt')}"
-        if "messages" in entry:
-            click.echo(f"===== {neuron} {head}: {counts}")
-            for m in entry["messages"]:
-                click.echo(f"--- {m['role']}\n{m['content']}")
-        elif "skip_reason" in entry:
-            click.echo(f"{head}: skipped ({counts}): {entry['skip_reason']}")
-        else:
-            click.echo(f"{head} ({counts}):\n  {entry['explanation']}")
+    click.echo("\n".join(explain_lines(neuron, out, rule, head_scores)))
     if llm is not None:
         click.echo(f"LLM: {count(llm.calls_made, 'call')}, {count(llm.cache_hits, 'cache hit')}; saved in {store.path}",
                    err=True)
@@ -314,26 +296,25 @@ def explain(neuron, model_spec, llm_model, base_url, max_calls, concurrency, tim
 @explain_options
 @json_option
 def score(neuron, model_spec, llm_model, base_url, max_calls, concurrency, timeout, max_retries, cache_dir, head_spec,
-          n_prompts, rule, head_scores, include_same_layer, corpus, as_json):
+          n_prompts, rule, head_scores, include_same_layer, corpus, protocol, test_corpus, as_json):
     """Score the explanations: the LLM predicts, from each explanation alone, where the head is active (test split)."""
-    from minitf.explain.driver import render_summary, score_neuron, summarize_scores
+    from minitf.explain.driver import (get_protocol, llm_setup, render_summary, score_lines, score_neuron,
+                                       summarize_scores, test_prompts_line)
 
-    model, llm, store = _llm_setup(model_spec, neuron, cache_dir, llm_model, base_url, max_calls, concurrency, timeout,
-                                   max_retries)
+    model, llm, store = llm_setup(model_spec, neuron, cache_dir, llm_model, base_url, max_calls, concurrency, timeout,
+                                  max_retries)
     scores, skipped = score_neuron(model, neuron, llm, store, head_spec, corpus=corpus, n_prompts=n_prompts,
-                                   rule=rule, scores=head_scores, include_same_layer=include_same_layer)
+                                   rule=rule, scores=head_scores, include_same_layer=include_same_layer,
+                                   protocol=protocol, test_corpus=test_corpus)
     summary = summarize_scores(scores)
+    note = (f"protocol {protocol}: the first {get_protocol(protocol).n_test} test prompts, scoring "
+            f"{get_protocol(protocol).scoring}; {test_prompts_line(protocol, test_corpus)}")
     if as_json:
-        return _emit_json({"neuron": str(neuron), "scores": [s.to_dict(items=True) for s in scores],
+        return _emit_json({"neuron": str(neuron), "protocol": protocol, "test_prompts": note,
+                           "scores": [s.to_dict(items=True) for s in scores],
                            "skipped": skipped, "summary": summary.to_dict(),
                            "summary_roc_auc": summarize_scores(scores, "roc_auc").to_dict()})
-    for head, reason in skipped.items():
-        click.echo(f"{head}: skipped: {reason}")
-    for s in scores:
-        auc, bacc = num(s.roc_auc), num(s.balanced_accuracy)
-        click.echo(f"{s.head}: balanced accuracy {bacc}, ROC-AUC {auc} (TP {s.tp} FP {s.fp} TN {s.tn} FN {s.fn}; "
-                   f"{count(s.n_malformed, 'malformed answer')})")
-    click.echo("\n".join(render_summary(summary)))
+    click.echo("\n".join([note] + score_lines(scores, skipped) + render_summary(summary)))
     click.echo(f"LLM: {count(llm.calls_made, 'call')}, {count(llm.cache_hits, 'cache hit')}", err=True)
 
 
@@ -452,7 +433,7 @@ def index(model_spec, corpus, layers, split, k, workers, bos, index_dir, rebuild
 
 
 @main.command()
-@click.option("--out", required=True, type=click.Path(), help="Folder for study.json, the site and the resume state.")
+@click.option("--out", default=None, type=click.Path(), help="Folder for study.json, the site and the resume state.")
 @model_option
 @layers_option(help="Layers to study (repeatable; 3,5 or 2-4) [default: all].")
 @click.option("--per-layer", default=20, show_default=True, type=int, help="Most congruent neurons per layer.")
@@ -475,14 +456,31 @@ def index(model_spec, corpus, layers, split, k, workers, bos, index_dir, rebuild
 @no_progress_option
 @json_option
 @click.option("--paths", is_flag=True, help="Also split each differential head's effect by path (costs reruns).")
+@_options(  # issue 20: the paper's protocol, its random-neuron baseline, prompt-count ablation and comparison table
+    protocol_option, test_corpus_option,
+    click.option("--random-neurons", is_flag=True, help="The paper's baseline: --per-layer neurons drawn at random."),
+    click.option("--seed", default=0, show_default=True, type=int, help="Seed of --random-neurons."),
+    click.option("--explain-prompts", type=click.Choice(["10", "20", "30"]), default=None,
+                 help="Explain from the first N train prompts only (the paper's prompt-count ablation)."),
+    click.option("--compare", "compare", is_flag=True, help="Print the paper's table for the study folders DIRS."),
+    click.argument("dirs", nargs=-1, type=click.Path(file_okay=False, exists=True)))
 def study(out, model_spec, layers, per_layer, exclude, neurons_file, min_count, corpus, split, n_prompts, rule,
           head_scores, include_same_layer, ablate, llm_model, base_url, max_calls, concurrency, timeout, max_retries,
-          cache_dir, restart, no_progress, as_json, paths):
+          cache_dir, restart, no_progress, as_json, protocol, test_corpus, random_neurons, seed, explain_prompts,
+          compare, dirs, paths):
     """The paper's experiments over many neurons: trace, ablate, explain and score; aggregates and a site (resumable)."""
     from minitf.index.build import IndexInterrupted
     from minitf.study.run import StudyInterrupted, StudyOptions, run_study, summary_lines
 
-    options = StudyOptions(layers=layers, per_layer=per_layer, exclude=exclude,
+    if compare or dirs:
+        from minitf.study.summary import compare_lines
+
+        return click.echo("\n".join(compare_lines(dirs)))
+    if out is None:
+        raise click.UsageError("--out is required (or --compare DIR DIR…)")
+    options = StudyOptions(protocol=protocol, test_corpus=test_corpus, random_neurons=random_neurons, seed=seed,
+                           explain_prompts=int(explain_prompts) if explain_prompts else None,
+                           layers=layers, per_layer=per_layer, exclude=exclude,
                            neurons_file=neurons_file, corpus=corpus, split=split, n_prompts=n_prompts, rule=rule,
                            scores=head_scores, include_same_layer=include_same_layer, min_count=min_count, ablate=ablate,
                            llm=llm_model, base_url=base_url, max_calls=max_calls, concurrency=concurrency,

@@ -158,7 +158,7 @@ def test_dry_run_prints_the_exact_prompts_and_calls_nothing(server: FakeServer, 
     expected = {head: explain_messages(examples(traces["train"], head)) for head in HEADS}
     # JSON, with a reachable server and no key: the messages, and no request
     out = ok_json(cli("explain", "--neuron", NEURON, "--dry-run", "--base-url", server.url,
-                      "--cache-dir", str(cache), "--json"))
+                      "--cache-dir", str(cache), "--protocol", "minitf", "--json"))
     assert sorted(out["heads"]) == HEADS and out["token"] == " course" and out["n_prompts"] == 30
     for head in HEADS:
         entry = out["heads"][head]
@@ -167,7 +167,7 @@ def test_dry_run_prints_the_exact_prompts_and_calls_nothing(server: FakeServer, 
         assert entry["messages"] == expected[head]
         assert "explanation" not in entry
     # text, with neither key nor base URL: every message verbatim
-    text = cli("explain", "--neuron", NEURON, "--dry-run", "--cache-dir", str(cache))
+    text = cli("explain", "--neuron", NEURON, "--dry-run", "--cache-dir", str(cache), "--protocol", "minitf")
     assert text.returncode == 0 and "Traceback" not in text.stderr, text.stderr
     for head in HEADS:
         ex = examples(traces["train"], head)
@@ -187,7 +187,7 @@ def test_explain_then_score_end_to_end(server: FakeServer, traces, tmp_path: Pat
     """explain with OPENAI_API_KEY set, score with --base-url and no key, then both again from the cache."""
     cache = tmp_path / "cache"
     common = ["--neuron", NEURON, "--base-url", server.url, "--llm", "fake-model", "--cache-dir", str(cache),
-              "--json"]
+              "--protocol", "minitf", "--json"]
 
     # ---- explain: one request per differential head, the dry-run's messages, explanations stored
     explained = cli("explain", *common, key=SECRET)

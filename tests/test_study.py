@@ -29,7 +29,7 @@ from test_llm import FakeServer
 from minitf.explain.driver import HeadExamples, explain_messages
 
 ARGS = ["--layers", "2-5", "--per-layer", "5", "--n-prompts", "6", "--ablate", "0", "--llm", "fake-model",
-        "--no-progress"]
+        "--protocol", "minitf", "--no-progress"]
 
 
 def study_cmd(out: Path, server: FakeServer, cache: Path, *extra: str) -> list[str]:

@@ -24,6 +24,7 @@ here too.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Protocol, Sequence
 
 from minitf.errors import MinitfError
@@ -32,13 +33,14 @@ from minitf.scores import DEFAULT
 from minitf.trace import Trace, TraceOptions
 from minitf.explain.answers import Answer, normalize_answer, parse_response, yes_probability  # noqa: F401
 from minitf.explain.metrics import (  # noqa: F401
-    Confusion, HeadScore, Summary, balanced_accuracy, confusion, render_summary, roc_auc, score_head, skip_reason_for,
+    Confusion, HeadScore, Summary, authors_answer, authors_score, balanced_accuracy, confusion, render_summary, roc_auc,
+    score_head, skip_reason_for,
     summarize, summarize_scores,
 )
 from minitf.explain.prompts import (  # noqa: F401
     DEFAULT_MAX_EXAMPLES, EXPLAIN_PARAMS, EXPLAIN_SYSTEM, EXPLAIN_TEMPLATE, NEWLINE_MARK, PROMPT_FORMAT_VERSION,
-    SCORE_PARAMS, SCORE_SYSTEM, SCORE_TEMPLATE, HeadExamples, explain_messages, format_example, format_text,
-    score_messages,
+    SCORE_PARAMS, SCORE_SYSTEM, SCORE_TEMPLATE, HeadExamples, authors_classify_prompt, authors_explanation_prompt,
+    authors_messages, explain_messages, format_example, format_text, score_messages,
 )
 from minitf.explain.store import ResultStore  # noqa: F401
 from minitf.explain.llm import LLM, DEFAULT_CONCURRENCY, DEFAULT_MAX_RETRIES, DEFAULT_LLM, DEFAULT_TIMEOUT
@@ -52,21 +54,87 @@ class CompletionClient(Protocol):
     def complete_many(self, requests: Sequence[dict[str, Any]]) -> list[dict[str, Any]]: ...
 
 
-def explain_head(llm: CompletionClient, train: HeadExamples, max_examples: int = DEFAULT_MAX_EXAMPLES) -> str:
-    """Ask the LLM when the head is active; the explanation text, stripped (may be empty)."""
-    response = llm.complete(explain_messages(train, max_examples), **EXPLAIN_PARAMS)
-    return (response.get("text") or "").strip()
+# ---- the protocol's requests and scoring (minitf.protocol: explain_prompt, classify_prompt, system_message,
+# temperature, *_max_tokens, logprobs, n_test, answers, scoring) ----------------------------------------------
+def get_protocol(protocol=None):
+    """``minitf.protocol.get_protocol`` (a name, a Protocol or None: neo2024, the commands' default)."""
+    from minitf.protocol import get_protocol as get
+
+    return get(protocol)
 
 
-def score_explanation(llm: CompletionClient, explanation: str, test: HeadExamples) -> HeadScore:
-    """Ask the LLM Yes/No for every test prompt (active ones first) and score the answers."""
+def _protocol(protocol):
+    """The library functions' protocol: None keeps minitf's own requests and scoring (as before protocols
+    existed); the commands pass theirs (default neo2024)."""
+    return get_protocol("minitf" if protocol is None else protocol)
+
+
+def prompt_format(protocol=None) -> str:
+    """The prompt-format record of explanations made under ``protocol``: ``PROMPT_FORMAT_VERSION`` for minitf's
+    own (as before protocols existed), ``"<version>+<protocol>"`` for the authors' prompts, so results of
+    different protocols never mix."""
+    p = _protocol(protocol)
+    return PROMPT_FORMAT_VERSION if p.explain_prompt == "minitf" else f"{PROMPT_FORMAT_VERSION}+{p.name}"
+
+
+def _params(p, max_tokens: int) -> dict[str, Any]:
+    """A request's parameters under protocol ``p``: max_tokens; temperature unless unset; top-5 logprobs if asked."""
+    params: dict[str, Any] = {"max_tokens": max_tokens}
+    if p.temperature is not None:
+        params["temperature"] = p.temperature
+    if p.logprobs:
+        params |= {"logprobs": True, "top_logprobs": 5}
+    return params
+
+
+def explain_request(train: HeadExamples, protocol=None, max_examples: int = DEFAULT_MAX_EXAMPLES) -> dict[str, Any]:
+    """{"messages", **params} asking when the head is active: minitf's system + user messages (``explain_messages``,
+    ``EXPLAIN_PARAMS``), or the authors' one user message (``authors_explanation_prompt``: every train prompt,
+    max_tokens 200, no temperature)."""
+    p = _protocol(protocol)
+    if p.explain_prompt == "minitf":
+        return {"messages": explain_messages(train, max_examples), **_params(p, p.explain_max_tokens)}
+    text = authors_explanation_prompt(p.explain_prompt, train.token, train.active, train.inactive)
+    return {"messages": authors_messages(text), **_params(p, p.explain_max_tokens)}
+
+
+def classify_request(explanation: str, token: str, prompt: str, protocol=None) -> dict[str, Any]:
+    """{"messages", **params} asking Yes/No for one test prompt (``score_messages`` / ``authors_classify_prompt``)."""
+    p = _protocol(protocol)
+    if p.classify_prompt == "minitf":
+        return {"messages": score_messages(explanation, token, prompt), **_params(p, p.classify_max_tokens)}
+    text = authors_classify_prompt(p.classify_prompt, prompt, token, explanation)
+    return {"messages": authors_messages(text), **_params(p, p.classify_max_tokens)}
+
+
+def explain_head(llm: CompletionClient, train: HeadExamples, max_examples: int = DEFAULT_MAX_EXAMPLES,
+                 protocol=None) -> str:
+    """Ask the LLM when the head is active; the explanation text (may be empty): stripped under minitf's prompt,
+    the raw reply under the authors' (their classification prompt takes it as returned)."""
+    p = _protocol(protocol)
+    text = llm.complete(**explain_request(train, p, max_examples)).get("text") or ""
+    return text.strip() if p.explain_prompt == "minitf" or not text.strip() else text
+
+
+def score_explanation(llm: CompletionClient, explanation: str, test: HeadExamples, protocol=None) -> HeadScore:
+    """Ask the LLM Yes/No for every test prompt (active ones first) and score the answers: minitf's
+    ``score_head``, or the authors' (answers exactly "Yes"/"No", ``authors_score`` by the protocol's scoring)."""
+    p = _protocol(protocol)
     prompts = list(test.active) + list(test.inactive)
     labels = [1] * len(test.active) + [0] * len(test.inactive)
-    requests = [{"messages": score_messages(explanation, test.token, p), **SCORE_PARAMS} for p in prompts]
+    requests = [classify_request(explanation, test.token, q, p) for q in prompts]
     answers = [parse_response(r) for r in llm.complete_many(requests)]
+    if p.answers == "exact":
+        answers = [replace(a, prediction=authors_answer(a.text)) for a in answers]
     result = score_head(
         labels, answers, neuron=test.neuron, head=test.head, token=test.token, explanation=explanation
     )
+    if p.scoring != "minitf":
+        c = confusion(labels, [a.prediction for a in answers])
+        result.balanced_accuracy = authors_score(c, p.scoring)
+        result.skipped = result.balanced_accuracy is None
+        result.skip_reason = (f"{p.scoring}: TPR or TNR undefined (tp+fn = {c.tp + c.fn}, tn+fp = {c.tn + c.fp})"
+                              if result.skipped else None)
     result.prompts = prompts
     return result
 
@@ -76,33 +144,38 @@ def evaluate_head(
     train: HeadExamples,
     test: HeadExamples,
     max_examples: int = DEFAULT_MAX_EXAMPLES,
+    protocol=None,
 ) -> HeadScore:
-    """Explain the head from ``train``, then score the explanation on ``test``.
+    """Explain the head from ``train``, then score the explanation on ``test`` (under ``protocol``).
 
-    Skips (without calling the LLM) when the test prompts are all one label or the train prompts
-    lack a class, and after explaining when the explanation is empty.
+    Skips (without calling the LLM) when the test prompts are all one label (none, under the rate fallback,
+    which scores one class by its rate) or the train prompts lack a class, and after explaining when the
+    explanation is empty.
     """
+    p = _protocol(protocol)
     skipped = HeadScore(neuron=train.neuron, head=train.head, token=train.token, skipped=True)
-    reason = skip_reason_for(test) or both_classes(len(train.active), len(train.inactive), "train prompt")
+    reason = _test_skip(p, test) or both_classes(len(train.active), len(train.inactive), "train prompt")
     if reason is not None:
         skipped.skip_reason = reason
         skipped.n_test = len(test.active) + len(test.inactive)
         return skipped
-    explanation = explain_head(llm, train, max_examples)
-    if not explanation:
+    explanation = explain_head(llm, train, max_examples, p)
+    if not explanation.strip():
         skipped.explanation = explanation
         skipped.skip_reason = "the LLM returned an empty explanation"
         return skipped
-    return score_explanation(llm, explanation, test)
+    return score_explanation(llm, explanation, test, p)
 
 
-def head_examples(trace: Trace, head: str) -> HeadExamples:
-    """The active / inactive prompts (decoded text) of ``head`` in a trace (see ``minitf.trace``)."""
+def head_examples(trace: Trace, head: str, limit: int | None = None) -> HeadExamples:
+    """The active / inactive prompts (decoded text) of ``head`` in a trace (see ``minitf.trace``), among its first
+    ``limit`` prompts (None: all; the protocol's n_test for test prompts)."""
     if trace.head(head) is None:
         raise MinitfError(f"`head` {head}: not a candidate head of {trace.neuron.name} "
                           "(heads of earlier layers; `include_same_layer` adds its own layer)", param="head")
-    active = [p.text for p in trace.prompts if head in p.active_heads]
-    inactive = [p.text for p in trace.prompts if head not in p.active_heads]
+    prompts = trace.prompts[:limit]
+    active = [p.text for p in prompts if head in p.active_heads]
+    inactive = [p.text for p in prompts if head not in p.active_heads]
     return HeadExamples(trace.neuron.name, head, trace.neuron.token.text, active, inactive)
 
 
@@ -116,29 +189,64 @@ def llm_client(model_name: str = DEFAULT_LLM, base_url: str | None = None, cache
                concurrency=concurrency, timeout=timeout, max_retries=max_retries)
 
 
+def llm_setup(model_spec, neuron, cache_dir, llm_model, base_url, max_calls, concurrency, timeout, max_retries,
+              dry_run=False):
+    """(model, LLM or None for a dry run, ResultStore) of the explain and score commands."""
+    import minitf
+    from minitf.names import check_neuron
+
+    model = minitf.load(model_spec)
+    check_neuron(neuron, model.cfg.n_layer, model.cfg.d_mlp, where=f"--neuron {neuron}")
+    llm = None if dry_run else llm_client(llm_model, base_url, cache_dir, max_calls, concurrency, timeout, max_retries)
+    return model, llm, ResultStore(cache_dir, model.folder, str(neuron))
+
+
 def _traced_heads(model, neuron, split: str, head: str | None, trace_options: dict[str, Any]):
-    """Trace ``neuron`` on a split's top prompts; the heads to explain (``head``, or the differential ones)."""
+    """Trace ``neuron`` on a split's top prompts; the heads to explain (``head``, or the differential ones).
+    The test split with a ``test_corpus`` is that corpus's top prompts (all of its documents), as in the paper."""
     from minitf.names import parse_head
     from minitf.trace import PromptSource, trace_neuron
 
-    options = dict(trace_options)  # corpus and n_prompts choose the prompts, the rest are TraceOptions
-    source = PromptSource(corpus=options.pop("corpus", None), split=split, n_prompts=options.pop("n_prompts", 20))
+    options = dict(trace_options)  # corpus, test_corpus and n_prompts choose the prompts, the rest are TraceOptions
+    corpus, test_corpus = options.pop("corpus", None), options.pop("test_corpus", None)
+    if split == "test" and test_corpus:
+        corpus, split = test_corpus, "all"
+    source = PromptSource(corpus=corpus, split=split, n_prompts=options.pop("n_prompts", 20))
     result = trace_neuron(model, neuron, source, TraceOptions(ablate=0, **options))
     if head:
         return result, [str(parse_head(head, model.cfg.n_layer, model.cfg.n_head))]
     return result, result.differential_heads
 
 
+def test_prompts_line(protocol, test_corpus) -> str:
+    """The one line saying where the test prompts come from."""
+    if test_corpus:
+        return f"test prompts: the top prompts of the test corpus {test_corpus} (as in the paper)"
+    extra = (" (the paper mines them from a separate corpus: give --test-corpus)"
+             if _protocol(protocol).test_prompts == "test-corpus" else "")
+    return f"test prompts: the corpus's test split (sha256 hash split of its documents){extra}"
+
+
+def _test_skip(p, test: HeadExamples) -> str | None:
+    """Why ``test`` cannot be scored under protocol ``p`` (the rate fallback scores a one-class pair)."""
+    if p.scoring == "rate-fallback":
+        return None if test.active or test.inactive else "no test prompt"
+    return skip_reason_for(test)
+
+
 def explain_neuron(model, neuron, llm: CompletionClient | None, store: ResultStore, head: str | None = None,
                    **trace_options: Any) -> dict[str, Any]:
-    """Explain each differential head of ``neuron`` (or ``head``) from its top train-split prompts.
+    """Explain each differential head of ``neuron`` (or ``head``) from its top train-split prompts, with the
+    requests of ``trace_options["protocol"]`` (default neo2024; see ``explain_request``).
 
     With ``llm=None`` (a dry run) nothing is called and each head's exact messages are returned instead.
-    Returns {"token", "n_prompts", "heads": {head: {"n_active", "n_inactive", "explanation" | "messages" |
-    "skip_reason"}}}; explanations are saved in ``store``.
+    Returns {"token", "n_prompts", "protocol", "heads": {head: {"n_active", "n_inactive", "explanation" |
+    "messages" | "skip_reason"}}}; explanations are saved in ``store``.
     """
-    result, heads = _traced_heads(model, neuron, "train", head, trace_options)
-    out: dict[str, Any] = {"token": result.neuron.token.text, "n_prompts": len(result.prompts), "heads": {}}
+    p = _protocol(trace_options.get("protocol"))
+    result, heads = _traced_heads(model, neuron, "train", head, trace_options | {"protocol": p.name})
+    out: dict[str, Any] = {"token": result.neuron.token.text, "n_prompts": len(result.prompts), "protocol": p.name,
+                           "heads": {}}
     for name in heads:
         examples = head_examples(result, name)
         entry: dict[str, Any] = {"n_active": len(examples.active), "n_inactive": len(examples.inactive)}
@@ -146,19 +254,22 @@ def explain_neuron(model, neuron, llm: CompletionClient | None, store: ResultSto
         if reason := both_classes(len(examples.active), len(examples.inactive), "train prompt"):
             entry["skip_reason"] = reason
         elif llm is None:
-            entry["messages"] = explain_messages(examples)
+            entry["messages"] = explain_request(examples, p)["messages"]
         else:
-            entry["explanation"] = explain_head(llm, examples)
+            entry["explanation"] = explain_head(llm, examples, protocol=p)
             store.update(name, explanation=entry["explanation"], n_active=entry["n_active"],
                          n_inactive=entry["n_inactive"], rule=result.settings.rule, scores=result.settings.scores,
-                         prompt_format=PROMPT_FORMAT_VERSION)
+                         prompt_format=prompt_format(p), protocol=p.name)
     return out
 
 
 def score_neuron(model, neuron, llm: CompletionClient, store: ResultStore, head: str | None = None,
                  **trace_options: Any) -> tuple[list[HeadScore], dict[str, str]]:
-    """Score the stored explanations of ``neuron``'s heads on its top test-split prompts, labelled by the same
-    rule and head scores. Returns (scores, {head: skip reason}); scores are saved in ``store``."""
+    """Score the stored explanations of ``neuron``'s heads on the first n_test (the protocol's) of its top
+    test prompts (the test split, or ``test_corpus``), labelled by the same rule and head scores, with the
+    protocol's requests and scoring. Returns (scores, {head: skip reason}); scores are saved in ``store``."""
+    p = _protocol(trace_options.get("protocol"))
+    trace_options = trace_options | {"protocol": p.name}
     stored = store.load()
     explained = {h: r["explanation"] for h, r in stored.items() if r.get("explanation")}
     for h in explained:
@@ -166,10 +277,10 @@ def score_neuron(model, neuron, llm: CompletionClient, store: ResultStore, head:
         made = {"rule": stored[h].get("rule"), "scores": stored[h].get("scores", "exact"),
                 "prompt_format": stored[h].get("prompt_format")}
         now = {"rule": trace_options.get("rule", TraceOptions.rule), "scores": trace_options.get("scores", DEFAULT),
-               "prompt_format": PROMPT_FORMAT_VERSION}
+               "prompt_format": prompt_format(p)}
         if made != now:
             raise MinitfError(f"{store.path}: the explanation of {h} was made with {made}, this score uses {now}: "
-                              "rerun 'python cli.py explain' with the same --rule and --scores")
+                              "rerun 'python cli.py explain' with the same --rule, --scores and --protocol")
     if head:
         from minitf.names import parse_head
 
@@ -181,12 +292,44 @@ def score_neuron(model, neuron, llm: CompletionClient, store: ResultStore, head:
     result, _ = _traced_heads(model, neuron, "test", None, trace_options)
     scores, skipped = [], {}
     for name, explanation in sorted(explained.items()):
-        test = head_examples(result, name)
-        if reason := skip_reason_for(test):
+        test = head_examples(result, name, limit=p.n_test)
+        if reason := _test_skip(p, test):
             skipped[name] = reason
             continue
-        s = score_explanation(llm, explanation, test)
+        s = score_explanation(llm, explanation, test, p)
         store.update(name, balanced_accuracy=s.balanced_accuracy, roc_auc=s.roc_auc, n_test=s.n_test,
-                     n_malformed=s.n_malformed)
+                     n_malformed=s.n_malformed, protocol=p.name)
         scores.append(s)
     return scores, skipped
+
+
+# ---- the explain and score commands' text ---------------------------------------------------------------------
+def explain_lines(neuron, out: dict[str, Any], rule: str, scores: str) -> list[str]:
+    """The explain command's text: per head its counts and explanation, exact messages (dry run) or skip reason."""
+    from minitf.util.fmt import count
+
+    lines = []
+    if not out["heads"]:
+        lines.append(f"{neuron}: no differential head on its top {count(out['n_prompts'], 'train prompt')} "
+                     f"(rule {rule}, scores {scores}); name one with --head")
+    for head, entry in out["heads"].items():
+        counts = f"{entry['n_active']} active / {count(entry['n_inactive'], 'inactive train prompt')}"
+        if "messages" in entry:
+            lines.append(f"===== {neuron} {head}: {counts} (protocol {out['protocol']})")
+            lines += [f"--- {m['role']}\n{m['content']}" for m in entry["messages"]]
+        elif "skip_reason" in entry:
+            lines.append(f"{head}: skipped ({counts}): {entry['skip_reason']}")
+        else:
+            lines.append(f"{head} ({counts}):\n  {entry['explanation']}")
+    return lines
+
+
+def score_lines(scores: list[HeadScore], skipped: dict[str, str]) -> list[str]:
+    """The score command's text: skipped heads with why, then each head's score and confusion counts."""
+    from minitf.util.fmt import count, num
+
+    lines = [f"{head}: skipped: {reason}" for head, reason in skipped.items()]
+    for s in scores:
+        lines.append(f"{s.head}: balanced accuracy {num(s.balanced_accuracy)}, ROC-AUC {num(s.roc_auc)} (TP {s.tp} "
+                     f"FP {s.fp} TN {s.tn} FN {s.fn}; {count(s.n_malformed, 'malformed answer')})")
+    return lines

@@ -81,6 +81,11 @@ class StudyOptions:
     max_retries: int = DEFAULT_MAX_RETRIES  # the openai client's retries
     cache_dir: str | None = None
     paths: bool = False  # trace --paths for each neuron (minitf.paths; costs reruns): the mediated fractions
+    protocol: str = "neo2024"  # minitf.protocol: the LLM's requests, scoring, n_test (and the trace's choices)
+    test_corpus: str | None = None  # test prompts mined from this corpus (the paper's); None: the test split
+    random_neurons: bool = False  # the paper's baseline: per_layer neurons per layer drawn at random (seed)
+    seed: int = 0
+    explain_prompts: int | None = None  # explain from the first N train prompts only (None: all)
 
     NOT_SETTINGS = ("max_calls", "concurrency", "timeout", "max_retries", "cache_dir", "neurons_file")  # budget and plumbing only
 
@@ -128,6 +133,14 @@ def select_neurons(model, options: StudyOptions) -> list[Neuron]:
             raise MinitfError(f"`exclude` {name}: {e}", param="exclude") from None
     if options.neurons_file:
         chosen = read_neuron_list(model, options.neurons_file)
+    elif options.random_neurons:
+        from minitf.selection import find_random_neurons
+
+        sel = find_random_neurons(model, options.layers or range(L), options.per_layer + len(excluded), options.seed)
+        chosen = []
+        for layer in options.layers or range(L):
+            chosen += [x.neuron for x in sel.neurons if x.neuron.layer == layer and x.neuron not in excluded
+                       ][:options.per_layer]
     else:
         chosen = []
         for layer in options.layers or range(L):
@@ -177,27 +190,54 @@ def ablation_samples(trace) -> dict:
     return out
 
 
-def explain_and_score(llm, train, test) -> tuple[dict, list[str]]:
-    """{head: HeadScore dict (with items)} for the train trace's differential heads, explained from ``train``
-    and scored on ``test`` (``explain.evaluate_head``), and the heads left undone because the LLM's call
-    budget (``max_calls``) ran out (their answers so far are cached)."""
-    from minitf.explain.budget import BudgetExhausted
-    from minitf.explain.driver import evaluate_head, head_examples
+def test_ablation_samples(model, neuron: Neuron, prompts, token: int, heads: list[str], test, scores: str) -> dict:
+    """For each of ``heads`` (the train trace's differential heads), on each test prompt: Δp = p(token) −
+    p(token | h removed, as the trace removes it: ``minitf.ablation.ablate_heads``), whether h is active there
+    (the test trace's rule) and the clean p(token). The paper's ablation (notebook 8) runs on the test prompts."""
+    from minitf.ablation import ablate_heads
+    from minitf.attribution import head_value_constant
+    from minitf.kernels import softmax
+    from minitf.names import parse_head
+    from minitf.scores import scores_mode
 
+    tokens = [p.tokens for p in prompts]
+    hs = [parse_head(h) for h in heads]
+    replace_with = ({h: head_value_constant(model, h.layer)[h.head] for h in hs}
+                    if scores_mode(scores).ablation_keeps_constant else None)
+    drops = ablate_heads(model, tokens, neuron, token, hs, replace_with=replace_with)
+    p_clean = softmax(model.run(tokens, logits="last").logits)[:, token]  # [P]
+    return {str(h): {"active": [str(h) in p.active_heads for p in test.prompts],
+                     "dp": [float(x) for x in drops[h][1]], "p_clean": [float(x) for x in p_clean]} for h in hs}
+
+
+def explain_and_score(llm, train, test, protocol: str = "neo2024", explain_prompts: int | None = None
+                      ) -> tuple[dict, list[str]]:
+    """{head: HeadScore dict (with items)} for the train trace's differential heads, explained from the first
+    ``explain_prompts`` prompts of ``train`` and scored on the first n_test (the protocol's) of ``test``
+    (``explain.evaluate_head``, with the protocol's requests and scoring), and the heads left undone because the
+    LLM's call budget (``max_calls``) ran out (their answers so far are cached)."""
+    from minitf.explain.budget import BudgetExhausted
+    from minitf.explain.driver import evaluate_head, get_protocol, head_examples
+
+    p = get_protocol(protocol)
     done, pending = {}, []
     for h in train.differential_heads:
         try:
-            done[h] = evaluate_head(llm, head_examples(train, h), head_examples(test, h)).to_dict(items=True)
+            done[h] = evaluate_head(llm, head_examples(train, h, explain_prompts), head_examples(test, h, p.n_test),
+                                    protocol=p).to_dict(items=True)
         except BudgetExhausted:
             pending.append(h)
     return done, pending
 
 
 def study_neuron(model, neuron: Neuron, options: StudyOptions, corpus: Path, index, docs, explain: bool,
-                 step) -> tuple[dict, dict | None]:
+                 step, test_inputs=None) -> tuple[dict, dict | None]:
     """One neuron's record without its explanations: its full trace, the per-prompt ablation samples of its
     differential heads and its activation histogram from the index; and, when ``explain`` and it has
-    differential heads, its train- and test-split traces (for ``explain_and_score``), else None."""
+    differential heads, its train- and test traces (for ``explain_and_score``), else None. The test trace is
+    of the test split, or of ``test_inputs`` = (test corpus, its index, its documents) when given; it ablates
+    the differential heads, and its per-prompt drops are the record's ``test_ablation_samples`` (the paper's
+    ablation runs on the test prompts)."""
     from minitf.index.histogram import index_histogram
     from minitf.trace import TraceOptions, trace
 
@@ -215,7 +255,7 @@ def study_neuron(model, neuron: Neuron, options: StudyOptions, corpus: Path, ind
         return record, None
     step("trace")
     topts = TraceOptions(rule=options.rule, include_same_layer=options.include_same_layer, scores=options.scores,
-                         ablate=options.ablate, per_position=True, paths=options.paths)
+                         ablate=options.ablate, per_position=True, paths=options.paths, protocol=options.protocol)
     result = trace(model, neuron, prompts, topts, origin=origin)
     record["trace"] = result.to_json()
     record["ablation_samples"] = ablation_samples(result)
@@ -223,12 +263,18 @@ def study_neuron(model, neuron: Neuron, options: StudyOptions, corpus: Path, ind
     record["explanations"] = {} if explain else None
     traces = None
     if explain and result.differential_heads:
-        step("test-split trace")
-        test_prompts, test_origin = _prompts(model, neuron, corpus, "test", options.n_prompts, index, docs)
+        step("test trace")
+        if test_inputs is not None:
+            test_prompts, test_origin = _prompts(model, neuron, test_inputs[0], "all", options.n_prompts,
+                                                 *test_inputs[1:])
+        else:
+            test_prompts, test_origin = _prompts(model, neuron, corpus, "test", options.n_prompts, index, docs)
         if test_prompts:
             test_opts = TraceOptions(rule=options.rule, include_same_layer=options.include_same_layer,
-                                     scores=options.scores, ablate=0)
+                                     scores=options.scores, ablate=0, protocol=options.protocol)
             test = trace(model, neuron, test_prompts, test_opts, card=result.neuron, origin=test_origin)
+            record["test_ablation_samples"] = test_ablation_samples(model, neuron, test_prompts, result.neuron.token.id,
+                                                                    result.differential_heads, test, options.scores)
         else:
             test = replace(result, prompts=[])  # no test prompt: every head is skipped
         traces = (result, test)
@@ -278,7 +324,16 @@ def run_study(model, out, options: StudyOptions, restart: bool = False, progress
     if finished.done and todo:
         say(f"study: resuming: {len(finished.done)} of {len(neurons)} neurons already done in {folder.path}")
     index, docs = load_inputs(model, corpus, todo, options, llm is not None, progress)
-    run_neurons(model, neurons, todo, options, corpus, index, docs, llm, folder, finished, progress)
+    test_inputs = None
+    if llm is not None and options.test_corpus and todo:
+        test_inputs = load_inputs(model, Path(options.test_corpus), todo, replace(options, split="all"), False,
+                                  progress)
+    if llm is not None:
+        from minitf.explain.driver import test_prompts_line
+
+        say(f"protocol {options.protocol}; {test_prompts_line(options.protocol, options.test_corpus)}")
+    run_neurons(model, neurons, todo, options, corpus, index, docs, llm, folder, finished, progress,
+                (Path(options.test_corpus), *test_inputs) if test_inputs else None)
     if finished.pending_heads:
         say(f"--max-calls {options.max_calls} reached: {finished.pending_heads} differential heads left "
             "unexplained; rerun with a higher --max-calls to finish (answers so far are cached)")
@@ -306,6 +361,8 @@ def check_options(model, options: StudyOptions) -> Path:
     if not corpus.is_file():
         raise MinitfError(f"`corpus` {corpus}: no such file", param="corpus")
     check_split(None if options.split == "all" else options.split)
+    if options.test_corpus and not Path(options.test_corpus).is_file():
+        raise MinitfError(f"`test_corpus` {options.test_corpus}: no such file", param="test_corpus")
     if options.n_prompts < 2:
         raise MinitfError(f"`n_prompts` {options.n_prompts}: must be at least 2", param="n_prompts")
     return corpus
@@ -375,7 +432,7 @@ def stop_on_sigint(bar):
 
 
 def run_neurons(model, neurons: list[Neuron], todo: list[Neuron], options: StudyOptions, corpus: Path, index, docs,
-                llm, folder: StudyDir, finished: Finished, progress: bool) -> None:
+                llm, folder: StudyDir, finished: Finished, progress: bool, test_inputs=None) -> None:
     """Study each neuron of ``todo`` (``study_neuron``, then ``explain_and_score``), saving each record in
     ``folder`` and ``finished`` in neuron order. Raises StudyInterrupted after a Ctrl-C.
 
@@ -406,12 +463,13 @@ def run_neurons(model, neurons: list[Neuron], todo: list[Neuron], options: Study
                 if stop.is_set():
                     break
                 record, traces = study_neuron(model, n, options, corpus, index, docs, llm is not None,
-                                            lambda step, n=n: bar.update(status=f"{n}: {step}"))
+                                              lambda step, n=n: bar.update(status=f"{n}: {step}"), test_inputs)
                 if traces is None:
                     collect(block=True)  # keep the order of the records
                     finish(record)
                 else:
-                    waiting.append((record, llm_thread.submit(explain_and_score, llm, *traces)))
+                    waiting.append((record, llm_thread.submit(explain_and_score, llm, *traces, options.protocol,
+                                                                   options.explain_prompts)))
                     collect(block=False)
             collect(block=True)
             if not stop.is_set():
@@ -431,7 +489,7 @@ def study_result(settings: dict, records: list[dict], complete: bool, llm, pendi
     explanations = ("done" if not pending_heads else f"{pending_heads} differential heads left unexplained "
                     "(--max-calls)") if llm is not None else f"skipped: {skipped_reason}"
     return {"format": FORMAT, "version": VERSION, "settings": settings, "explanations": explanations,
-            "complete": complete, "aggregates": aggregates(records, llm is not None),
+            "complete": complete, "aggregates": aggregates(records, llm is not None, settings.get("protocol", "neo2024")),
             "neurons": [summary_entry(r) for r in records], "run": run}
 
 

@@ -18,6 +18,7 @@ from minitf.report.html import STYLE, _e, svg_bar
 from minitf.util.fmt import num as _f
 from minitf.scores import scores_mode
 from minitf.trace import Trace
+from minitf.study.summary import paper_lines
 
 _SCRIPT = r"""
 (function () {
@@ -79,7 +80,7 @@ def bar_svg(title: str, labels: list[str], counts: list[int], caption: str) -> s
 
 
 def _aggregate_rows(aggs: dict, explained: bool) -> str:
-    head = ("<tr><th>layer</th><th>neurons</th><th>with diff.</th><th>diff. heads / neuron</th>"
+    head = ("<tr><th>layer</th><th>studied</th><th>skipped (no activating document)</th><th>with diff.</th><th>diff. heads / neuron</th>"
             "<th>score (balanced accuracy)</th><th>Δp mean act. / inact.</th><th>Δp median act. / inact.</th>"
             "<th>prompts act. / inact.</th><th>KS D (p)</th><th>Δpost mean act. / inact.</th></tr>")
     rows = []
@@ -92,7 +93,8 @@ def _aggregate_rows(aggs: dict, explained: bool) -> str:
         dp, dpost = a["ablation"]["dp"], a["ablation"]["dpost"]
         ks = dp["ks"]
         rows.append(
-            f"<tr><td>{_e(name)}</td><td class=num>{a['neurons']}</td>"
+            f"<tr><td>{_e(name)}</td><td class=num>{a['neurons_traced']}</td>"
+            f"<td class=num>{a['neurons_without_prompts']}</td>"
             f"<td class=num>{a['neurons_with_differential_heads']}</td>"
             f"<td class=num>{_f(per['mean'], '.2f')} ± {_f(per['std'], '.2f')}</td><td>{_e(score)}</td>"
             f"<td class=nw>{_f(dp['active']['mean'], '+.1e')} / {_f(dp['inactive']['mean'], '+.1e')}</td>"
@@ -163,6 +165,8 @@ def render_index(study: dict) -> str:
             ("active heads", f"rule {s['rule']}, scores {s['scores']}"
                              + (", candidates include the neuron's layer" if s["include_same_layer"] else "")),
             ("explanations", study["explanations"] + (f" ({s['llm']})" if s.get("llm") else "")),
+            ("protocol", f"{s.get('protocol', 'minitf')}" + (", random neurons (seed "
+                                                              f"{s.get('seed')})" if s.get("random_neurons") else "")),
             ("neurons", f"{len(study['neurons'])}" + ("" if study["complete"] else " (study not complete)"))]
     header = ("<header><div class=kicker>minitf study</div><h1>Context look-ups over "
               f"{len(study['neurons'])} neurons</h1><dl class=meta>"
@@ -173,6 +177,9 @@ def render_index(study: dict) -> str:
               f"{_e(s['scores'])}), pooled over every (neuron, differential head) pair and "
               "prompt, on the prompts where the head is active vs inactive; KS: two-sample Kolmogorov–Smirnov.</p>"
             + _aggregate_rows(aggs, explained) + _figures(aggs["all"]) + "</section>"
+            + "<section><h2>The paper's aggregates</h2><p class=hint>As the paper computes them (protocol "
+              f"{_e(s.get('protocol', 'minitf'))}; docs/protocols.md); the table above is minitf's pooled version."
+              "</p><div class=wide><pre>" + _e("\n".join(paper_lines(study))) + "</pre></div></section>"
             + "<section><h2>Neurons</h2><p class=hint>Click a column to sort; a neuron opens its report.</p>"
             + _neuron_rows(study["neurons"]) + "</section>")
     return ("<!DOCTYPE html>\n"
