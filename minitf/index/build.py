@@ -114,8 +114,16 @@ def given_index_dir(index_dir: str | Path | None = None) -> Path | None:
 
 def use_index_dir(ctx=None, param=None, index_dir: str | None = None) -> None:
     """The CLI's ``--index-dir`` (a click callback): every index this process reads or builds is in ``index_dir``
-    ($MINITF_INDEX_DIR); None: in the default places of ``index_dirs``."""
-    os.environ.pop(INDEX_DIR_ENV, None) if index_dir is None else os.environ.__setitem__(INDEX_DIR_ENV, str(index_dir))
+    ($MINITF_INDEX_DIR) until the command ends (``ctx`` closes: the previous value is back); None: in the default
+    places of ``index_dirs``."""
+    previous = os.environ.get(INDEX_DIR_ENV)
+    _set_env(INDEX_DIR_ENV, None if index_dir is None else str(index_dir))
+    if ctx is not None:
+        ctx.call_on_close(lambda: _set_env(INDEX_DIR_ENV, previous))
+
+
+def _set_env(name: str, value: str | None) -> None:
+    os.environ.pop(name, None) if value is None else os.environ.__setitem__(name, value)
 
 
 def cache_index_dir(corpus: str | Path) -> Path:
