@@ -123,3 +123,45 @@ def test_a_study_needing_more_than_the_shipped_index_builds_in_the_cache(tmp_pat
     assert "need more: building an index in" in err and str(tmp_path / "cache" / "index") in err, err
     assert digests() == before
     assert list((tmp_path / "cache" / "index").glob("corpus.txt.gz-*/tiny.npz"))
+
+
+def test_a_top_k_that_would_not_fit_in_memory_is_refused_before_anything_is_allocated(tmp_path):
+    from minitf import Model
+    from minitf.errors import MinitfError
+    from minitf.index.build import build_index
+
+    # 2 states (one merged into the other) × 2 splits × 6 layers × 10⁶ × 1024 neurons × (4 + 8 + 4) B = 366.2 GiB
+    with pytest.raises(MinitfError, match=r"`k` 1000000: an index of 6 layers × 1024 neurons × top 1000000 needs "
+                                          r"366\.2 GiB of memory, over the limit of 4 GiB"):
+        build_index(Model.load(TINY), TINY / "corpus.txt.gz", k=10**6, index_dir=tmp_path / "idx", progress=False)
+    assert not (tmp_path / "idx").exists()
+
+
+def test_an_index_built_with_index_dir_is_the_one_read_with_index_dir(tmp_path, monkeypatch):
+    """`index --index-dir D` writes D/tiny.npz; `load_index` finds it given D, or $MINITF_INDEX_DIR=D (what
+    --index-dir sets on trace, report, explain, score and study), and not otherwise."""
+    from minitf import Model
+    from minitf.index.build import load_index, use_index_dir
+
+    model = tmp_path / "tiny"
+    shutil.copytree(TINY, model, ignore=shutil.ignore_patterns("corpus.txt.gz*"))
+    docs = [text for text in gzip.open(TINY / "corpus.txt.gz", "rt").read().split("\n\n") if text.strip()][:20]
+    with gzip.open(model / "corpus.txt.gz", "wt") as f:
+        f.write("\n\n".join(docs) + "\n")
+    d = tmp_path / "elsewhere"
+    built = cli("index", "--model", str(model), "--layer", "2", "--top-k", "5", "--workers", "1", "--no-progress",
+                "--index-dir", str(d), env=env_for(tmp_path))
+    assert built.wait(timeout=120) == 0, built.communicate()
+    m = Model.load(model)
+    corpus = model / "corpus.txt.gz"
+    assert load_index(m, corpus, d).k == 5 and (d / "tiny.npz").is_file()
+    assert not (model / "corpus.txt.gz.index").exists()
+    old = os.environ.get("MINITF_INDEX_DIR")
+    try:
+        use_index_dir(None, None, str(d))
+        assert load_index(m, corpus).path == d / "tiny.npz"
+        use_index_dir(None, None, None)
+        monkeypatch.setenv("MINITF_CACHE_DIR", str(tmp_path / "cache"))
+        assert load_index(m, corpus) is None
+    finally:
+        use_index_dir(None, None, old)
