@@ -281,8 +281,8 @@ def run_study(model, out, options: StudyOptions, restart: bool = False, progress
     options = replace(options, llm=llm.model if llm is not None else None,
                       base_url=options.base_url if llm is not None else None)
     settings = study_settings(model, options, neurons, corpus)
-    if folder.path.is_file():
-        folder.prepare(settings, restart)  # refuses a file in one line
+    if not folder.path.is_dir():
+        folder.prepare(settings, restart)  # creates it, or refuses (a file, no permission) in one line naming --out
     with folder_lock(folder.path, "study folder"):  # one study at a time in ``out``; released on any exit
         return _run_locked(model, folder, options, neurons, corpus, settings, restart, llm, skipped_reason, progress,
                            say, started, t0)
