@@ -19,6 +19,7 @@ from minitf.errors import MinitfError
 from minitf.names import check_layer, check_neuron, parse_layers
 from minitf.scores import CLI_HELP as SCORES_HELP, DEFAULT as DEFAULT_SCORES, SCORES
 from minitf.util.fmt import count, num
+from minitf.index.build import use_index_dir  # --index-dir's callback: sets $MINITF_INDEX_DIR
 
 
 # ---- errors ------------------------------------------------------------------------------------------
@@ -114,6 +115,8 @@ split_option = partial(click.option, "--split", type=click.Choice(["train", "tes
 n_prompts_option = partial(click.option, "--n-prompts", show_default=True)  # and type=click.IntRange(min, 1000)
 bos_option = partial(click.option, "--bos/--no-bos", show_default=True)
 ablate_option = partial(click.option, "--ablate", show_default=True, type=click.IntRange(0, 1000))
+index_dir_option = click.option("--index-dir", type=click.Path(file_okay=False), envvar="MINITF_INDEX_DIR", expose_value=False,
+    callback=use_index_dir, help="Where indexes are read and built [default: <corpus>.index/, then minitf's cache].")
 cache_dir_option = partial(click.option, "--cache-dir", type=click.Path(file_okay=False), default=None)
 CACHE_DEFAULT = "[default: $MINITF_CACHE_DIR or ~/.cache/minitf]"
 
@@ -225,7 +228,7 @@ trace_options = _options(  # trace and report
     include_same_layer_option,
     bos_option(default=True, help="Prepend <|endoftext|> to each prompt."),
     ablate_option(default=5, help="Ablate this many top heads by mean score (see --scores) and each differential head."),
-    no_progress_option,
+    no_progress_option, index_dir_option,
     click.option("--why", is_flag=True, help="Why each listed head looked there: its score split (minitf.why)."),
     click.option("--paths", is_flag=True, help="Split each differential head's effect by path (minitf.paths)."),
     click.option("--ablate-with", type=click.Choice(["zero", "mean"]), default="zero", help="--paths' removal [zero]."),
@@ -265,7 +268,7 @@ explain_options = _options(  # explain and score
     rule_option,
     scores_option,
     include_same_layer_option,
-    corpus_option(),
+    corpus_option(), index_dir_option,
     protocol_option,  # issue 20: the paper's protocol and test corpus (explain, score; study below)
     test_corpus_option,
 )
@@ -334,8 +337,7 @@ def report(out, cache_dir, neuron, model_spec, texts, prompt_file, corpus, split
     click.echo(f"{out}: HTML report of {neuron}, {count(len(result.prompts), 'prompt')}")
 
 
-def _tok(s: str) -> str:
-    return json.dumps(s, ensure_ascii=False)
+_tok = partial(json.dumps, ensure_ascii=False)  # a token as a JSON string
 
 
 @main.command()
@@ -384,9 +386,7 @@ def neurons(model_spec, layers, top, n_tokens, no_filter, min_count, corpus, as_
 @click.option("--top-k", "k", default=30, show_default=True, type=click.IntRange(1, 10000),
               help="Top documents kept per neuron.")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64), help="Worker processes.")
-@bos_option(default=True, help="Prepend <|endoftext|> to each document.")
-@click.option("--index-dir", type=click.Path(file_okay=False), default=None,
-              help="Where to keep the index [default: <corpus>.index/ next to the corpus].")
+@_options(bos_option(default=True, help="Prepend <|endoftext|> to each document."), index_dir_option)
 @click.option("--rebuild", is_flag=True, help="Rebuild even if an up-to-date index exists.")
 @click.option("--show", "show", multiple=True, callback=_spec(lambda v: [minitf.parse_neuron(x) for x in v]),
               help="Print this neuron's top documents (repeatable).")
@@ -397,7 +397,7 @@ def neurons(model_spec, layers, top, n_tokens, no_filter, min_count, corpus, as_
               help="KiB of text per shard (the unit of work and of resuming; equal builds need equal values) "
                    "[default: 32].")
 @json_option
-def index(model_spec, corpus, layers, split, k, workers, bos, index_dir, rebuild, show, no_progress, ray_address,
+def index(model_spec, corpus, layers, split, k, workers, bos, rebuild, show, no_progress, ray_address,
           shard_kib, as_json):
     """Index a corpus: each neuron's top-k documents, positive count and activation histogram (resumable)."""
     from minitf.corpus import default_corpus, tokenized_documents
@@ -407,12 +407,12 @@ def index(model_spec, corpus, layers, split, k, workers, bos, index_dir, rebuild
     corpus = default_corpus(model, corpus, needed_for="give --corpus FILE")
     try:
         path = build_index(model, corpus, layers=layers or None, k=k, split=split, workers=workers,
-                           progress=not no_progress, bos=bos, index_dir=index_dir, rebuild=rebuild,
+                           progress=not no_progress, bos=bos, rebuild=rebuild,
                            ray=ray_address, shard_chars=shard_kib and shard_kib * 1024)
     except IndexInterrupted as e:
         click.echo(str(e), err=True)
         raise
-    idx = load_index(model, corpus, index_dir)
+    idx = load_index(model, corpus, path.parent)
     m = idx.manifest
     tops = {str(n): idx.top(n) for n in show}
     if as_json:
@@ -442,7 +442,7 @@ def index(model_spec, corpus, layers, split, k, workers, bos, index_dir, rebuild
               help="Study exactly the neurons named in this file, one per line (then --layers/--per-layer are unused).")
 @click.option("--min-count", default=0, show_default=True, type=click.IntRange(0),
               help="Neuron selection: only tokens seen ≥ N times in the corpus count (0: the paper's filter only).")
-@corpus_option()
+@_options(corpus_option(), index_dir_option)
 @split_option()
 @n_prompts_option(default=20, type=click.IntRange(2, 1000), help="Top prompts per neuron.")
 @rule_option

@@ -40,7 +40,9 @@ and checkpoint them (``_run_shards``), write the index.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
 import sys
 import time
@@ -53,18 +55,29 @@ import numpy as np
 
 from minitf.corpus import SPLITS, check_split, corpus_format
 from minitf.errors import MinitfError
-from minitf.util.files import atomic_write, file_sha256
+from minitf.util.files import atomic_write, cache_path, file_sha256
 from minitf.load.weights import model_sha256
 from minitf.util.progress import Progress
 from minitf.names import Neuron, check_layer, check_neuron, parse_neuron
 from minitf.index.shard import ShardSpec, index_shard, iter_shards  # noqa: F401  (index_shard: re-exported)
 from minitf.index.topk import HIST_EDGES, TopkState, merge_topk
 from minitf.index.workers import local_shards
+from minitf.util.lock import folder_lock
 
 FORMAT = "minitf-neuron-index"
 VERSION = 2  # 2: the total order on ties, fixed shards, manifest "build"
 TOKENS_PER_BATCH = 4096  # padded B·T of one forward pass
 SHARD_CHARS = 1 << 15  # characters of consecutive documents per shard: the unit of work and of resuming
+
+
+INDEX_DIR_ENV = "MINITF_INDEX_DIR"
+MAX_INDEX_BYTES = 4 << 30  # the most memory a build's top-k state may take (see index_bytes)
+
+
+def index_bytes(n_layers: int, k: int, d_mlp: int) -> int:
+    """Bytes of a build's top-k state, twice over (the driver merges a shard's state into its own):
+    2 × (2 splits × n_layers × k × d_mlp entries × (4 + 8 + 4) bytes: activation, document, position)."""
+    return 2 * 2 * n_layers * k * d_mlp * 16
 
 
 class IndexInterrupted(KeyboardInterrupt):
@@ -78,10 +91,47 @@ def model_name(model) -> str:
 
 
 def index_paths(model, corpus: Path, index_dir: Path | None = None) -> tuple[Path, Path, Path]:
-    """(<dir>/<name>.npz, <dir>/<name>.json, <dir>/<name>.partial/) with <dir> = <corpus>.index by default."""
-    d = Path(index_dir) if index_dir is not None else Path(str(corpus) + ".index")
+    """(<dir>/<name>.npz, <dir>/<name>.json, <dir>/<name>.partial/) with <dir> = ``index_dir``, else
+    $MINITF_INDEX_DIR (what the CLI's ``--index-dir`` sets), else <corpus>.index."""
+    d = index_dirs(corpus, index_dir)[0]
     name = model_name(model)
     return d / f"{name}.npz", d / f"{name}.json", d / f"{name}.partial"
+
+
+def index_dirs(corpus: str | Path, index_dir: str | Path | None = None) -> list[Path]:
+    """Where an index of ``corpus`` is looked for, in order: ``index_dir`` (else $MINITF_INDEX_DIR) alone when
+    given; else next to the corpus (<corpus>.index, where ``minitf index`` builds by default), then the cache
+    (``cache_index_dir``, where a study builds one it needs)."""
+    given = given_index_dir(index_dir)
+    return [given] if given is not None else [Path(str(corpus) + ".index"), cache_index_dir(corpus)]
+
+
+def given_index_dir(index_dir: str | Path | None = None) -> Path | None:
+    """``index_dir``, else $MINITF_INDEX_DIR (the CLI's ``--index-dir`` sets it, ``use_index_dir``), else None."""
+    given = index_dir if index_dir is not None else os.environ.get(INDEX_DIR_ENV) or None
+    return Path(given) if given is not None else None
+
+
+def use_index_dir(ctx=None, param=None, index_dir: str | None = None) -> None:
+    """The CLI's ``--index-dir`` (a click callback): every index this process reads or builds is in ``index_dir``
+    ($MINITF_INDEX_DIR) until the command ends (``ctx`` closes: the previous value is back); None: in the default
+    places of ``index_dirs``."""
+    previous = os.environ.get(INDEX_DIR_ENV)
+    _set_env(INDEX_DIR_ENV, None if index_dir is None else str(index_dir))
+    if ctx is not None:
+        ctx.call_on_close(lambda: _set_env(INDEX_DIR_ENV, previous))
+
+
+def _set_env(name: str, value: str | None) -> None:
+    os.environ.pop(name, None) if value is None else os.environ.__setitem__(name, value)
+
+
+def cache_index_dir(corpus: str | Path) -> Path:
+    """``<cache>/index/<corpus name>-<sha256 of its absolute path, 12 hex>``: a corpus's index folder in minitf's
+    cache (``util.files.cache_path``), for corpora whose own folder must not be written (weights/…)."""
+    corpus = Path(corpus)
+    key = hashlib.sha256(str(corpus.resolve()).encode()).hexdigest()[:12]
+    return cache_path("index") / f"{corpus.name}-{key}"
 
 
 def _corpus_info(corpus: Path, known: dict | None = None) -> dict:
@@ -131,6 +181,11 @@ class BuildPlan:
             raise MinitfError(f"`k` {k}: must be at least 1", param="k")
         if workers < 1:
             raise MinitfError(f"`workers` {workers}: must be at least 1", param="workers")
+        need = index_bytes(len(layers), k, model.cfg.d_mlp)
+        if need > MAX_INDEX_BYTES:  # checked before anything is allocated (a MemoryError traceback otherwise)
+            raise MinitfError(f"`k` {k}: an index of {len(layers)} layers × {model.cfg.d_mlp} neurons × top {k} needs "
+                              f"{need / 2**30:.1f} GiB of memory, over the limit of {MAX_INDEX_BYTES / 2**30:.0f} GiB; "
+                              "ask for fewer documents or layers", param="k")
         shard_chars = SHARD_CHARS if shard_chars is None else int(shard_chars)
         if shard_chars < 1:
             raise MinitfError(f"`shard_chars`: shards need at least one character, not {shard_chars}", param="shard_chars")
@@ -200,8 +255,23 @@ def run_build(model, plan: BuildPlan, progress: bool = True, stop_after: int | N
         return npz
     if why and progress:
         print(f"index: {npz} is out of date ({why}); rebuilding it", file=sys.stderr, flush=True)
-
     n_shards, _ = _check_corpus(plan.corpus, plan.split, plan.shard_chars)
+    made_dir = not npz.parent.exists()
+    try:
+        with folder_lock(npz.parent, "index folder"):  # one build at a time in a folder; released on any exit
+            return _locked_build(model, plan, progress, stop_after, model_info, corpus_info, n_shards)
+    finally:
+        if made_dir:  # a build that left nothing (an error before any shard) leaves no empty folder either
+            try:
+                npz.parent.rmdir()
+            except OSError:
+                pass
+
+
+def _locked_build(model, plan: BuildPlan, progress: bool, stop_after: int | None, model_info: dict,
+                  corpus_info: dict, n_shards: int) -> Path:
+    """run_build's work while it holds the index folder's lock."""
+    npz, manifest_path, partial = index_paths(model, plan.corpus, plan.index_dir)
     params = {"format": FORMAT, "version": VERSION, "model_sha256": model_info["sha256"],
               "corpus_sha256": corpus_info["sha256"], "tokens_per_batch": TOKENS_PER_BATCH,
               "shard_chars": plan.shard_chars, **plan.settings(model)}
@@ -371,12 +441,23 @@ class NeuronIndex:
         return int(sum(self.state.docs[s] for s in self._slots(split)))
 
 
-def load_index(model, corpus: str | Path, index_dir: str | Path | None = None) -> NeuronIndex | None:
-    """The index of ``corpus`` for ``model``; None if there is none; MinitfError if it is stale or unreadable."""
+def load_index(model, corpus: str | Path, index_dir: str | Path | None = None, fits=None) -> NeuronIndex | None:
+    """The index of ``corpus`` for ``model`` in the first of ``index_dirs`` that has one (with ``fits``, a
+    predicate on a NeuronIndex: the first that fits, else the first found); None if there is none; MinitfError
+    if it is stale or unreadable."""
     corpus = Path(corpus)
-    npz, _, _ = index_paths(model, corpus, index_dir)
-    if not npz.is_file():
-        return None
+    first = None
+    for d in index_dirs(corpus, index_dir):
+        npz, _, _ = index_paths(model, corpus, d)
+        if npz.is_file():
+            index = _load_npz(model, corpus, npz)
+            if fits is None or fits(index):
+                return index
+            first = first or index
+    return first
+
+
+def _load_npz(model, corpus: Path, npz: Path) -> NeuronIndex:
     try:
         with np.load(npz, allow_pickle=False) as data:
             arrays = {name: data[name] for name in data.files}

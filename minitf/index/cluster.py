@@ -33,12 +33,37 @@ def connect(address: str):
         return ray
     if (why := _unreachable(address)) is not None:  # Ray itself would retry for minutes, logging on stderr
         raise MinitfError(f"`ray` {address}: no Ray cluster answers there ({why})", param="ray")
+    token = _use_token_auth(address)
     try:
         ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     except Exception as e:  # noqa: BLE001 — Ray raises ConnectionError, RuntimeError, ValueError …
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise MinitfError(f"`ray` {address}: no Ray cluster answers there ({first})", param="ray") from None
+        hint = "" if token else ("; if the cluster uses token authentication, give this process its token "
+                                 "(RAY_AUTH_MODE=token and ~/.ray/auth_token or RAY_AUTH_TOKEN)")
+        raise MinitfError(f"`ray` {address}: no Ray cluster answers there ({first}){hint}", param="ray") from None
     return ray
+
+
+def _use_token_auth(address: str) -> bool:
+    """Whether this process authenticates to the cluster with a token. Ray 2.60's ``ray start`` turns token
+    authentication on whenever a token exists (``~/.ray/auth_token``, written by any earlier local ``ray.init()``),
+    and ``ray.init(address="auto")`` follows it, but an explicit address never does: the GCS then refuses every
+    request ("InvalidAuthToken") and ray.init gives up after ~20 s with "Failed to connect to Ray cluster at
+    <node ip>". So with an explicit address, RAY_AUTH_MODE unset and a token at hand, turn it on as "auto" would
+    (RAY_AUTH_MODE=disabled, or another value, is respected)."""
+    mode = os.environ.get("RAY_AUTH_MODE")
+    if mode is not None:
+        return mode.lower() == "token"
+    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    if address != "auto" and (os.environ.get("RAY_AUTH_TOKEN") or path.is_file()):
+        try:  # sets RAY_AUTH_MODE=token and refreshes Ray's cached config (ray 2.60)
+            from ray._private.authentication.authentication_token_setup import _enable_token_auth
+        except ImportError:
+            os.environ["RAY_AUTH_MODE"] = "token"
+        else:
+            _enable_token_auth()
+        return True
+    return False
 
 
 def _unreachable(address: str) -> str | None:

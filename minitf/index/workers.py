@@ -12,6 +12,8 @@ to the parent over its own pipe, one shard at a time:
 The parent waits on every worker's pipe and process at once (``multiprocessing.connection.wait``), so a
 worker that dies (the OOM killer) is seen at once: the shards that did finish are kept and the build stops
 with one error line. Stopping (Ctrl-C, an error) terminates and joins every worker; nothing is left running.
+A worker also dies with its parent, even a ``kill -9``-ed one (``die_with_parent``): on Linux the kernel sends it
+SIGKILL (``PR_SET_PDEATHSIG``), elsewhere a watchdog thread sees its parent pid change within a second.
 """
 from __future__ import annotations
 
@@ -19,6 +21,8 @@ import multiprocessing as mp
 import os
 import signal
 import sys
+import threading
+import time
 from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Iterator
@@ -151,6 +155,7 @@ def _worker_main(conn, parent: int, cfg, weights, folder, tokenizer, spec: Shard
     from minitf.kernels import after_fork
     from minitf.model import Model
 
+    die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     after_fork()  # a forked child has none of the parent's threads
     model = Model(cfg, weights, folder)
@@ -172,6 +177,29 @@ def _worker_main(conn, parent: int, cfg, weights, folder, tokenizer, spec: Shard
         except Exception as e:  # noqa: BLE001 — the parent re-raises it
             message = ("error", e)
         conn.send(message)
+
+
+def die_with_parent(parent: int, every: float = 1.0) -> None:
+    """Make this process end when ``parent`` does, however it ends (``kill -9`` included): on Linux the kernel
+    sends SIGKILL at the parent's death (``prctl(PR_SET_PDEATHSIG, SIGKILL)``); everywhere a daemon thread
+    checks every ``every`` seconds whether the parent pid changed (reparented: the parent is gone) and exits."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass  # the watchdog below still holds
+    if os.getppid() != parent:  # the parent died before the line above took effect
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="minitf-parent-watch", daemon=True).start()
 
 
 def _can_spawn() -> bool:

@@ -50,6 +50,7 @@ from minitf.errors import MinitfError
 from minitf.explain.llm import DEFAULT_CONCURRENCY, DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT
 from minitf.names import Neuron, check_layer, parse_neuron
 from minitf.study.folder import FORMAT, VERSION, StudyDir
+from minitf.util.lock import folder_lock
 from minitf.study.summary import aggregates, summary_entry, summary_lines  # noqa: F401  (summary_lines: the CLI's)
 
 
@@ -86,8 +87,9 @@ class StudyOptions:
     random_neurons: bool = False  # the paper's baseline: per_layer neurons per layer drawn at random (seed)
     seed: int = 0
     explain_prompts: int | None = None  # explain from the first N train prompts only (None: all)
+    index_dir: str | None = None  # where the corpus's index is read or built (``ensure_index``)
 
-    NOT_SETTINGS = ("max_calls", "concurrency", "timeout", "max_retries", "cache_dir", "neurons_file")  # budget and plumbing only
+    NOT_SETTINGS = ("max_calls", "concurrency", "timeout", "max_retries", "cache_dir", "neurons_file", "index_dir")  # budget and plumbing only
 
 
 # ---- step 1: neurons -----------------------------------------------------------------------------------
@@ -151,20 +153,31 @@ def select_neurons(model, options: StudyOptions) -> list[Neuron]:
 
 
 # ---- step 2: prompts from the index ----------------------------------------------------------------------
-def ensure_index(model, corpus: Path, layers: set[int], k: int, progress: bool):
+def ensure_index(model, corpus: Path, layers: set[int], k: int, progress: bool, index_dir: str | Path | None = None,
+                 say=lambda line: print(line, file=sys.stderr)):
     """The corpus's neuron index, loaded once; built first (with its progress bar) when it is missing, stale
-    or lacks a layer or enough documents per neuron."""
-    from minitf.index.build import build_index, load_index
+    or lacks a layer or enough documents per neuron. Found where ``load_index`` looks (``index_dir``, else next to
+    the corpus, then the cache); built in ``index_dir``, else in the cache (``index.build.cache_index_dir``),
+    never over an index next to the corpus (the shipped ``weights/*/corpus.txt.gz.index`` stays as it is):
+    when one there holds too little, ``say`` says so in one line."""
+    from minitf.index.build import build_index, cache_index_dir, given_index_dir, load_index
+
+    def fits(index) -> bool:
+        return layers <= set(index.layers) and index.k >= k and index.bos and index.split is None
 
     try:
-        index = load_index(model, corpus)
+        index = load_index(model, corpus, index_dir, fits=fits)
     except MinitfError:  # stale or unreadable: build_index redoes it
         index = None
-    if index is not None and layers <= set(index.layers) and index.k >= k and index.bos and index.split is None:
+    if index is not None and fits(index):
         return index
+    target = given_index_dir(index_dir) or cache_index_dir(corpus)
+    if index is not None:
+        say(f"study: the index {index.path} holds the top {index.k} documents of layers {list(index.layers)}; "
+            f"{k} prompts of layers {sorted(layers)} need more: building an index in {target}")
     have = set(index.layers) if index is not None else set()
-    build_index(model, corpus, layers=sorted(have | layers), k=max(30, k), progress=progress)
-    return load_index(model, corpus)
+    build_index(model, corpus, layers=sorted(have | layers), k=max(30, k), progress=progress, index_dir=target)
+    return load_index(model, corpus, target)
 
 
 def _prompts(model, neuron: Neuron, corpus: Path, split: str, k: int, index, docs):
@@ -315,6 +328,16 @@ def run_study(model, out, options: StudyOptions, restart: bool = False, progress
     options = replace(options, llm=llm.model if llm is not None else None,
                       base_url=options.base_url if llm is not None else None)
     settings = study_settings(model, options, neurons, corpus)
+    if not folder.path.is_dir():
+        folder.prepare(settings, restart)  # creates it, or refuses (a file, no permission) in one line naming --out
+    with folder_lock(folder.path, "study folder"):  # one study at a time in ``out``; released on any exit
+        return _run_locked(model, folder, options, neurons, corpus, settings, restart, llm, skipped_reason, progress,
+                           say, started, t0)
+
+
+def _run_locked(model, folder: StudyDir, options: StudyOptions, neurons: list[Neuron], corpus: Path, settings: dict,
+                restart: bool, llm, skipped_reason: str | None, progress: bool, say, started: str, t0: float) -> dict:
+    """run_study's work while it holds the study folder's lock."""
     folder.prepare(settings, restart)
     if skipped_reason:
         say(f"explanations skipped: {skipped_reason}")
@@ -365,6 +388,13 @@ def check_options(model, options: StudyOptions) -> Path:
         raise MinitfError(f"`test_corpus` {options.test_corpus}: no such file", param="test_corpus")
     if options.n_prompts < 2:
         raise MinitfError(f"`n_prompts` {options.n_prompts}: must be at least 2", param="n_prompts")
+    from minitf.index.build import MAX_INDEX_BYTES, index_bytes
+
+    n_layers = len(options.layers) or model.cfg.n_layer
+    if index_bytes(n_layers, options.n_prompts, model.cfg.d_mlp) > MAX_INDEX_BYTES:  # before the index is built
+        raise MinitfError(f"`n_prompts` {options.n_prompts}: an index of the top {options.n_prompts} documents of "
+                          f"{n_layers} layers would need over {MAX_INDEX_BYTES >> 30} GiB of memory; ask for fewer",
+                          param="n_prompts")
     return corpus
 
 
@@ -403,7 +433,7 @@ def load_inputs(model, corpus: Path, todo: list[Neuron], options: StudyOptions, 
 
     if not todo:
         return None, None
-    index = ensure_index(model, corpus, {n.layer for n in todo}, options.n_prompts, progress)
+    index = ensure_index(model, corpus, {n.layer for n in todo}, options.n_prompts, progress, options.index_dir)
     splits = [None if options.split == "all" else options.split] + (["test"] if explain else [])
     wanted = {d for n in todo for s in splits for d, _, _ in index.top(n, s)}
     return index, tokenized_documents(model, corpus, wanted)  # one pass for all neurons
