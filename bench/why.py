@@ -22,7 +22,8 @@ import numpy as np  # noqa: E402
 from minitf import why  # noqa: E402
 from minitf.attribution import NEEDED  # noqa: E402
 from minitf.names import parse_head, parse_neuron  # noqa: E402
-from minitf.trace import Prompt, TraceOptions, trace  # noqa: E402
+from minitf.prompts import Prompt  # noqa: E402
+from minitf.trace import TraceOptions, trace  # noqa: E402
 from numpy_models import random_model  # noqa: E402
 from reference_paths import TOKENIZER_DIR  # noqa: E402
 

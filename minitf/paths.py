@@ -56,7 +56,8 @@ from minitf.attribution import read_direction
 from minitf.kernels import gelu_new, linear
 from minitf.model import Intervention, Model, Run
 from minitf.names import Head, Neuron
-from minitf.runs import Recorder, softmax
+from minitf.kernels import softmax
+from minitf.runs import Recorder
 
 ABLATE_WITH = ("zero", "mean")
 

@@ -18,7 +18,7 @@ from minitf import Intervention, Model
 from minitf.attribution import NEEDED, direct_effects, head_value_constant
 from minitf.names import Head, Neuron
 from minitf.paths import head_paths
-from minitf.runs import softmax
+from minitf.kernels import softmax
 from numpy_models import random_model
 
 model_args = st.fixed_dictionaries({
