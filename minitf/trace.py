@@ -68,12 +68,6 @@ def trace(model: Model, neuron: Neuron, prompts: list[Prompt], options: TraceOpt
         from minitf.neurons import neuron_card
 
         card = card_record(neuron_card(model, neuron), model.cfg.d_mlp)
-    tokens = [p.tokens for p in prompts]
-    run = model.run(tokens, keep=NEEDED | {"resid_pre"}, stop_at_layer=neuron.layer)  # resid_pre: ablation reruns from it
-    fx = direct_effects(model, run, neuron)
-    rows = np.arange(len(prompts))
-    post = run.neuron(neuron)["post"][rows, run.lengths - 1]  # [P]
-
     # parallel residual (Pythia): the neuron's LN₂ reads resid_pre, its own layer's heads add nothing to it
     same_layer = options.include_same_layer and not model.cfg.parallel_residual
     if options.include_same_layer and not same_layer:
@@ -81,10 +75,26 @@ def trace(model: Model, neuron: Neuron, prompts: list[Prompt], options: TraceOpt
     candidates = candidate_heads(neuron.layer, model.cfg.n_head, same_layer)
     layers = np.array([h.layer for h in candidates], int)  # [N]
     indices = np.array([h.head for h in candidates], int)  # [N]
-    parts = {name: a[:, layers, indices] for name, a in  # each [P, N]
-             (("effect", fx.heads), ("context", fx.head_context), ("constant", fx.head_constant))}
-    effects = parts[mode.selects]  # [P, N] what selects
-    active = active_mask(effects, options.rule)  # [P, N]
+    batches = trace_batches(model, neuron, [p.tokens for p in prompts])
+    chunks: dict[str, list[np.ndarray]] = {"effect": [], "context": [], "constant": [], "active": [], "errors": [],
+                                           "relative": []}
+    per_prompt = []
+    for batch in batches:  # pass 1: effects, active heads and the per-prompt records, one bounded batch at a time
+        run = model.run([prompts[i].tokens for i in batch], keep=NEEDED | {"resid_pre"},  # resid_pre: ablation
+                        stop_at_layer=neuron.layer)
+        fx = direct_effects(model, run, neuron)
+        post = run.neuron(neuron)["post"][np.arange(len(batch)), run.lengths - 1]  # [B]
+        parts = {name: a[:, layers, indices] for name, a in  # each [B, N]
+                 (("effect", fx.heads), ("context", fx.head_context), ("constant", fx.head_constant))}
+        active = active_mask(parts[mode.selects], options.rule)  # [B, N]: each prompt's own rule
+        per_prompt += [_prompt_record(model, run, fx, neuron, candidates, parts[mode.selects], parts, active, post,
+                                      row, prompts[i], options, mode) for row, i in enumerate(batch)]
+        errors = np.abs(fx.total() - fx.pre)  # [B]
+        for name, a in (*parts.items(), ("active", active), ("errors", errors),
+                        ("relative", errors / np.maximum(fx.magnitude(), 1e-30))):
+            chunks[name].append(a)
+    parts = {name: np.concatenate(chunks[name]) for name in ("effect", "context", "constant")}  # each [P, N]
+    effects, active = parts[mode.selects], np.concatenate(chunks["active"])  # [P, N], [P, N]
     is_differential = differential(active)  # [N]
     order = np.argsort(-effects.mean(0), kind="stable")  # heads by mean selecting score
     to_ablate = [candidates[i] for i in sorted(set(order[:options.ablate].tolist())
@@ -93,11 +103,15 @@ def trace(model: Model, neuron: Neuron, prompts: list[Prompt], options: TraceOpt
     if mode.ablation_keeps_constant:  # removed as the paper does: z_h ← its constant part
         constants = {layer: head_value_constant(model, layer) for layer in {h.layer for h in to_ablate}}  # [H, Dh]
         replace_with = {h: constants[h.layer][h.head] for h in to_ablate}
-    ablations = ablate_heads(model, tokens, neuron, card.token.id, to_ablate, run=run, replace_with=replace_with)
+    if len(batches) == 1:  # pass 2, the ablation: one batch reuses pass 1's run
+        ablations = ablate_heads(model, [p.tokens for p in prompts], neuron, card.token.id, to_ablate, run=run,
+                                 replace_with=replace_with)
+    else:
+        del run, fx
+        drops = [ablate_heads(model, [prompts[i].tokens for i in batch], neuron, card.token.id, to_ablate,
+                              replace_with=replace_with) for batch in batches]
+        ablations = {h: tuple(np.concatenate([d[h][k] for d in drops]) for k in (0, 1)) for h in to_ablate}
 
-    errors = np.abs(fx.total() - fx.pre)  # [P]
-    per_prompt = [_prompt_record(model, run, fx, neuron, candidates, effects, parts, active, post, i, prompts[i],
-                                 options, mode) for i in range(len(prompts))]
     heads = []
     for i in order:
         head = candidates[i]
@@ -114,8 +128,33 @@ def trace(model: Model, neuron: Neuron, prompts: list[Prompt], options: TraceOpt
         settings=Settings(options.rule, options.scores, same_layer, len(candidates), EFFECTS_NOTE,
                           mode.note, origin or PromptOrigin()),
         prompts=per_prompt, heads=heads, differential_heads=[h.head for h in heads if h.differential],
-        identity_check=IdentityCheck(float(errors.max()),
-                                     float((errors / np.maximum(fx.magnitude(), 1e-30)).max())))
+        identity_check=IdentityCheck(float(np.concatenate(chunks["errors"]).max()),
+                                     float(np.concatenate(chunks["relative"]).max())))
+
+
+TRACE_BATCH_BYTES = 256 << 20  # the forward-pass arrays one trace batch may hold (a single longer prompt: alone)
+
+
+def trace_batches(model: Model, neuron: Neuron, tokens: list[list[int]]) -> list[list[int]]:
+    """Consecutive prompts in batches whose kept arrays fit TRACE_BATCH_BYTES, by the estimate for B prompts
+    padded to T tokens, through layers 0 … l of the neuron's layer l:
+
+        bytes ≈ 4 · B · (l + 1) · T · (H · T + 8 · d_model + 2 · d_mlp)     attention patterns + activations
+
+    so a trace holds at most one batch's arrays (≈ 256 MiB) at once, plus each prompt's record (a few KB)
+    and the per-head arrays [P, N] (12 bytes per prompt and candidate head)."""
+    cfg = model.cfg
+    cost = lambda B, T: 4 * B * (neuron.layer + 1) * T * (cfg.n_head * T + 8 * cfg.d_model + 2 * cfg.d_mlp)  # noqa: E731
+    batches: list[list[int]] = []
+    longest = 0
+    for i, t in enumerate(tokens):
+        if batches and cost(len(batches[-1]) + 1, max(longest, len(t))) <= TRACE_BATCH_BYTES:
+            batches[-1].append(i)
+            longest = max(longest, len(t))
+        else:
+            batches.append([i])
+            longest = len(t)
+    return batches
 
 
 @dataclass
