@@ -93,6 +93,8 @@ def trace(model: Model, neuron: Neuron, prompts: list[Prompt], options: TraceOpt
         for name, a in (*parts.items(), ("active", active), ("errors", errors),
                         ("relative", errors / np.maximum(fx.magnitude(), 1e-30))):
             chunks[name].append(a)
+        if len(batches) > 1:
+            run = fx = None  # freed before the next batch's run is made (one batch's arrays at a time)
     parts = {name: np.concatenate(chunks[name]) for name in ("effect", "context", "constant")}  # each [P, N]
     effects, active = parts[mode.selects], np.concatenate(chunks["active"])  # [P, N], [P, N]
     is_differential = differential(active)  # [N]
@@ -107,7 +109,6 @@ def trace(model: Model, neuron: Neuron, prompts: list[Prompt], options: TraceOpt
         ablations = ablate_heads(model, [p.tokens for p in prompts], neuron, card.token.id, to_ablate, run=run,
                                  replace_with=replace_with)
     else:
-        del run, fx
         drops = [ablate_heads(model, [prompts[i].tokens for i in batch], neuron, card.token.id, to_ablate,
                               replace_with=replace_with) for batch in batches]
         ablations = {h: tuple(np.concatenate([d[h][k] for d in drops]) for k in (0, 1)) for h in to_ablate}
@@ -132,7 +133,7 @@ def trace(model: Model, neuron: Neuron, prompts: list[Prompt], options: TraceOpt
                                      float(np.concatenate(chunks["relative"]).max())))
 
 
-TRACE_BATCH_BYTES = 256 << 20  # the forward-pass arrays one trace batch may hold (a single longer prompt: alone)
+TRACE_BATCH_BYTES = 128 << 20  # the forward-pass arrays one trace batch may hold (a single longer prompt: alone)
 
 
 def trace_batches(model: Model, neuron: Neuron, tokens: list[list[int]]) -> list[list[int]]:
@@ -141,7 +142,7 @@ def trace_batches(model: Model, neuron: Neuron, tokens: list[list[int]]) -> list
 
         bytes ≈ 4 · B · (l + 1) · T · (H · T + 8 · d_model + 2 · d_mlp)     attention patterns + activations
 
-    so a trace holds at most one batch's arrays (≈ 256 MiB) at once, plus each prompt's record (a few KB)
+    so a trace holds at most one batch's arrays (≈ 128 MiB) at once, plus each prompt's record (a few KB)
     and the per-head arrays [P, N] (12 bytes per prompt and candidate head)."""
     cfg = model.cfg
     cost = lambda B, T: 4 * B * (neuron.layer + 1) * T * (cfg.n_head * T + 8 * cfg.d_model + 2 * cfg.d_mlp)  # noqa: E731
