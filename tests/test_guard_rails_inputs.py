@@ -178,3 +178,32 @@ def test_batched_trace_equals_one_batch(monkeypatch):
 
     assert any(h["ablation"] for h in whole["heads"])  # the ablation drops are compared too
     same(whole, batched)
+
+
+def test_study_skipped_neuron_apart_and_resume_from_elsewhere(tmp_path):
+    """L4N340: no document of tiny's corpus activates it, so the study skips it: the table, study.json and the
+    site count it as skipped, not studied. The corpus is stored absolute, so a resume from another folder works,
+    and so does the relative form of older settings.json files when it names the same file."""
+    names = tmp_path / "neurons.txt"
+    names.write_text("L4N340\nL3N872\n")
+    out = tmp_path / "study"
+    args = ["study", "--neurons", str(names), "--out", str(out), "--n-prompts", "10", "--no-progress"]
+    env = {"OPENAI_API_KEY": "", "OPENAI_BASE_URL": ""}
+    first = cli(*args, "--corpus", "weights/tiny/corpus.txt.gz", **env)
+    assert first.returncode == 0, first.stderr
+    rows = {line.split()[0]: line.split()[1:3] for line in first.stdout.splitlines()[2:]}
+    assert first.stdout.splitlines()[1].split()[:3] == ["layer", "studied", "skipped"]
+    assert rows == {"3": ["1", "0"], "4": ["0", "1"], "all": ["1", "1"]}
+    study = json.loads((out / "study.json").read_text())
+    assert (study["aggregates"]["all"]["neurons_traced"], study["aggregates"]["all"]["neurons_without_prompts"]) == (1, 1)
+    assert "<th>skipped (no prompt)</th>" in (out / "index.html").read_text()
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["settings"]["corpus"] == str(ROOT / "weights" / "tiny" / "corpus.txt.gz")
+
+    again = cli(*args, "--corpus", str(ROOT / "weights" / "tiny" / "corpus.txt.gz"), cwd=tmp_path, **env)
+    assert again.returncode == 0 and again.stdout == first.stdout, again.stderr
+    settings["settings"]["corpus"] = "weights/tiny/corpus.txt.gz"  # as older versions stored it
+    (out / "settings.json").write_text(json.dumps(settings))
+    elsewhere = cli(*args, "--corpus", str(ROOT / "weights" / "tiny" / "corpus.txt.gz"), cwd=tmp_path, **env)
+    assert "holds a study made with corpus = " in one_line(elsewhere)  # the relative one names no such file here
+    assert cli(*args, "--corpus", str(ROOT / "weights" / "tiny" / "corpus.txt.gz"), **env).returncode == 0

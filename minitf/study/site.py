@@ -79,7 +79,7 @@ def bar_svg(title: str, labels: list[str], counts: list[int], caption: str) -> s
 
 
 def _aggregate_rows(aggs: dict, explained: bool) -> str:
-    head = ("<tr><th>layer</th><th>neurons</th><th>with diff.</th><th>diff. heads / neuron</th>"
+    head = ("<tr><th>layer</th><th>studied</th><th>skipped (no prompt)</th><th>with diff.</th><th>diff. heads / neuron</th>"
             "<th>score (balanced accuracy)</th><th>Δp mean act. / inact.</th><th>Δp median act. / inact.</th>"
             "<th>prompts act. / inact.</th><th>KS D (p)</th><th>Δpost mean act. / inact.</th></tr>")
     rows = []
@@ -92,7 +92,8 @@ def _aggregate_rows(aggs: dict, explained: bool) -> str:
         dp, dpost = a["ablation"]["dp"], a["ablation"]["dpost"]
         ks = dp["ks"]
         rows.append(
-            f"<tr><td>{_e(name)}</td><td class=num>{a['neurons']}</td>"
+            f"<tr><td>{_e(name)}</td><td class=num>{a['neurons_traced']}</td>"
+            f"<td class=num>{a['neurons_without_prompts']}</td>"
             f"<td class=num>{a['neurons_with_differential_heads']}</td>"
             f"<td class=num>{_f(per['mean'], '.2f')} ± {_f(per['std'], '.2f')}</td><td>{_e(score)}</td>"
             f"<td class=nw>{_f(dp['active']['mean'], '+.1e')} / {_f(dp['inactive']['mean'], '+.1e')}</td>"

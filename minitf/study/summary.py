@@ -104,11 +104,12 @@ def summary_entry(record: dict) -> dict:
 
 # ---- text ----------------------------------------------------------------------------------------------
 def summary_lines(study: dict) -> list[str]:
-    """The printed table: one row per layer and one for all neurons."""
+    """The printed table: one row per layer and one for all neurons; "studied" neurons were traced, "skipped" ones
+    had no prompt (no document activates them above 0) and count in no other column."""
     s = study["settings"]
     lines = [f"study of {len(study['neurons'])} neurons of {s['model']['folder']}: top {s['n_prompts']} "
              f"{s['split']} prompts each, rule {s['rule']}, explanations {study['explanations'].split(':')[0]}",
-             f"{'layer':<6}{'neurons':>8}{'w/ diff':>8}{'diff/n':>7}  {'distance 1,2,…':<15}"
+             f"{'layer':<6}{'studied':>8}{'skipped':>8}{'w/ diff':>8}{'diff/n':>7}  {'distance 1,2,…':<15}"
              f"{'score ± std (n)':<20}{'Δp active / inactive':<22}KS D (p)"]
     groups = list(study["aggregates"]["layers"].items()) + [("all", study["aggregates"]["all"])]
     for name, a in groups:
@@ -119,7 +120,7 @@ def summary_lines(study: dict) -> list[str]:
         dp = a["ablation"]["dp"]
         ks = dp["ks"]
         drops = f"{_fmt(dp['active']['mean'], '+.1e')} / {_fmt(dp['inactive']['mean'], '+.1e')}"
-        lines.append(f"{name:<6}{a['neurons']:>8}{a['neurons_with_differential_heads']:>8}"
+        lines.append(f"{name:<6}{a['neurons_traced']:>8}{a['neurons_without_prompts']:>8}{a['neurons_with_differential_heads']:>8}"
                      f"{_fmt(a['differential_heads_per_neuron']['mean'], '.2f'):>7}  {dist or '–':<15}{score:<20}"
                      f"{drops:<22}{'–' if ks is None else format(ks['statistic'], '.2f') + ' (' + format(ks['p_value'], '.1e') + ')'}")
     return [line.rstrip() for line in lines]
