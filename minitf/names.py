@@ -97,11 +97,15 @@ def parse_head(spec: str, n_layer: int | None = None, n_head: int | None = None)
 _LAYER_PART = re.compile(r"^(\d+)(?:-(\d+))?$")
 
 
+MAX_LAYER = 1000  # the largest layer number parse_layers accepts (GPT-2 XL has 48 layers)
+
+
 def parse_layers(specs: str | Iterable[str], n_layer: int | None = None, where: str = "") -> list[int]:
     """'3' | '3,5' | '2-4' (or several of them, or space-separated) → sorted distinct layer numbers.
 
     A malformed part or a reversed range ('4-2') raises ValueError; with ``n_layer``
-    each layer is range-checked (``check_layer``).
+    each layer is range-checked (``check_layer``). A layer above ``MAX_LAYER`` (no model has that many)
+    is refused before the range is built, so '0-2000000000' costs nothing.
     """
     layers: set[int] = set()
     for spec in [specs] if isinstance(specs, str) else specs:
@@ -114,6 +118,8 @@ def parse_layers(specs: str | Iterable[str], n_layer: int | None = None, where: 
                 raise ValueError(f"{part!r}: not a layer (write layers like 3, 3,5 or 2-4)")
             if first > last:
                 raise ValueError(f"{part}: reversed range (write {last}-{first})")
+            if last > MAX_LAYER:
+                raise ValueError(f"{part}: layer {last} is above {MAX_LAYER}, the most any model here has")
             layers |= set(range(first, last + 1))
     if n_layer is not None:
         for layer in sorted(layers):

@@ -32,6 +32,7 @@ import numpy as np
 from minitf.corpus import check_split, documents, read_documents, tokenize_document, tokenized_documents
 from minitf.errors import MinitfError
 from minitf.names import Neuron, check_neuron, parse_neuron
+from minitf.util.files import regular_file
 
 THRESHOLD = 0.8  # the trimmed prompt keeps ≥ 80 % of the activation
 
@@ -40,6 +41,7 @@ def scan_candidates(k: int) -> int:
     """Documents a scan keeps for k prompts: spares for prompts that are dropped or duplicates."""
     return 2 * k + 10
 TOKENS_PER_BATCH = 4096  # padded B·T per forward pass
+MAX_PROMPT_FILE_BYTES, MAX_PROMPTS, MAX_PROMPT_CHARS = 64 << 20, 100_000, 100_000  # a prompt file's limits
 
 
 @dataclass(frozen=True)
@@ -95,22 +97,24 @@ def prompts_from_texts(model, texts: list[str], bos: bool = True) -> list[Prompt
 
 
 def read_prompt_file(path) -> list[str]:
-    """Prompts from a file: ``.txt`` one per line (blank lines skipped) or ``.jsonl`` with a ``text`` field."""
-    path = Path(path)
+    """Prompts from a file: ``.txt`` one per line (blank lines skipped) or ``.jsonl`` with a ``text`` field; checked
+    first: a regular file (not a FIFO, /dev/zero), ≤ 64 MiB, ≤ 100,000 prompts of ≤ 100,000 characters each."""
+    path = regular_file(path, "prompt file")
     try:
-        lines = path.read_bytes().decode("utf-8").splitlines()
-    except FileNotFoundError:
-        raise MinitfError(f"{path}: no such file") from None
+        if (size := path.stat().st_size) > MAX_PROMPT_FILE_BYTES:
+            raise MinitfError(f"{path}: {size} bytes, more than a prompt file may have (64 MiB)", param="prompts")
+        lines = path.read_bytes()[:MAX_PROMPT_FILE_BYTES].decode("utf-8").splitlines()
     except UnicodeDecodeError as e:
         raise MinitfError(f"{path}: not UTF-8 text (byte {e.start})") from None
     except OSError as e:
         raise MinitfError(f"{path}: cannot read ({e.strerror})") from None
-    if path.suffix == ".jsonl":  # the corpus's .jsonl reader: a line that is not {"text": "<string>"} is an error
-        texts = [doc.text for doc in read_documents(path)]
-    else:
-        texts = [line for line in lines if line.strip()]
+    texts = [d.text for d in read_documents(path)] if path.suffix == ".jsonl" else [x for x in lines if x.strip()]
     if not texts:
         raise MinitfError(f"{path}: no prompts in the file")
+    if len(texts) > MAX_PROMPTS:
+        raise MinitfError(f"{path}: {len(texts)} prompts, more than a trace takes ({MAX_PROMPTS})", param="prompts")
+    if (long := next((i for i, text in enumerate(texts) if len(text) > MAX_PROMPT_CHARS), None)) is not None:
+        raise MinitfError(f"{path}: prompt {long + 1} is over {MAX_PROMPT_CHARS} characters", param="prompts")
     return texts
 
 

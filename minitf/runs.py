@@ -97,3 +97,27 @@ def pad(tokens, n_ctx: int) -> tuple[np.ndarray, np.ndarray]:
         out[i, : len(p)] = p
     return out, lengths
 
+
+TRACE_BATCH_BYTES = 128 << 20  # the forward-pass arrays one trace batch may hold (a single longer prompt: alone)
+
+
+def trace_batches(model, neuron, tokens: list[list[int]]) -> list[list[int]]:
+    """Consecutive prompts in batches whose kept arrays fit TRACE_BATCH_BYTES, by the estimate for B prompts
+    padded to T tokens, through layers 0 … l of the neuron's layer l:
+
+        bytes ≈ 4 · B · (l + 1) · T · (H · T + 8 · d_model + 2 · d_mlp)     attention patterns + activations
+
+    so a trace holds at most one batch's arrays (≈ 128 MiB) at once, plus each prompt's record (a few KB)
+    and the per-head arrays [P, N] (12 bytes per prompt and candidate head)."""
+    cfg = model.cfg
+    cost = lambda B, T: 4 * B * (neuron.layer + 1) * T * (cfg.n_head * T + 8 * cfg.d_model + 2 * cfg.d_mlp)  # noqa: E731
+    batches: list[list[int]] = []
+    longest = 0
+    for i, t in enumerate(tokens):
+        if batches and cost(len(batches[-1]) + 1, max(longest, len(t))) <= TRACE_BATCH_BYTES:
+            batches[-1].append(i)
+            longest = max(longest, len(t))
+        else:
+            batches.append([i])
+            longest = len(t)
+    return batches

@@ -33,6 +33,7 @@ from minitf.model import Model, Run
 from minitf.names import Neuron, check_neuron
 from minitf.paths import ABLATE_WITH, PathsRecord, head_paths
 from minitf.prompts import Mined, Prompt, prompts_from_texts, read_prompt_file
+from minitf.runs import trace_batches
 from minitf.scores import DEFAULT, ScoresMode, scores_mode
 from minitf.util.records import Record, from_json, optional_field, record_field, to_json
 from minitf.why import NEEDED as WHY_NEEDED, HeadWhy, check_model as why_check, top_source_positions, why_for_heads
@@ -80,13 +81,6 @@ def trace(model: Model, neuron: Neuron, prompts: list[Prompt], options: TraceOpt
         from minitf.neurons import neuron_card
 
         card = card_record(neuron_card(model, neuron), model.cfg.d_mlp)
-    tokens = [p.tokens for p in prompts]
-    keep = NEEDED | {"resid_pre"} | (WHY_NEEDED if options.why else set())  # resid_pre: ablation reruns from it
-    run = model.run(tokens, keep=keep, stop_at_layer=neuron.layer)
-    fx = direct_effects(model, run, neuron)
-    rows = np.arange(len(prompts))
-    post = run.neuron(neuron)["post"][rows, run.lengths - 1]  # [P]
-
     # parallel residual (Pythia): the neuron's LN₂ reads resid_pre, its own layer's heads add nothing to it
     same_layer = options.include_same_layer and not model.cfg.parallel_residual
     if options.include_same_layer and not same_layer:
@@ -94,10 +88,28 @@ def trace(model: Model, neuron: Neuron, prompts: list[Prompt], options: TraceOpt
     candidates = candidate_heads(neuron.layer, model.cfg.n_head, same_layer)
     layers = np.array([h.layer for h in candidates], int)  # [N]
     indices = np.array([h.head for h in candidates], int)  # [N]
-    parts = {name: a[:, layers, indices] for name, a in  # each [P, N]
-             (("effect", fx.heads), ("context", fx.head_context), ("constant", fx.head_constant))}
-    effects = parts[mode.selects]  # [P, N] what selects
-    active = active_mask(effects, options.rule)  # [P, N]
+    batches = trace_batches(model, neuron, [p.tokens for p in prompts])
+    chunks: dict[str, list[np.ndarray]] = {"effect": [], "context": [], "constant": [], "active": [], "errors": [],
+                                           "relative": []}
+    per_prompt = []
+    for batch in batches:  # pass 1: effects, active heads and the per-prompt records, one bounded batch at a time
+        run = model.run([prompts[i].tokens for i in batch], stop_at_layer=neuron.layer,  # resid_pre: ablation
+                        keep=NEEDED | {"resid_pre"} | (WHY_NEEDED if options.why else set()))
+        fx = direct_effects(model, run, neuron)
+        post = run.neuron(neuron)["post"][np.arange(len(batch)), run.lengths - 1]  # [B]
+        parts = {name: a[:, layers, indices] for name, a in  # each [B, N]
+                 (("effect", fx.heads), ("context", fx.head_context), ("constant", fx.head_constant))}
+        active = active_mask(parts[mode.selects], options.rule)  # [B, N]: each prompt's own rule
+        per_prompt += [_prompt_record(model, run, fx, neuron, candidates, parts[mode.selects], parts, active, post,
+                                      row, prompts[i], options, mode) for row, i in enumerate(batch)]
+        errors = np.abs(fx.total() - fx.pre)  # [B]
+        for name, a in (*parts.items(), ("active", active), ("errors", errors),
+                        ("relative", errors / np.maximum(fx.magnitude(), 1e-30))):
+            chunks[name].append(a)
+        if len(batches) > 1:
+            run = fx = None  # freed before the next batch's run is made (one batch's arrays at a time)
+    parts = {name: np.concatenate(chunks[name]) for name in ("effect", "context", "constant")}  # each [P, N]
+    effects, active = parts[mode.selects], np.concatenate(chunks["active"])  # [P, N], [P, N]
     is_differential = differential(active)  # [N]
     order = np.argsort(-effects.mean(0), kind="stable")  # heads by mean selecting score
     to_ablate = [candidates[i] for i in sorted(set(order[:options.ablate].tolist())
@@ -106,20 +118,25 @@ def trace(model: Model, neuron: Neuron, prompts: list[Prompt], options: TraceOpt
     if mode.ablation_keeps_constant:  # removed as the paper does: z_h ← its constant part
         constants = {layer: head_value_constant(model, layer) for layer in {h.layer for h in to_ablate}}  # [H, Dh]
         replace_with = {h: constants[h.layer][h.head] for h in to_ablate}
-    ablations = ablate_heads(model, tokens, neuron, card.token.id, to_ablate, run=run, replace_with=replace_with)
+    if len(batches) == 1:  # pass 2, the ablation: one batch reuses pass 1's run
+        ablations = ablate_heads(model, [p.tokens for p in prompts], neuron, card.token.id, to_ablate, run=run,
+                                 replace_with=replace_with)
+    else:
+        drops = [ablate_heads(model, [prompts[i].tokens for i in batch], neuron, card.token.id, to_ablate,
+                              replace_with=replace_with) for batch in batches]
+        ablations = {h: tuple(np.concatenate([d[h][k] for d in drops]) for k in (0, 1)) for h in to_ablate}
 
     # ---- paths (``--paths``): each differential head's effect split by path, removed as the ablation removes it
     paths = None
-    if options.paths:
+    if options.paths:  # one run of every prompt (the paths' mean removal is over all of them): not batched
+        full = run if len(batches) == 1 else model.run([p.tokens for p in prompts], keep=NEEDED | {"resid_pre"},
+                                                        stop_at_layer=neuron.layer)
         diff = [candidates[i] for i in order if is_differential[i]]  # as differential_heads lists them
-        analysis = head_paths(model, run, neuron, card.token.id, diff, replace_with=replace_with,
+        analysis = head_paths(model, full, neuron, card.token.id, diff, replace_with=replace_with,
                               ablate_with=options.ablate_with)
         paths = PathsRecord.of(analysis, options.ablate_with,
                                {candidates[i]: active[:, i] for i in np.flatnonzero(is_differential)})
     # ---- end paths
-    errors = np.abs(fx.total() - fx.pre)  # [P]
-    per_prompt = [_prompt_record(model, run, fx, neuron, candidates, effects, parts, active, post, i, prompts[i],
-                                 options, mode) for i in range(len(prompts))]
     heads = []
     for i in order:
         head = candidates[i]
@@ -136,8 +153,8 @@ def trace(model: Model, neuron: Neuron, prompts: list[Prompt], options: TraceOpt
         settings=Settings(options.rule, options.scores, same_layer, len(candidates), EFFECTS_NOTE,
                           mode.note, origin or PromptOrigin()),
         prompts=per_prompt, heads=heads, differential_heads=[h.head for h in heads if h.differential],
-        identity_check=IdentityCheck(float(errors.max()),
-                                     float((errors / np.maximum(fx.magnitude(), 1e-30)).max())),
+        identity_check=IdentityCheck(float(np.concatenate(chunks["errors"]).max()),
+                                     float(np.concatenate(chunks["relative"]).max())),
         paths=paths)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -38,6 +39,18 @@ class ResponseCache:
 
     def __init__(self, folder: Path | str | None):
         self.folder = Path(folder) if folder is not None else None
+
+    def check_writable(self) -> None:
+        """MinitfError naming the folder unless a file can be made in it (created if missing): called before the
+        first request is sent, so a read-only cache costs no paid request."""
+        if self.folder is None or getattr(self, "_writable", False):
+            return
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            tempfile.TemporaryFile(dir=self.folder).close()
+        except OSError as e:
+            raise MinitfError(f"{self.folder}: cannot write the LLM cache ({e.strerror or e})") from None
+        self._writable = True
 
     def _path(self, key: str) -> Path | None:
         return self.folder / f"{key}.json" if self.folder is not None else None

@@ -286,6 +286,11 @@ def score_neuron(model, neuron, llm: CompletionClient, store: ResultStore, head:
 
         wanted = str(parse_head(head, model.cfg.n_layer, model.cfg.n_head))
         explained = {h: e for h, e in explained.items() if h == wanted}
+    asked = [wanted] if head else list(stored)
+    empty = sorted(h for h, r in stored.items() if "explanation" in r and not r["explanation"] and h in asked)
+    if not explained and empty:  # the LLM answered "" (not a missing explain run)
+        raise MinitfError(f"{store.path}: the LLM's explanation of {neuron} {', '.join(empty)} was empty: "
+                          "rerun 'python cli.py explain' (perhaps with another --llm)")
     if not explained:
         raise MinitfError(f"{store.path}: no explanation for {neuron}{' ' + head if head else ''}: "
                           "run 'python cli.py explain' first")

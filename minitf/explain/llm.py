@@ -160,6 +160,7 @@ class LLM:
             with self._lock:
                 self.cache_hits += 1
             return {**cached, "cached": True}
+        self.cache.check_writable()  # before the request: a cache that cannot keep its answer costs nothing
         self.budget.spend(cache_hits=self.cache_hits)
         response = self._request(messages, params)
         self.cache.put(key, {"model": self.model, "messages": messages, "params": params}, response,
@@ -280,7 +281,15 @@ class LLM:
             self._count(self.max_retries if e.status_code in _RETRIED_STATUSES else 0)
             raise
         self._count(raw.retries_taken)
-        return _parse_completion(raw.parse(), self.server)
+        try:  # a body that is not JSON (a proxy's HTML page, a truncated answer) is the server's fault: one line
+            completion = raw.parse()
+            if isinstance(completion, (str, bytes)):
+                raise ValueError("not JSON")
+            return _parse_completion(completion, self.server)
+        except (ValueError, TypeError, AttributeError):
+            body = self.credentials.scrub(raw.http_response.text[:80]).replace("\n", " ")
+            raise MinitfError(f"LLM server {self.server}: HTTP {raw.status_code} with a body that is not a chat "
+                              f"completion ({body!r})") from None
 
     def _count(self, retries: int) -> None:
         with self._lock:

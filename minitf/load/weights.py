@@ -122,19 +122,26 @@ def read_config(path: Path) -> Config:
     if raw.get("scale_attn_weights") is False:
         raise MinitfError(f"{path}: scale_attn_weights=false is not supported")
     try:
-        d_model = int(field("n_embd", "hidden_size"))
+        d_model = _integer("n_embd", field("n_embd", "hidden_size"))
         cfg = Config(
-            n_layer=int(field("n_layer", "num_hidden_layers")),
-            n_head=int(field("n_head", "num_attention_heads")),
+            n_layer=_integer("n_layer", field("n_layer", "num_hidden_layers")),
+            n_head=_integer("n_head", field("n_head", "num_attention_heads")),
             d_model=d_model,
-            n_ctx=int(field("n_positions", "n_ctx")),
-            d_mlp=int(field("n_inner", default=4 * d_model)),
-            d_vocab=int(field("vocab_size")),
+            n_ctx=_integer("n_positions", field("n_positions", "n_ctx")),
+            d_mlp=_integer("n_inner", field("n_inner", default=4 * d_model)),
+            d_vocab=_integer("vocab_size", field("vocab_size")),
             eps=float(field("layer_norm_epsilon", default=1e-5)),
         )
     except (TypeError, ValueError) as e:
         raise MinitfError(f"{path}: bad value ({e})") from None
     return _check_sizes(path, cfg)
+
+
+def _integer(name: str, value) -> int:
+    """A config size: an integer (6 or 6.0), never a fraction (6.7) or a flag (true) silently truncated."""
+    if isinstance(value, bool) or not (isinstance(value, int) or isinstance(value, float) and value.is_integer()):
+        raise ValueError(f"{name} {value!r} is not an integer")
+    return int(value)
 
 
 def _check_sizes(path: Path, cfg: Config) -> Config:
@@ -160,15 +167,16 @@ def _read_neox_config(path: Path, raw: dict, field) -> Config:
     if raw.get("attention_bias") is False:
         raise MinitfError(f"{path}: attention_bias=false is not supported")
     try:
-        d_model, n_head = int(field("hidden_size")), int(field("num_attention_heads"))
+        size = lambda name, **default: _integer(name, field(name, **default))  # noqa: E731
+        d_model, n_head = size("hidden_size"), size("num_attention_heads")
         pct = float(raw["rotary_pct"] if raw.get("rotary_pct") is not None
                     else rope.get("partial_rotary_factor", 0.25))
         base = float(raw["rotary_emb_base"] if raw.get("rotary_emb_base") is not None
                      else rope.get("rope_theta", 10000.0))
         cfg = Config(
-            n_layer=int(field("num_hidden_layers")), n_head=n_head, d_model=d_model,
-            n_ctx=int(field("max_position_embeddings")), d_mlp=int(field("intermediate_size", default=4 * d_model)),
-            d_vocab=int(field("vocab_size")), eps=float(field("layer_norm_eps", default=1e-5)), arch=NEOX,
+            n_layer=size("num_hidden_layers"), n_head=n_head, d_model=d_model,
+            n_ctx=size("max_position_embeddings"), d_mlp=size("intermediate_size", default=4 * d_model),
+            d_vocab=size("vocab_size"), eps=float(field("layer_norm_eps", default=1e-5)), arch=NEOX,
             act="gelu" if act == "gelu" else "gelu_new", parallel_residual=bool(raw.get("use_parallel_residual", True)),
             rotary_dim=int(d_model // max(n_head, 1) * pct), rotary_base=base)
     except (TypeError, ValueError) as e:

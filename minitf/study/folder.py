@@ -66,7 +66,7 @@ class StudyDir:
         except (OSError, ValueError, KeyError, TypeError):
             raise MinitfError(f"{path}: unreadable study settings; rerun with `restart` to start over") from None
         for key in list(settings) + [k for k in before if k not in settings]:
-            if before.get(key) != settings.get(key):
+            if not _same(before.get(key), settings.get(key)):
                 raise MinitfError(f"`out` {self.path} holds a study made with {key} = {_short(before.get(key))}, "
                                   f"not {_short(settings.get(key))}; rerun with `restart` to start over, "
                                   "or choose another `out`", param="out")
@@ -91,6 +91,16 @@ class StudyDir:
 
     def save_study(self, study: dict) -> None:
         write_json(self.path / STUDY_FILE, study)
+
+
+def _same(before, now) -> bool:
+    """Equal settings; a path stored relative by an older version (corpus, model folder) matches the absolute one
+    it resolves to from here."""
+    if isinstance(before, dict) and isinstance(now, dict) and before.keys() == now.keys():
+        return all(_same(before[k], now[k]) for k in before)
+    if isinstance(before, str) and isinstance(now, str) and before != now and os.path.isabs(now):
+        return not os.path.isabs(before) and os.path.abspath(before) == now
+    return before == now
 
 
 def _short(value) -> str:

@@ -421,7 +421,8 @@ def study_settings(model, options: StudyOptions, neurons: list[Neuron], corpus: 
 
     settings = {k: v for k, v in asdict(options).items() if k not in StudyOptions.NOT_SETTINGS}
     return settings | {"layers": sorted({n.layer for n in neurons}), "neurons": [str(n) for n in neurons],
-                       "corpus": str(corpus), "model": {"folder": str(model.folder), "sha256": model_sha256(model)},
+                       "corpus": os.path.abspath(corpus),  # absolute: a resume from another folder finds it
+                       "model": {"folder": os.path.abspath(model.folder), "sha256": model_sha256(model)},
                        "corpus_sha256": file_sha256(corpus)}
 
 

@@ -190,7 +190,8 @@ def summary_entry(record: dict) -> dict:
 
 # ---- text ----------------------------------------------------------------------------------------------
 def summary_lines(study: dict) -> list[str]:
-    """The printed table: one row per layer and one for all neurons."""
+    """The printed table: one row per layer and one for all neurons; "studied" neurons were traced, "skipped" ones
+    had no prompt (no document activates them above 0) and count in no other column."""
     s = study["settings"]
     lines = [f"study of {len(study['neurons'])} neurons of {s['model']['folder']}: top {s['n_prompts']} "
              f"{s['split']} prompts each, rule {s['rule']}, explanations {study['explanations'].split(':')[0]}",

@@ -4,12 +4,12 @@ Every file minitf writes (reports, study records and site, explanation results, 
 cache entries) goes through :func:`atomic_write`, so a reader sees the old file or the new one, never half of
 one, even with several writers at once:
 
-    temp = mkstemp(dir=path's folder)      unique name, same file system as path
+    temp = .<name>.<random>.tmp            named first, then created (O_EXCL) beside path, same file system
     write(temp); flush; fsync(temp)        the bytes are on disk before they get the name
     os.replace(temp, path)                 atomic on POSIX and Windows
 
-A failure (disk full, permissions, an exception in ``write``) removes the temp file and leaves ``path``
-as it was.
+A failure (disk full, permissions, an exception in ``write``, Ctrl-C) removes the temp file and leaves
+``path`` as it was: the temp's name is known before the file exists, so no signal can leave it unnamed.
 
 The one exception is a download (``minitf.load.hub``): it streams into ``<name>.part`` beside its target,
 kept when interrupted so that the next run resumes it, and renames it onto the target (``os.replace``) only
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable
 
@@ -31,8 +30,8 @@ BLOCK = 1 << 20  # bytes read at a time when hashing
 def atomic_write(path: str | Path, data: bytes | str | Callable[[BinaryIO], object], mode: int = 0o644) -> Path:
     """Write ``data`` (bytes, str as UTF-8, or a function ``write(binary file)``) to ``path`` atomically.
 
-    The temp file is ``.<name>.<random>.tmp`` beside ``path``; it gets permissions ``mode`` (mkstemp makes
-    it 0600) and is renamed onto ``path`` only after an fsync. Raises MinitfError naming ``path`` on an
+    The temp file is ``.<name>.<random>.tmp`` beside ``path``; it gets permissions ``mode`` (it is created
+    0600) and is renamed onto ``path`` only after an fsync. Raises MinitfError naming ``path`` on an
     OSError; any other exception from ``write`` propagates, with the temp file removed either way.
     """
     path = Path(path)
@@ -40,7 +39,15 @@ def atomic_write(path: str | Path, data: bytes | str | Callable[[BinaryIO], obje
         data = data.encode("utf-8")
     tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        for _ in range(100):  # mkstemp's loop, but tmp is bound before the file exists (a KeyboardInterrupt
+            tmp = path.parent / f".{path.name}.{os.urandom(6).hex()}.tmp"  # right after creation is cleaned up)
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o600)
+                break
+            except FileExistsError:
+                tmp = None
+        else:
+            raise MinitfError(f"{path}: cannot write (no free temp name beside it)")
         with os.fdopen(fd, "wb") as f:
             if callable(data):
                 data(f)
