@@ -1,8 +1,7 @@
 """minitf's command line: it only parses arguments and prints; the work is in the ``minitf`` package.
 
-Exit codes: 0 ok, 1 bad data (one line on stderr naming the file or argument), 2 usage error (one line too).
-Each option shared by several commands is built once below; library errors name parameters (`n_prompts`),
-printed here as the flags that set them (--n-prompts).
+Exit codes: 0 ok, 1 bad data (one line on stderr naming the file or argument), 2 usage error (one line too). Each
+shared option is built once below; library errors name parameters (`n_prompts`), printed as flags (--n-prompts).
 """
 from __future__ import annotations
 
