@@ -28,10 +28,11 @@ import numpy as np
 from minitf.ablation import ablate_heads, ks_2samp
 from minitf.attribution import NEEDED, direct_effects, head_sources, head_value_constant
 from minitf.errors import MinitfError
-from minitf.heads import active_mask, both_classes, candidate_heads, differential
+from minitf.heads import active_mask, both_classes, candidate_heads, in_band
 from minitf.model import Model, Run
 from minitf.names import Neuron, check_neuron
 from minitf.prompts import Mined, Prompt, prompts_from_texts, read_prompt_file
+from minitf.protocol import Protocol, ProtocolRecord, get_protocol
 from minitf.scores import DEFAULT, ScoresMode, scores_mode
 from minitf.util.records import Record, from_json, optional_field, record_field, to_json
 
@@ -45,14 +46,18 @@ KS_MIN_PROMPTS = 5  # the ablation's KS statistic needs this many active and ina
 
 @dataclass(frozen=True)
 class TraceOptions:
-    rule: str = "sigma2"  # active heads: "sigma2" (mean + 2·std) or "top3"
+    rule: str | None = None  # active heads: "sigma2" (mean + 2·std) or "top3"; None: the protocol's head_rule
     include_same_layer: bool = False  # candidates include the neuron's own layer
     scores: str = DEFAULT  # what selects and ranks heads, and how the ablation removes one (``minitf.scores``)
     top_heads: int = 5  # heads listed per prompt
     sources: int = 3  # source tokens shown per listed head
     ablate: int = 5  # heads ablated: the top ones by mean selecting score, plus every differential head
     per_position: bool = False  # also each position's activation and top head effects (for the HTML report)
-    protocol: str = "neo2024"  # minitf.protocol: the paper's protocol whose choices apply (neo2024, neo2023, minitf)
+    protocol: str | Protocol = "neo2024"  # minitf.protocol: the protocol whose choices apply (neo2024, neo2023, minitf)
+
+    def resolved(self) -> Protocol:
+        """The protocol with this trace's flags applied: ``rule`` given overrides head_rule (the record says so)."""
+        return get_protocol(self.protocol, head_rule=self.rule)
 
 
 def trace(model: Model, neuron: Neuron, prompts: list[Prompt], options: TraceOptions | None = None,
@@ -63,6 +68,7 @@ def trace(model: Model, neuron: Neuron, prompts: list[Prompt], options: TraceOpt
     if not prompts:
         raise MinitfError("no prompts to trace")
     options = options or TraceOptions()
+    proto = options.resolved()  # head_rule and band
     mode = scores_mode(options.scores)
     if card is None:
         from minitf.neurons import neuron_card
@@ -84,8 +90,8 @@ def trace(model: Model, neuron: Neuron, prompts: list[Prompt], options: TraceOpt
     parts = {name: a[:, layers, indices] for name, a in  # each [P, N]
              (("effect", fx.heads), ("context", fx.head_context), ("constant", fx.head_constant))}
     effects = parts[mode.selects]  # [P, N] what selects
-    active = active_mask(effects, options.rule)  # [P, N]
-    is_differential = differential(active)  # [N]
+    active = active_mask(effects, proto.head_rule)  # [P, N]
+    is_differential = in_band(active.sum(0), len(prompts), proto.band)  # [N]
     order = np.argsort(-effects.mean(0), kind="stable")  # heads by mean selecting score
     to_ablate = [candidates[i] for i in sorted(set(order[:options.ablate].tolist())
                                                | set(np.flatnonzero(is_differential).tolist()))]
@@ -111,8 +117,8 @@ def trace(model: Model, neuron: Neuron, prompts: list[Prompt], options: TraceOpt
     return Trace(
         model=ModelShape(str(model.folder), model.cfg.n_layer, model.cfg.n_head, model.cfg.d_mlp, model.cfg.n_ctx),
         neuron=card,
-        settings=Settings(options.rule, options.scores, same_layer, len(candidates), EFFECTS_NOTE,
-                          mode.note, origin or PromptOrigin()),
+        settings=Settings(proto.head_rule, options.scores, same_layer, len(candidates), EFFECTS_NOTE,
+                          mode.note, origin or PromptOrigin(), proto.record()),
         prompts=per_prompt, heads=heads, differential_heads=[h.head for h in heads if h.differential],
         identity_check=IdentityCheck(float(errors.max()),
                                      float((errors / np.maximum(fx.magnitude(), 1e-30)).max())))
@@ -121,24 +127,30 @@ def trace(model: Model, neuron: Neuron, prompts: list[Prompt], options: TraceOpt
 @dataclass
 class PromptSource:
     """Where ``trace_neuron`` takes its prompts: ``texts``, else the prompts of ``prompt_file``, else the neuron's
-    top ``n_prompts`` mined from ``corpus`` (None: the model's own) in ``split`` ("train", "test" or "all")."""
+    top ``n_prompts`` mined from ``corpus`` (None: the model's own) in ``split`` ("train", "test" or "all");
+    ``n_prompts`` None: the protocol's (given, it overrides the protocol's choice and the record says so)."""
 
     texts: list[str] = field(default_factory=list)
     prompt_file: str | Path | None = None
     corpus: str | Path | None = None
     split: str = "train"
-    n_prompts: int = 20
+    n_prompts: int | None = None
     bos: bool = True  # prepend <|endoftext|> to each prompt
     progress: bool = True  # the corpus scan's progress bar on stderr (mining without an index)
 
 
 def trace_neuron(model: Model, neuron: Neuron, source: PromptSource | None = None,
                  options: TraceOptions | None = None) -> Trace:
-    """The ``trace`` command: the prompts of ``source`` (given, from a file, or mined from a corpus); then ``trace``."""
+    """The ``trace`` command: the prompts of ``source`` (given, from a file, or mined from a corpus); then ``trace``.
+    Mined prompts follow ``options.protocol``: its trimming "authors" → ``authors_prompts`` (no BOS while
+    trimming, < max_prompt_tokens, newlines per protocol, re-tokenised with BOS, the first n_prompts, duplicate
+    strings collapsed; what was dropped is in the origin's notes), else ``mine_prompts``."""
     from minitf.corpus import default_corpus
     from minitf.prompts import mine_prompts
 
     source, options = source or PromptSource(), options or TraceOptions()
+    proto = get_protocol(options.protocol, head_rule=options.rule, n_prompts=source.n_prompts)
+    options = replace(options, protocol=proto)
     texts, prompt_file, corpus, split, bos = source.texts, source.prompt_file, source.corpus, source.split, source.bos
     neuron = check_neuron(Neuron(*neuron), model.cfg.n_layer, model.cfg.d_mlp)
     if texts or prompt_file:
@@ -149,13 +161,40 @@ def trace_neuron(model: Model, neuron: Neuron, source: PromptSource | None = Non
         origin = PromptOrigin(bos, notes, f"from {prompt_file}" if prompt_file else "given with --text")
     else:
         corpus = default_corpus(model, corpus or None, needed_for="give texts, a prompt file or a corpus")
-        mined = mine_prompts(model, neuron, corpus, None if split == "all" else split, k=source.n_prompts, bos=bos,
-                             progress=source.progress)
+        if proto.trimming == "authors":
+            prompts, origin = _authors_prompts(model, neuron, corpus, split, bos, proto)
+            return trace(model, neuron, prompts, options, origin=origin)
+        mined = mine_prompts(model, neuron, corpus, None if split == "all" else split, k=proto.n_prompts, bos=bos,
+                             max_tokens=proto.max_prompt_tokens, progress=source.progress)
         if not mined:
             raise MinitfError(f"{corpus}: no document activates {neuron} above 0 in the {split} split")
         prompts = [Prompt.from_mined(m) for m in mined]
         origin = PromptOrigin(bos, [], f"top {len(prompts)} mined from {corpus}, split {split}", str(corpus), split)
     return trace(model, neuron, prompts, options, origin=origin)
+
+
+def _authors_prompts(model, neuron, corpus, split, bos, proto) -> tuple[list[Prompt], PromptOrigin]:
+    """The neuron's prompts by ``authors_prompts`` on the documents of ``split``, and their origin (what was
+    dropped on the way, in its notes)."""
+    from minitf.corpus import documents
+    from minitf.prompts import authors_prompts
+
+    got = authors_prompts(model, [neuron], documents(corpus, None if split == "all" else split), proto)[neuron]
+    if not got.prompts:
+        raise MinitfError(f"{corpus}: no prompt of {neuron} survives the authors' trimming in the {split} split")
+    prompts = [Prompt(p.tokens, mined=Mined(p.doc_id, p.token_pos, p.activation, p.trimmed_activation))
+               for p in got.prompts]
+    notes = [f"{proto.name}'s trimming (the authors'): {got.candidates} top documents trimmed without BOS; "
+             f"{got.dropped_long} dropped (≥ {proto.max_prompt_tokens} tokens), {got.cut} past the first "
+             f"{proto.n_prompts}, {got.duplicates} duplicate strings collapsed; {got.below_threshold} kept with an "
+             f"activation not above 0.8·A (as the authors keep them)"]
+    if got.dropped_bos_peak:
+        notes.append(f"documents {', '.join(map(str, got.dropped_bos_peak))} peak at BOS: dropped (the authors' "
+                     "code crashes on them)")
+    if not bos:
+        notes.append("--no-bos: not applied; the protocol traces each prompt re-tokenised with BOS")
+    return prompts, PromptOrigin(True, notes, f"the first {len(prompts)} trimmed the authors' way from {corpus}, "
+                                              f"split {split}", str(corpus), split)
 
 
 def card_record(card: dict, layer_size: int) -> NeuronCard:
@@ -337,6 +376,7 @@ class Settings(Record):
     effects: str
     scores_note: str | None = None  # None: the mode's note (``minitf.scores``)
     origin: PromptOrigin = field(default_factory=PromptOrigin, metadata={"flatten": True, "record": PromptOrigin})
+    protocol: ProtocolRecord | None = optional_field(record=ProtocolRecord)  # None: traced before protocols
 
     def __post_init__(self):
         self.scores_note = self.scores_note or self.mode.note

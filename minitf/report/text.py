@@ -35,6 +35,8 @@ def trace_lines(result, max_prompts: int = 20) -> list[str]:
                  f"scores {s.scores}; "
                  f"{count(s.candidates, 'candidate head')} (layers < {result.neuron.layer}"
                  f"{' and the same layer' if s.include_same_layer else ''})")
+    if s.protocol is not None:
+        lines.append(s.protocol.line())
     lines.append(f"note: {s.effects}")
     lines.append(f"note: {s.scores_note}")
     lines.append(f"per prompt: the top heads by {mode.score}, * = active, then the "
