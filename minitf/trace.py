@@ -177,9 +177,15 @@ def _authors_prompts(model, neuron, corpus, split, bos, proto) -> tuple[list[Pro
     """The neuron's prompts by ``authors_prompts`` on the documents of ``split``, and their origin (what was
     dropped on the way, in its notes)."""
     from minitf.corpus import documents
+    from minitf.index.build import load_index
     from minitf.prompts import authors_prompts
 
-    got = authors_prompts(model, [neuron], documents(corpus, None if split == "all" else split), proto)[neuron]
+    split_ = None if split == "all" else split
+    index = load_index(model, corpus)  # its top documents, when they are all firing, hold the top n_candidates
+    top = index.top(neuron, split_) if index is not None and index.covers(neuron, split_) and index.bos else []
+    wanted = {d for d, _, a in top if a > 0} if len(top) >= proto.n_candidates and top[-1][2] > 0 else None
+    docs = (d for d in documents(corpus, split_) if wanted is None or d.doc_id in wanted)
+    got = authors_prompts(model, [neuron], docs, proto)[neuron]
     if not got.prompts:
         raise MinitfError(f"{corpus}: no prompt of {neuron} survives the authors' trimming in the {split} split")
     prompts = [Prompt(p.tokens, mined=Mined(p.doc_id, p.token_pos, p.activation, p.trimmed_activation))
