@@ -17,6 +17,7 @@ import minitf
 from minitf.explain.llm import DEFAULT_CONCURRENCY, DEFAULT_MAX_RETRIES, DEFAULT_LLM, DEFAULT_TIMEOUT
 from minitf.errors import MinitfError
 from minitf.names import check_layer, check_neuron, parse_layers
+from minitf.protocol import parse_exclude
 from minitf.scores import CLI_HELP as SCORES_HELP, DEFAULT as DEFAULT_SCORES, SCORES
 from minitf.util.fmt import count, num
 
@@ -107,9 +108,8 @@ protocol_rule_option = click.option("--rule", type=click.Choice(["sigma2", "top3
                                     "heads: effect > mean + 2·std, or the top 3 [default: the protocol's].")
 neurons_protocol_options = _options(
     protocol_option,
-    click.option("--exclude", "exclude", type=click.Choice(["paper", "none"]), default=None,
-                 help="The authors' reject list of this checkpoint, or none [default: the protocol's: paper, "
-                      "minitf none]."),
+    click.option("--exclude", "exclude", default=None, metavar="paper|none", callback=_spec(parse_exclude),
+                 help="The authors' reject list of this checkpoint, or none [default: the protocol's]."),
     click.option("--random-neurons", type=click.IntRange(0, 100000), default=0, help="Instead: N neurons per "
                  "layer drawn uniformly (the paper's random baseline)."),
     click.option("--seed", type=int, default=0, show_default=True, help="Seed of --random-neurons."))

@@ -382,6 +382,13 @@ def _folder_names(folder: Path | None) -> set[str]:
     return out
 
 
+def parse_exclude(value: str | None) -> str | None:
+    """``--exclude`` of ``neurons``: "paper", "none", or None (the protocol's); else ValueError."""
+    if value not in (None, "paper", "none"):
+        raise ValueError(f"{value}: choose paper or none")
+    return value
+
+
 def reject_list(model, exclude: str = "paper", sha256: str | None = None) -> RejectMatch:
     """The reject list for ``model`` under ``exclude`` ("paper" | "none"): by weights' sha256, else folder
     name, else shape (see ``RejectList``). A model without a list gets none, and the note says so."""
