@@ -117,9 +117,11 @@ class NeuronTables:
     reject: object  # minitf.protocol.RejectMatch
     rejected: list[NextTokenNeuron]
     random: bool = False
+    min_count: int = 0
 
     def to_json(self, model) -> dict:
         return {"model": str(model.folder), "protocol": self.protocol.describe(), "filter": self.rule,
+                "min_count": self.min_count,
                 "exclude": self.reject.note, "rejected": [str(x.neuron) for x in self.rejected],
                 "random": self.random, "layers": {str(layer): rows for layer, rows in self.tables.items()}}
 
@@ -137,8 +139,8 @@ def neuron_tables(model, layers, top: int = 10, k: int = 5, protocol=None, exclu
     proto = get_protocol(protocol, exclude=exclude)
     skip = proto.neuron_walk == "skip"
     if skip and (not filter or min_count):
-        raise MinitfError(f"`filter` and `min_count` change minitf's filtered argmax; protocol {proto.name} walks "
-                          "the neurons the authors' way (skip): use --protocol minitf", param="protocol")
+        raise MinitfError(f"`protocol` {proto.name} walks the neurons the authors' way (skip); no filter and "
+                          "min_count choose among minitf's filtered argmax: use protocol minitf", param="protocol")
     if random_neurons:
         sel = find_random_neurons(model, layers, random_neurons, seed)
         match = reject_list(model, "none")
@@ -159,4 +161,5 @@ def neuron_tables(model, layers, top: int = 10, k: int = 5, protocol=None, exclu
         rejected += [NextTokenNeuron(Neuron(layer, r["index"]), r["token_id"], r["token"], r["congruence"])
                      for r in rows if (layer, r["index"]) in match.neurons]
         tables[layer] = [r for r in rows if (layer, r["index"]) not in match.neurons][:top]
-    return NeuronTables(proto, tables, filter_rule(model, filter, min_count, corpus), match, rejected)
+    return NeuronTables(proto, tables, filter_rule(model, filter, min_count, corpus), match, rejected,
+                        min_count=min_count)
