@@ -382,7 +382,7 @@ class Settings(Record):
     effects: str
     scores_note: str | None = None  # None: the mode's note (``minitf.scores``)
     origin: PromptOrigin = field(default_factory=PromptOrigin, metadata={"flatten": True, "record": PromptOrigin})
-    protocol: ProtocolRecord | None = optional_field(record=ProtocolRecord)  # None: traced before protocols
+    protocol: ProtocolRecord | None = optional_field(record=ProtocolRecord, many=False)  # None: before protocols
 
     def __post_init__(self):
         self.scores_note = self.scores_note or self.mode.note

@@ -18,7 +18,7 @@ from minitf.heads import differential, differential_heads
 from minitf.prompts import Prompt, authors_prompts, mine_prompts
 from minitf.protocol import NEO2024
 from minitf.selection import find_random_neurons
-from minitf.trace import TraceOptions, trace
+from minitf.trace import Trace, TraceOptions, trace
 
 TINY = Path(__file__).resolve().parent.parent / "weights" / "tiny"
 NEURON = Neuron(3, 124)
@@ -86,6 +86,7 @@ def test_a_flag_overrides_one_choice_and_the_record_says_so():
     p = got["settings"]["protocol"]
     assert got["settings"]["rule"] == "top3" and p["name"] == "neo2024" and p["overridden"] == ["head_rule"]
     assert p["choices"]["head_rule"] == "top3" and all(len(x["active_heads"]) == 3 for x in got["prompts"])
+    assert Trace.from_json(got).to_json() == got  # settings.protocol reads back (a study's records do)
     text = cli(*args, "--rule", "top3")
     assert "protocol neo2024:" in text and "head_rule top3 (overridden)" in text
     neo2023 = json.loads(cli(*args, "--protocol", "neo2023", "--json"))["settings"]
