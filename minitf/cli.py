@@ -1,7 +1,6 @@
-"""minitf's command line: it only parses arguments and prints; the work is in the ``minitf`` package.
-
-Exit codes: 0 ok, 1 bad data (one line on stderr naming the file or argument), 2 usage error (one line too). Each
-shared option is built once below; library errors name parameters (`n_prompts`), printed as flags (--n-prompts).
+"""minitf's command line: it only parses and prints; the work is in the ``minitf`` package. Exit codes: 0 ok,
+1 bad data (one line on stderr naming the file or argument), 2 usage error (one line too). Each shared option is
+built once below; library errors name parameters (`n_prompts`), printed as the flags that set them (--n-prompts).
 """
 from __future__ import annotations
 
@@ -16,8 +15,9 @@ import minitf
 from minitf.explain.llm import DEFAULT_CONCURRENCY, DEFAULT_MAX_RETRIES, DEFAULT_LLM, DEFAULT_TIMEOUT
 from minitf.errors import MinitfError
 from minitf.names import check_layer, check_neuron, parse_layers
+from minitf.protocol import parse_exclude
 from minitf.scores import CLI_HELP as SCORES_HELP, DEFAULT as DEFAULT_SCORES, SCORES
-from minitf.util.fmt import count, num
+from minitf.util.fmt import count
 from minitf.index.build import use_index_dir  # --index-dir's callback: sets $MINITF_INDEX_DIR
 
 
@@ -105,6 +105,16 @@ include_same_layer_option = click.option("--include-same-layer", is_flag=True,
 exclude_option = click.option(  # L9N2322,L10N7 → names, each well formed (in range: the library checks)
     "--exclude", multiple=True, help="Neurons to leave out (L9N2322,L10N7; repeatable).",
     callback=_spec(lambda v: [str(minitf.parse_neuron(n)) for n in ",".join(v).replace(" ", ",").split(",") if n]))
+# -- the protocol's options (trace, report, neurons): a flag left out means "the protocol's choice"
+protocol_rule_option = click.option("--rule", type=click.Choice(["sigma2", "top3"]), default=None, help="Active "
+                                    "heads: effect > mean + 2·std, or the top 3 [default: the protocol's].")
+neurons_protocol_options = _options(
+    protocol_option,
+    click.option("--exclude", "exclude", default=None, metavar="paper|none", callback=_spec(parse_exclude),
+                 help="The authors' reject list of this checkpoint, or none [default: the protocol's]."),
+    click.option("--random-neurons", type=click.IntRange(0, 100000), default=0, help="Instead: N neurons per "
+                 "layer drawn uniformly (the paper's random baseline)."),
+    click.option("--seed", type=int, default=0, show_default=True, help="Seed of --random-neurons."))
 # the options whose default or help differs by command: called with those, e.g. split_option(default="all")
 layers_option = partial(click.option, "--layer", "--layers", "layers", multiple=True, callback=_spec(parse_layers))
 corpus_option = partial(click.option, "--corpus", type=click.Path(dir_okay=False), default=None,
@@ -194,7 +204,7 @@ def download(name, dest, endpoint, no_progress):
 
 
 def _trace(neuron, model_spec, texts, prompt_file, corpus, split, n_prompts, rule, include_same_layer, bos, ablate,
-           per_position, scores=DEFAULT_SCORES, progress=True, why=False, **paths):
+           per_position, scores=DEFAULT_SCORES, progress=True, why=False, protocol=None, **paths):
     """Load the model and trace the neuron (for trace and report); notes go to stderr."""
     from minitf.corpus import default_corpus
     from minitf.trace import PromptSource, TraceOptions, trace_neuron
@@ -206,7 +216,7 @@ def _trace(neuron, model_spec, texts, prompt_file, corpus, split, n_prompts, rul
         corpus = default_corpus(model, corpus, needed_for="give --text, --prompts or --corpus")
     source = PromptSource(list(texts), prompt_file, corpus, split, n_prompts, bos, progress)
     options = TraceOptions(rule=rule, include_same_layer=include_same_layer, ablate=ablate, per_position=per_position,
-                           scores=scores, why=why, **paths)  # --paths, --ablate-with
+                           scores=scores, why=why, protocol=protocol, **paths)  # --paths, --ablate-with
     result = trace_neuron(model, neuron, source=source, options=options)
     for note in result.settings.origin.notes or []:
         click.echo(f"note: {main.in_flags(MinitfError(note))}", err=True)
@@ -221,8 +231,9 @@ trace_options = _options(  # trace and report
                  help="Prompts: .txt one per line, or .jsonl with 'text'."),
     corpus_option(),
     split_option(),
-    n_prompts_option(default=20, type=click.IntRange(1, 1000), help="Top prompts to mine."),
-    rule_option,
+    n_prompts_option(default=None, type=click.IntRange(1, 1000), show_default=False,
+                     help="Top prompts to mine [default: the protocol's, 20]."),
+    protocol_rule_option,
     scores_option,
     include_same_layer_option,
     bos_option(default=True, help="Prepend <|endoftext|> to each prompt."),
@@ -231,6 +242,7 @@ trace_options = _options(  # trace and report
     click.option("--why", is_flag=True, help="Why each listed head looked there: its score split (minitf.why)."),
     click.option("--paths", is_flag=True, help="Split each differential head's effect by path (minitf.paths)."),
     click.option("--ablate-with", type=click.Choice(["zero", "mean"]), default="zero", help="--paths' removal [zero]."),
+    protocol_option,
 )
 
 
@@ -240,13 +252,13 @@ trace_options = _options(  # trace and report
 @click.option("--html", "html_path", type=click.Path(dir_okay=False),
               help="Also write a self-contained HTML report (works offline) to this file.")
 def trace(neuron, model_spec, texts, prompt_file, corpus, split, n_prompts, rule, head_scores, include_same_layer, bos,
-          ablate, no_progress, why, as_json, html_path, **paths):
+          ablate, no_progress, why, protocol, as_json, html_path, **paths):
     """Which attention heads switch a neuron on: exact direct effects, looked-up tokens, ablation."""
     from minitf.report.text import trace_lines
 
     model, result = _trace(neuron, model_spec, texts, prompt_file, corpus, split, n_prompts, rule,
                            include_same_layer, bos, ablate, per_position=bool(html_path), scores=head_scores,
-                           progress=not no_progress, why=why, **paths)
+                           progress=not no_progress, why=why, protocol=protocol, **paths)
     if html_path:
         from minitf.report.page import report_extras, write_html
 
@@ -325,18 +337,15 @@ def score(neuron, model_spec, llm_model, base_url, max_calls, concurrency, timeo
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="The HTML file to write.")
 @cache_dir_option(help=f"Where explain/score saved their results {CACHE_DEFAULT}.")
 def report(out, cache_dir, neuron, model_spec, texts, prompt_file, corpus, split, n_prompts, rule, head_scores,
-           include_same_layer, bos, ablate, no_progress, why, **paths):
+           include_same_layer, bos, ablate, no_progress, why, protocol, **paths):
     """A self-contained HTML report of a trace (the same options as trace): one file that works offline."""
     from minitf.report.page import report_extras, write_html
 
     model, result = _trace(neuron, model_spec, texts, prompt_file, corpus, split, n_prompts, rule,
                            include_same_layer, bos, ablate, per_position=True, scores=head_scores,
-                           progress=not no_progress, why=why, **paths)
+                           progress=not no_progress, why=why, protocol=protocol, **paths)
     write_html(out, result, *report_extras(model, neuron, result.settings.origin, cache_dir))
     click.echo(f"{out}: HTML report of {neuron}, {count(len(result.prompts), 'prompt')}")
-
-
-_tok = partial(json.dumps, ensure_ascii=False)  # a token as a JSON string
 
 
 @main.command()
@@ -351,30 +360,21 @@ _tok = partial(json.dumps, ensure_ascii=False)  # a token as a JSON string
               help="Only tokens seen ≥ N times in the corpus count (0: off, the paper's behaviour).")
 @corpus_option(help="Corpus for --min-count [default: the model's corpus.txt.gz].")
 @json_option
-def neurons(model_spec, layers, top, n_tokens, no_filter, min_count, corpus, as_json):
+@neurons_protocol_options
+def neurons(model_spec, layers, top, n_tokens, no_filter, min_count, corpus, as_json, protocol, exclude,
+            random_neurons, seed):
     """Next-token neurons: each layer's neurons ranked by congruence max_t W_out[n]·W_U′[:, t]."""
-    from minitf.neurons import filter_rule, layer_table
+    from minitf.report.text import neuron_table_lines
+    from minitf.selection import neuron_tables
 
     model = minitf.load(model_spec)
-    L = model.cfg.n_layer
     for layer in layers:
-        check_layer(layer, L, where="--layer")
-    tables = {layer: layer_table(model, layer, top=top, filter=not no_filter, k=n_tokens, min_count=min_count,
-                                 corpus=corpus) for layer in layers or range(L)}
-    rule = filter_rule(model, not no_filter, min_count, corpus)
+        check_layer(layer, model.cfg.n_layer, where="--layer")
+    result = neuron_tables(model, layers or range(model.cfg.n_layer), top, n_tokens, protocol, exclude,
+                           not no_filter, min_count, corpus, random_neurons, seed)
     if as_json:
-        return _emit_json({"model": str(model.folder), "filter": rule, "min_count": min_count,
-                           "layers": {str(layer): rows for layer, rows in tables.items()}})
-    for layer, rows in tables.items():
-        click.echo(f"layer {layer}: top {len(rows)} of {model.cfg.d_mlp} neurons by congruence over {rule}")
-        click.echo(f"  {'neuron':<10} {'congr.':>7} {'rank':>5} {'kurt.':>7} {'skew':>6} {'class':<11} "
-                   f"{'token':<14} promoted | suppressed")
-        for r in rows:
-            promoted = ", ".join(f"{_tok(t)} {v:.2f}" for _, t, v in r["promoted"])
-            suppressed = ", ".join(f"{_tok(t)} {v:.2f}" for _, t, v in r["suppressed"])
-            click.echo(f"  {r['name']:<10} {r['congruence']:7.3f} {r['rank']:5d} {r['kurtosis']:7.1f} {r['skew']:6.2f} "
-                       f"{r['class'] or '-':<11} {_tok(r['token'] or ''):<14} {promoted} | {suppressed}")
-        click.echo("")
+        return _emit_json(result.to_json(model))
+    click.echo("\n".join(neuron_table_lines(result, model.cfg.d_mlp)))
 
 
 @main.command()

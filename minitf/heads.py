@@ -94,13 +94,20 @@ def active_lists(effects: np.ndarray, rule: str = "sigma2") -> list[list[int]]:
 def differential_heads(lists: list[list[int]], band: str = "25-75") -> list[int]:
     """The differential heads of a neuron from its prompts' active lists, in the authors' order: the order in
     which heads first appear when the lists are read in prompt order (``collections.Counter``)."""
-    n = len(lists)
     counts: dict[int, int] = {}
     for heads in lists:
         for h in heads:
             counts[h] = counts.get(h, 0) + 1
+    heads = list(counts)
+    keep = in_band(np.array([counts[h] for h in heads], int), len(lists), band)  # [heads seen]
+    return [h for h, k in zip(heads, keep) if k]
+
+
+def in_band(counts: np.ndarray, n: int, band: str = "25-75") -> np.ndarray:
+    """counts [N] (prompts on which each head is active, of n) → bool [N]: the heads inside ``band`` (``BANDS``).
+    "25-75" equals ``differential``'s 25 %–75 % of the prompts exactly (0.25·n and 0.75·n are exact floats)."""
     if band == "25-75":
-        return [h for h, c in counts.items() if 0.25 * n <= c <= 0.75 * n]
+        return (0.25 * n <= counts) & (counts <= 0.75 * n)
     if band == "over-25":
-        return [h for h, c in counts.items() if c > 0.25 * n]
+        return counts > 0.25 * n
     raise ValueError(f"unknown band {band!r}; choose from {BANDS}")

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from minitf.errors import MinitfError
+from minitf.util.records import Record
 
 AUTHORS_REPO = "github.com/fbarez/Interpreting-Context-Look-ups"
 NEO2024_COMMIT = "7c4627cdf9f370e11d9b335830226125b00aa110"
@@ -241,9 +242,32 @@ class Protocol:
         """The record of ``settings.protocol``: {"name", "choices": {choice: value}, "overridden": [choice]}."""
         return {"name": self.name, "choices": self.choices(), "overridden": list(self.overridden)}
 
+    def record(self) -> "ProtocolRecord":
+        """``describe()`` as the typed record a trace keeps (``settings.protocol``)."""
+        return ProtocolRecord(self.name, self.choices(), list(self.overridden))
+
     def differences(self, other: "Protocol") -> dict[str, tuple[Any, Any]]:
         """{choice: (self's value, other's value)} where the two differ."""
         return {k: (v, getattr(other, k)) for k, v in self.choices().items() if getattr(other, k) != v}
+
+
+TRACE_CHOICES = ("trimming", "trim_bos", "newlines", "attribution_tokens", "n_prompts", "duplicates", "head_rule",
+                 "band")  # the choices a trace makes, shown in its header
+
+
+@dataclass
+class ProtocolRecord(Record):
+    """``settings.protocol`` of a trace: the protocol's name, each choice's value, the choices a flag overrode."""
+
+    name: str
+    choices: dict[str, Any]
+    overridden: list[str] = field(default_factory=list)
+
+    def line(self, keys: tuple[str, ...] = TRACE_CHOICES) -> str:
+        """One line: "protocol neo2024: trimming authors, …, head_rule top3 (overridden)"."""
+        shown = [f"{k} {self.choices[k]}{' (overridden)' if k in self.overridden else ''}"
+                 for k in keys if k in self.choices]
+        return f"protocol {self.name}: " + ", ".join(shown)
 
 
 NEO2024 = Protocol(
@@ -356,6 +380,13 @@ def _folder_names(folder: Path | None) -> set[str]:
         if part.startswith("models--"):
             out.add(part.split("--")[-1])
     return out
+
+
+def parse_exclude(value: str | None) -> str | None:
+    """``--exclude`` of ``neurons``: "paper", "none", or None (the protocol's); else ValueError."""
+    if value not in (None, "paper", "none"):
+        raise ValueError(f"{value}: choose paper or none")
+    return value
 
 
 def reject_list(model, exclude: str = "paper", sha256: str | None = None) -> RejectMatch:

@@ -103,3 +103,63 @@ def find_random_neurons(model, layers, per_layer: int, seed: int = 0) -> NeuronS
             t = int(scores.token_all[n])
             chosen.append(NextTokenNeuron(Neuron(layer, n), t, _token_str(model, t), float(scores.congruence_all[n])))
     return NeuronSelection(chosen, [], "random")
+
+
+@dataclass
+class NeuronTables:
+    """The ``neurons`` command's tables: per layer the selected neurons' cards (``neurons.neuron_card`` dicts) in
+    selection order; ``protocol`` (with ``--exclude`` recorded as an override), the token ``rule`` in words, the
+    reject list that applied (``reject``: its one-line note) and the neurons it skipped."""
+
+    protocol: object  # minitf.protocol.Protocol
+    tables: dict[int, list[dict]]
+    rule: str
+    reject: object  # minitf.protocol.RejectMatch
+    rejected: list[NextTokenNeuron]
+    random: bool = False
+    min_count: int = 0
+
+    def to_json(self, model) -> dict:
+        return {"model": str(model.folder), "protocol": self.protocol.describe(), "filter": self.rule,
+                "min_count": self.min_count,
+                "exclude": self.reject.note, "rejected": [str(x.neuron) for x in self.rejected],
+                "random": self.random, "layers": {str(layer): rows for layer, rows in self.tables.items()}}
+
+
+def neuron_tables(model, layers, top: int = 10, k: int = 5, protocol=None, exclude: str | None = None,
+                  filter: bool = True, min_count: int = 0, corpus=None, random_neurons: int = 0,
+                  seed: int = 0) -> NeuronTables:
+    """``top`` next-token neurons of each of ``layers`` (k tokens per card) by the protocol's ``neuron_walk``
+    ("skip": ``next_token_neurons``, cards over all tokens; "filtered-argmax": ``neurons.layer_table``, cards over
+    the allowed tokens — ``filter``/``min_count`` apply only to it), the protocol's reject list unless
+    ``exclude`` ("paper" | "none") overrides it; or ``random_neurons`` per layer by ``find_random_neurons``."""
+    from minitf.neurons import filter_rule, layer_table, neuron_card
+    from minitf.protocol import get_protocol, reject_list
+
+    proto = get_protocol(protocol, exclude=exclude)
+    skip = proto.neuron_walk == "skip"
+    if skip and (not filter or min_count):
+        raise MinitfError(f"`protocol` {proto.name} walks the neurons the authors' way (skip); no filter and "
+                          "min_count choose among minitf's filtered argmax: use protocol minitf", param="protocol")
+    if random_neurons:
+        sel = find_random_neurons(model, layers, random_neurons, seed)
+        match = reject_list(model, "none")
+        tables = {layer: [neuron_card(model, x.neuron, k=k, filter=False) for x in sel.neurons
+                          if x.neuron.layer == layer] for layer in layers}
+        return NeuronTables(proto, tables, f"a uniform draw (seed {seed}), token over all tokens", match, [], True)
+    match = reject_list(model, proto.exclude)
+    if skip:
+        sel = next_token_neurons(model, layers, top, "skip", match.neurons)
+        tables = {layer: [neuron_card(model, x.neuron, k=k, filter=False) for x in sel.neurons
+                          if x.neuron.layer == layer] for layer in layers}
+        return NeuronTables(proto, tables, "all tokens, a neuron skipped when its token is not ' ' + ≥ 2 characters",
+                            match, sel.rejected)
+    tables, rejected = {}, []
+    for layer in layers:
+        rows = layer_table(model, layer, top=top + len(match.neurons), filter=filter, k=k, min_count=min_count,
+                           corpus=corpus)
+        rejected += [NextTokenNeuron(Neuron(layer, r["index"]), r["token_id"], r["token"], r["congruence"])
+                     for r in rows if (layer, r["index"]) in match.neurons]
+        tables[layer] = [r for r in rows if (layer, r["index"]) not in match.neurons][:top]
+    return NeuronTables(proto, tables, filter_rule(model, filter, min_count, corpus), match, rejected,
+                        min_count=min_count)

@@ -250,7 +250,7 @@ def test_trace_and_report_take_no_progress(name, tmp_path, monkeypatch):
     asked = []
     monkeypatch.setattr(minitf.prompts, "mine_prompts", lambda *a, **kw: asked.append(kw["progress"]) or [])
     (tmp_path / "c.txt").write_text("a corpus\n")
-    args = [name, "--neuron", "L1N1", "--model", MODEL, "--corpus", str(tmp_path / "c.txt"),
+    args = [name, "--neuron", "L1N1", "--model", MODEL, "--corpus", str(tmp_path / "c.txt"), "--protocol", "minitf",
             *(["--out", str(tmp_path / "r.html")] if name == "report" else [])]
     for extra in ([], ["--no-progress"]):
         res = CliRunner().invoke(main, [*args, *extra])

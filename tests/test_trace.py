@@ -119,7 +119,8 @@ def test_mined_prompts_are_listed_by_activation_and_given_ones_in_order(model, t
     corpus = tmp_path / "c.txt"
     corpus.write_text("\n\n".join(f"{TEXTS[i % 8]} {TEXTS[(3 * i + 1) % 8]} {TEXTS[(5 * i + 2) % 8]}" for i in range(40)))
     neuron = Neuron(2, 7)
-    result = trace_neuron(model, neuron, PromptSource(corpus=corpus, split="all", n_prompts=10), TraceOptions(ablate=0))
+    result = trace_neuron(model, neuron, PromptSource(corpus=corpus, split="all", n_prompts=10),
+                          TraceOptions(ablate=0, protocol="minitf"))  # minitf's mining, compared to mine_prompts
     shown = [p.activation for p in result.prompts]
     assert len(shown) >= 3 and shown == sorted(shown, reverse=True)
     mined = mine_prompts(model, neuron, corpus, split=None, k=10, progress=False)

@@ -276,8 +276,8 @@ def score_neuron(model, neuron, llm: CompletionClient, store: ResultStore, head:
         # explanations stored before --scores existed were made on whole effects: "exact"
         made = {"rule": stored[h].get("rule"), "scores": stored[h].get("scores", "exact"),
                 "prompt_format": stored[h].get("prompt_format")}
-        now = {"rule": trace_options.get("rule", TraceOptions.rule), "scores": trace_options.get("scores", DEFAULT),
-               "prompt_format": prompt_format(p)}
+        rule = TraceOptions(trace_options.get("rule"), protocol=trace_options.get("protocol")).resolved().head_rule
+        now = {"rule": rule, "scores": trace_options.get("scores", DEFAULT), "prompt_format": prompt_format(p)}
         if made != now:
             raise MinitfError(f"{store.path}: the explanation of {h} was made with {made}, this score uses {now}: "
                               "rerun 'python cli.py explain' with the same --rule, --scores and --protocol")

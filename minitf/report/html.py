@@ -117,6 +117,9 @@ def _header(trace) -> str:
     if bos is None and all(p.tokens[:1] == ["<|endoftext|>"] for p in trace.prompts):
         bos = True  # not recorded (a trace() call without an origin), but every prompt starts with it
     items.append(("BOS", "unknown" if bos is None else ("&lt;|endoftext|&gt; prepended" if bos else "none")))
+    if s.protocol is not None:
+        items.append(("protocol", _e(s.protocol.line().removeprefix(f"protocol {s.protocol.name}: "))
+                      .join([f"<b>{_e(s.protocol.name)}</b> <span class=dim>", "</span>"])))
     items.append(("rule", _e(f"{s.rule} · {s.candidates} candidate heads"
                               + (" (incl. the neuron's layer)" if s.include_same_layer else ""))))
     items.append(("scores", _e(f"{s.scores}: {s.scores_note}")))

@@ -1,6 +1,8 @@
 """Plain-text views of a trace and a neuron card, as lines for the CLI to print."""
 from __future__ import annotations
 
+import json
+
 from minitf.util.fmt import count, num
 
 
@@ -35,6 +37,8 @@ def trace_lines(result, max_prompts: int = 20) -> list[str]:
                  f"scores {s.scores}; "
                  f"{count(s.candidates, 'candidate head')} (layers < {result.neuron.layer}"
                  f"{' and the same layer' if s.include_same_layer else ''})")
+    if s.protocol is not None:
+        lines.append(s.protocol.line())
     lines.append(f"note: {s.effects}")
     lines.append(f"note: {s.scores_note}")
     lines.append(f"per prompt: the top heads by {mode.score}, * = active, then the "
@@ -145,3 +149,32 @@ def paths_lines(paths) -> list[str]:
 
 def _num(x, spec: str = "+.3f") -> str:
     return num(x, spec)
+
+
+def _tok(s: str) -> str:
+    return json.dumps(s, ensure_ascii=False)
+
+
+def neuron_table_lines(result, d_mlp: int) -> list[str]:
+    """The ``neurons`` command's tables (``minitf.selection.NeuronTables``): the protocol, the reject list, then
+    per layer its neurons with congruence, rank, vocabulary moments, token and promoted / suppressed tokens."""
+    p = result.protocol.record()
+    lines = [p.line(("neuron_walk", "token_filter", "exclude")) if not result.random else
+             f"protocol {p.name}: random neurons (the paper's baseline), no filter, no reject list"]
+    if not result.random:
+        skipped = f"; skipped {', '.join(str(x.neuron) for x in result.rejected)}" if result.rejected else ""
+        lines.append(f"exclude: {result.reject.note}{skipped}")
+    lines.append("")
+    for layer, rows in result.tables.items():
+        lines.append(f"layer {layer}: {'' if result.random else 'top '}{len(rows)} of {d_mlp} neurons by "
+                     f"{'draw' if result.random else 'congruence'} over {result.rule}")
+        lines.append(f"  {'neuron':<10} {'congr.':>7} {'rank':>5} {'kurt.':>7} {'skew':>6} {'class':<11} "
+                     f"{'token':<14} promoted | suppressed")
+        for r in rows:
+            promoted = ", ".join(f"{_tok(t)} {v:.2f}" for _, t, v in r["promoted"])
+            suppressed = ", ".join(f"{_tok(t)} {v:.2f}" for _, t, v in r["suppressed"])
+            lines.append(f"  {r['name']:<10} {r['congruence']:7.3f} {r['rank']:5d} {r['kurtosis']:7.1f} "
+                         f"{r['skew']:6.2f} {r['class'] or '-':<11} {_tok(r['token'] or ''):<14} {promoted} | "
+                         f"{suppressed}")
+        lines.append("")
+    return lines

@@ -28,17 +28,19 @@ import numpy as np
 from minitf.ablation import ablate_heads, ks_2samp
 from minitf.attribution import NEEDED, direct_effects, head_sources, head_value_constant
 from minitf.errors import MinitfError
-from minitf.heads import active_mask, both_classes, candidate_heads, differential
+from minitf.heads import active_mask, both_classes, candidate_heads, in_band
 from minitf.model import Model, Run
 from minitf.names import Neuron, check_neuron
 from minitf.paths import ABLATE_WITH, PathsRecord, head_paths
 from minitf.prompts import Mined, Prompt, prompts_from_texts, read_prompt_file
 from minitf.runs import trace_batches
-from minitf.scores import DEFAULT, ScoresMode, scores_mode
-from minitf.util.records import Record, from_json, optional_field, record_field, to_json
-from minitf.why import NEEDED as WHY_NEEDED, HeadWhy, check_model as why_check, top_source_positions, why_for_heads
+from minitf.protocol import Protocol, get_protocol
+from minitf.scores import DEFAULT, scores_mode
+from minitf.why import NEEDED as WHY_NEEDED, check_model as why_check, top_source_positions, why_for_heads
 
-SCHEMA_VERSION = 2
+from minitf.trace.records import (  # noqa: F401  (the records are the trace's API: minitf.trace.Trace, …)
+    KS, SCHEMA_VERSION, Ablation, Components, HeadRecord, IdentityCheck, ModelShape, NeuronCard, Position,
+    PositionHead, PromptOrigin, PromptRecord, Settings, Source, TokenRef, TokenValue, TopHead, Trace)
 SAME_LAYER_NOTE = ("`include_same_layer` has nothing to add: in the parallel residual form the neuron reads its "
                    "layer's resid_pre, which that layer's heads do not write")
 EFFECTS_NOTE = ("effects are exact direct effects on the neuron's pre-activation, LayerNorm-2's σ frozen; a head's "
@@ -48,14 +50,19 @@ KS_MIN_PROMPTS = 5  # the ablation's KS statistic needs this many active and ina
 
 @dataclass(frozen=True)
 class TraceOptions:
-    rule: str = "sigma2"  # active heads: "sigma2" (mean + 2·std) or "top3"
+    rule: str | None = None  # active heads: "sigma2" (mean + 2·std) or "top3"; None: the protocol's head_rule
     include_same_layer: bool = False  # candidates include the neuron's own layer
     scores: str = DEFAULT  # what selects and ranks heads, and how the ablation removes one (``minitf.scores``)
     top_heads: int = 5  # heads listed per prompt
     sources: int = 3  # source tokens shown per listed head
     ablate: int = 5  # heads ablated: the top ones by mean selecting score, plus every differential head
     per_position: bool = False  # also each position's activation and top head effects (for the HTML report)
-    protocol: str = "neo2024"  # minitf.protocol: the paper's protocol whose choices apply (neo2024, neo2023, minitf)
+    protocol: str | Protocol = "neo2024"  # minitf.protocol: the protocol whose choices apply (neo2024, neo2023, minitf)
+
+    def resolved(self) -> Protocol:
+        """The protocol with this trace's flags applied: ``rule`` given overrides head_rule (the record says so)."""
+        return get_protocol(self.protocol, head_rule=self.rule)
+
     # ---- --why (minitf.why): each listed head's score split into (query × key) pairs, its carried part by component
     why: bool = False
 
@@ -74,6 +81,7 @@ def trace(model: Model, neuron: Neuron, prompts: list[Prompt], options: TraceOpt
     options = options or TraceOptions()
     if options.why:  # ---- --why: refused before any work where the split does not apply
         why_check(model)
+    proto = options.resolved()  # head_rule and band
     mode = scores_mode(options.scores)
     if options.paths and options.ablate_with not in ABLATE_WITH:  # --paths
         raise MinitfError(f"`ablate_with` {options.ablate_with!r}: choose zero or mean", param="ablate_with")
@@ -99,7 +107,7 @@ def trace(model: Model, neuron: Neuron, prompts: list[Prompt], options: TraceOpt
         post = run.neuron(neuron)["post"][np.arange(len(batch)), run.lengths - 1]  # [B]
         parts = {name: a[:, layers, indices] for name, a in  # each [B, N]
                  (("effect", fx.heads), ("context", fx.head_context), ("constant", fx.head_constant))}
-        active = active_mask(parts[mode.selects], options.rule)  # [B, N]: each prompt's own rule
+        active = active_mask(parts[mode.selects], proto.head_rule)  # [B, N]: each prompt's own rule
         per_prompt += [_prompt_record(model, run, fx, neuron, candidates, parts[mode.selects], parts, active, post,
                                       row, prompts[i], options, mode) for row, i in enumerate(batch)]
         errors = np.abs(fx.total() - fx.pre)  # [B]
@@ -110,7 +118,7 @@ def trace(model: Model, neuron: Neuron, prompts: list[Prompt], options: TraceOpt
             run = fx = None  # freed before the next batch's run is made (one batch's arrays at a time)
     parts = {name: np.concatenate(chunks[name]) for name in ("effect", "context", "constant")}  # each [P, N]
     effects, active = parts[mode.selects], np.concatenate(chunks["active"])  # [P, N], [P, N]
-    is_differential = differential(active)  # [N]
+    is_differential = in_band(active.sum(0), len(prompts), proto.band)  # [N]
     order = np.argsort(-effects.mean(0), kind="stable")  # heads by mean selecting score
     to_ablate = [candidates[i] for i in sorted(set(order[:options.ablate].tolist())
                                                | set(np.flatnonzero(is_differential).tolist()))]
@@ -150,8 +158,8 @@ def trace(model: Model, neuron: Neuron, prompts: list[Prompt], options: TraceOpt
     return Trace(
         model=ModelShape(str(model.folder), model.cfg.n_layer, model.cfg.n_head, model.cfg.d_mlp, model.cfg.n_ctx),
         neuron=card,
-        settings=Settings(options.rule, options.scores, same_layer, len(candidates), EFFECTS_NOTE,
-                          mode.note, origin or PromptOrigin()),
+        settings=Settings(proto.head_rule, options.scores, same_layer, len(candidates), EFFECTS_NOTE,
+                          mode.note, origin or PromptOrigin(), proto.record()),
         prompts=per_prompt, heads=heads, differential_heads=[h.head for h in heads if h.differential],
         identity_check=IdentityCheck(float(np.concatenate(chunks["errors"]).max()),
                                      float(np.concatenate(chunks["relative"]).max())),
@@ -161,24 +169,30 @@ def trace(model: Model, neuron: Neuron, prompts: list[Prompt], options: TraceOpt
 @dataclass
 class PromptSource:
     """Where ``trace_neuron`` takes its prompts: ``texts``, else the prompts of ``prompt_file``, else the neuron's
-    top ``n_prompts`` mined from ``corpus`` (None: the model's own) in ``split`` ("train", "test" or "all")."""
+    top ``n_prompts`` mined from ``corpus`` (None: the model's own) in ``split`` ("train", "test" or "all");
+    ``n_prompts`` None: the protocol's (given, it overrides the protocol's choice and the record says so)."""
 
     texts: list[str] = field(default_factory=list)
     prompt_file: str | Path | None = None
     corpus: str | Path | None = None
     split: str = "train"
-    n_prompts: int = 20
+    n_prompts: int | None = None
     bos: bool = True  # prepend <|endoftext|> to each prompt
     progress: bool = True  # the corpus scan's progress bar on stderr (mining without an index)
 
 
 def trace_neuron(model: Model, neuron: Neuron, source: PromptSource | None = None,
                  options: TraceOptions | None = None) -> Trace:
-    """The ``trace`` command: the prompts of ``source`` (given, from a file, or mined from a corpus); then ``trace``."""
+    """The ``trace`` command: the prompts of ``source`` (given, from a file, or mined from a corpus); then ``trace``.
+    Mined prompts follow ``options.protocol``: its trimming "authors" → ``authors_prompts`` (no BOS while
+    trimming, < max_prompt_tokens, newlines per protocol, re-tokenised with BOS, the first n_prompts, duplicate
+    strings collapsed; what was dropped is in the origin's notes), else ``mine_prompts``."""
     from minitf.corpus import default_corpus
     from minitf.prompts import mine_prompts
 
     source, options = source or PromptSource(), options or TraceOptions()
+    proto = get_protocol(options.protocol, head_rule=options.rule, n_prompts=source.n_prompts)
+    options = replace(options, protocol=proto)
     texts, prompt_file, corpus, split, bos = source.texts, source.prompt_file, source.corpus, source.split, source.bos
     neuron = check_neuron(Neuron(*neuron), model.cfg.n_layer, model.cfg.d_mlp)
     if texts or prompt_file:
@@ -189,13 +203,46 @@ def trace_neuron(model: Model, neuron: Neuron, source: PromptSource | None = Non
         origin = PromptOrigin(bos, notes, f"from {prompt_file}" if prompt_file else "given with --text")
     else:
         corpus = default_corpus(model, corpus or None, needed_for="give texts, a prompt file or a corpus")
-        mined = mine_prompts(model, neuron, corpus, None if split == "all" else split, k=source.n_prompts, bos=bos,
-                             progress=source.progress)
+        if proto.trimming == "authors":
+            prompts, origin = _authors_prompts(model, neuron, corpus, split, bos, proto)
+            return trace(model, neuron, prompts, options, origin=origin)
+        mined = mine_prompts(model, neuron, corpus, None if split == "all" else split, k=proto.n_prompts, bos=bos,
+                             max_tokens=proto.max_prompt_tokens, progress=source.progress)
         if not mined:
             raise MinitfError(f"{corpus}: no document activates {neuron} above 0 in the {split} split")
         prompts = [Prompt.from_mined(m) for m in mined]
         origin = PromptOrigin(bos, [], f"top {len(prompts)} mined from {corpus}, split {split}", str(corpus), split)
     return trace(model, neuron, prompts, options, origin=origin)
+
+
+def _authors_prompts(model, neuron, corpus, split, bos, proto) -> tuple[list[Prompt], PromptOrigin]:
+    """The neuron's prompts by ``authors_prompts`` on the documents of ``split``, and their origin (what was
+    dropped on the way, in its notes)."""
+    from minitf.corpus import documents
+    from minitf.index.build import load_index
+    from minitf.prompts import authors_prompts
+
+    split_ = None if split == "all" else split
+    index = load_index(model, corpus)  # its top documents, when they are all firing, hold the top n_candidates
+    top = index.top(neuron, split_) if index is not None and index.covers(neuron, split_) and index.bos else []
+    wanted = {d for d, _, a in top if a > 0} if len(top) >= proto.n_candidates and top[-1][2] > 0 else None
+    docs = (d for d in documents(corpus, split_) if wanted is None or d.doc_id in wanted)
+    got = authors_prompts(model, [neuron], docs, proto)[neuron]
+    if not got.prompts:
+        raise MinitfError(f"{corpus}: no prompt of {neuron} survives the authors' trimming in the {split} split")
+    prompts = [Prompt(p.tokens, mined=Mined(p.doc_id, p.token_pos, p.activation, p.trimmed_activation))
+               for p in got.prompts]
+    notes = [f"{proto.name}'s trimming (the authors'): {got.candidates} top documents trimmed without BOS; "
+             f"{got.dropped_long} dropped (≥ {proto.max_prompt_tokens} tokens), {got.cut} past the first "
+             f"{proto.n_prompts}, {got.duplicates} duplicate strings collapsed; {got.below_threshold} kept with an "
+             f"activation not above 0.8·A (as the authors keep them)"]
+    if got.dropped_bos_peak:
+        notes.append(f"documents {', '.join(map(str, got.dropped_bos_peak))} peak at BOS: dropped (the authors' "
+                     "code crashes on them)")
+    if not bos:
+        notes.append("--no-bos: not applied; the protocol traces each prompt re-tokenised with BOS")
+    return prompts, PromptOrigin(True, notes, f"the first {len(prompts)} trimmed the authors' way from {corpus}, "
+                                              f"split {split}", str(corpus), split)
 
 
 def card_record(card: dict, layer_size: int) -> NeuronCard:
@@ -206,232 +253,6 @@ def card_record(card: dict, layer_size: int) -> NeuronCard:
     return NeuronCard(card["name"], card["layer"], card["index"], TokenRef(card["token_id"], card["token"]),
                       card["congruence"], card["rank"], layer_size, tokens(card["promoted"]),
                       tokens(card["suppressed"]), card["kurtosis"], card["skew"], card["class"])
-
-
-# ---- the trace's records: to_json() writes docs/trace.schema.json, from_json() reads it (``minitf.util.records``)
-@dataclass
-class TokenRef(Record):
-    id: int
-    text: str | None = field(metadata={"key": "str"})  # None: the id decodes to no text of its own
-
-
-@dataclass
-class TokenValue(Record):
-    id: int
-    token: str
-    value: float
-
-
-@dataclass
-class NeuronCard(Record):
-    """W_out[n] through the ln_f-folded, centred unembedding (``neurons.neuron_card``); ``token``: the one it pushes.
-    Everything past ``token`` may be missing in a card made by hand."""
-
-    name: str
-    layer: int
-    index: int
-    token: TokenRef = record_field(TokenRef)
-    congruence: float | None = optional_field()
-    rank: int | None = optional_field()
-    layer_size: int | None = optional_field()
-    promoted: list[TokenValue] | None = optional_field(record=TokenValue, many=True)
-    suppressed: list[TokenValue] | None = optional_field(record=TokenValue, many=True)
-    kurtosis: float | None = optional_field()
-    skew: float | None = optional_field()
-    kind: str | None = optional_field(key="class")  # "prediction", "suppression" or ""
-
-
-@dataclass
-class Source(Record):
-    """A source position a head looked up: its part of the head's context part, and the attention paid to it."""
-
-    position: int
-    token: str
-    effect: float
-    attention: float
-
-
-@dataclass
-class TopHead(Record):
-    """One of a prompt's top heads at its last token (by the selecting score)."""
-
-    head: str
-    effect: float  # context + constant
-    context: float
-    constant: float
-    active: bool
-    sources: list[Source] = record_field(Source, many=True)
-    why: HeadWhy | None = optional_field(record=HeadWhy, many=False)  # --why: why it looked at these sources
-
-
-@dataclass
-class PositionHead(Record):
-    head: str
-    effect: float
-    context: float
-
-
-@dataclass
-class Position(Record):
-    """One position of a prompt (``per_position``): the activation there and its top heads."""
-
-    activation: float
-    pre: float
-    heads: list[PositionHead] = record_field(PositionHead, many=True)
-
-
-@dataclass
-class Components(Record):
-    """The direct effects at the last token that are not the candidate heads' own."""
-
-    embed: float
-    pos_embed: float
-    heads: float  # Σ of every head's effect
-    attn_bias: list[float]
-    mlp: list[float]
-    constant: float
-
-
-@dataclass
-class PromptRecord(Record):
-    text: str
-    tokens: list[str]
-    truncated: bool
-    mined: Mined | None = record_field(Mined)  # None: a given prompt
-    activation: float  # post-GELU at the last token
-    pre: float
-    sigma: float
-    components: Components = record_field(Components)
-    identity_error: float
-    active_heads: list[str]
-    top_heads: list[TopHead] = record_field(TopHead, many=True)
-    positions: list[Position] | None = optional_field(record=Position, many=True)
-
-
-@dataclass
-class KS(Record):
-    statistic: float
-    p_value: float
-
-
-@dataclass
-class Ablation(Record):
-    """Δ when the head is removed at all positions (``ScoresMode.removed``): means over the prompts, over its
-    active and inactive ones, the KS test of Δp active vs inactive; ``d_post``/``d_p`` [P]: the drops themselves
-    (in memory only: ``minitf.study.run`` pools them)."""
-
-    mean_dpost: float
-    mean_dp: float
-    mean_dpost_active: float | None
-    mean_dpost_inactive: float | None
-    mean_dp_active: float | None
-    mean_dp_inactive: float | None
-    ks: KS | None = record_field(KS)
-    d_post: np.ndarray | None = field(default=None, repr=False, compare=False, metadata={"json": False})
-    d_p: np.ndarray | None = field(default=None, repr=False, compare=False, metadata={"json": False})
-
-
-@dataclass
-class HeadRecord(Record):
-    """A candidate head over all prompts."""
-
-    head: str
-    layer: int
-    index: int
-    mean_effect: float
-    std_effect: float
-    mean_context: float
-    std_context: float
-    mean_constant: float
-    active_count: int
-    active_fraction: float
-    differential: bool
-    ablation: Ablation | None = record_field(Ablation)
-
-
-@dataclass
-class ModelShape(Record):
-    folder: str
-    n_layer: int
-    n_head: int
-    d_mlp: int
-    n_ctx: int
-
-
-@dataclass
-class PromptOrigin(Record):
-    """Where a trace's prompts came from (written among the settings); None: not recorded."""
-
-    bos: bool | None = optional_field()
-    notes: list[str] | None = optional_field()
-    source: str | None = optional_field()
-    corpus: str | None = optional_field()
-    split: str | None = optional_field()
-
-
-@dataclass
-class Settings(Record):
-    rule: str
-    scores: str
-    include_same_layer: bool
-    candidates: int
-    effects: str
-    scores_note: str | None = None  # None: the mode's note (``minitf.scores``)
-    origin: PromptOrigin = field(default_factory=PromptOrigin, metadata={"flatten": True, "record": PromptOrigin})
-
-    def __post_init__(self):
-        self.scores_note = self.scores_note or self.mode.note
-
-    @property
-    def mode(self) -> ScoresMode:
-        return scores_mode(self.scores)
-
-
-@dataclass
-class IdentityCheck(Record):
-    max_abs_error: float
-    max_rel_error: float
-
-
-@dataclass
-class Trace(Record):
-    """What ``trace`` finds for one neuron (see the module docstring); ``to_json()``: docs/trace.schema.json."""
-
-    model: ModelShape = record_field(ModelShape)
-    neuron: NeuronCard = record_field(NeuronCard)
-    settings: Settings = record_field(Settings)
-    prompts: list[PromptRecord] = record_field(PromptRecord, many=True)
-    heads: list[HeadRecord] = record_field(HeadRecord, many=True)
-    differential_heads: list[str]
-    identity_check: IdentityCheck = record_field(IdentityCheck)
-    schema_version: int = SCHEMA_VERSION
-    paths: PathsRecord | None = optional_field(record=PathsRecord, many=False)  # ``--paths`` only
-
-    @property
-    def mode(self) -> ScoresMode:
-        """What selected and ranked the heads, and how the ablation removed them."""
-        return self.settings.mode
-
-    def head(self, name: str) -> HeadRecord | None:
-        return next((h for h in self.heads if h.head == name), None)
-
-    def to_json(self) -> dict:
-        out = to_json(self)
-        return {"schema_version": out.pop("schema_version"), **out}
-
-    @classmethod
-    def from_json(cls, data, where: str = "trace") -> Trace:
-        """A trace from its JSON (``trace --json``, a study's neuron record), schema 2 only."""
-        if not isinstance(data, dict):
-            raise MinitfError(f"{where}: expected a dict from minitf.trace, got {type(data).__name__}")
-        for key in ("neuron", "model", "settings", "prompts", "heads", "differential_heads", "identity_check",
-                    "schema_version"):
-            if key not in data:
-                raise MinitfError(f"{where}: missing key {key!r} (not a trace from minitf.trace?)")
-        if data["schema_version"] != SCHEMA_VERSION:
-            raise MinitfError(f"{where}: schema_version {data['schema_version']!r}; this minitf reads "
-                              f"{SCHEMA_VERSION} (trace the neuron again)")
-        return from_json(cls, data, where)
 
 
 # ---- the computations behind the records ------------------------------------------------------------------
