@@ -124,7 +124,7 @@ def traces() -> dict[str, dict[str, Any]]:
     out = {}
     for split in ("train", "test"):
         out[split] = ok_json(cli("trace", "--neuron", NEURON, "--split", split, "--n-prompts", N_PROMPTS,
-                                 "--ablate", "0", "--json"))
+                                 "--ablate", "0", "--protocol", "minitf", "--json"))
     assert out["train"]["neuron"]["token"]["str"] == " course"
     assert sorted(out["train"]["differential_heads"]) == HEADS
     return out

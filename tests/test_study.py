@@ -220,7 +220,7 @@ def test_a_neuron_record_equals_a_separate_trace(studies):
     recs = records(studies["a"])
     name = next(k for k, r in sorted(recs.items()) if r.get("trace", {}).get("differential_heads"))
     out = run([sys.executable, str(ROOT / "cli.py"), "trace", "--neuron", name, "--n-prompts", "6", "--ablate", "0",
-               "--json"])
+               "--protocol", "minitf", "--json"])
     assert out.returncode == 0, out.stderr
     separate = json.loads(out.stdout)
     ours = recs[name]["trace"]

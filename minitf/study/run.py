@@ -49,6 +49,7 @@ from pathlib import Path
 from minitf.errors import MinitfError
 from minitf.explain.llm import DEFAULT_CONCURRENCY, DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT
 from minitf.names import Neuron, check_layer, parse_neuron
+from minitf.protocol import get_protocol
 from minitf.study.select import read_neuron_list, select_neurons  # noqa: F401  (read_neuron_list: the API's)
 from minitf.study.folder import FORMAT, VERSION, StudyDir
 from minitf.util.lock import folder_lock
@@ -121,10 +122,18 @@ def ensure_index(model, corpus: Path, layers: set[int], k: int, progress: bool, 
     return load_index(model, corpus, target)
 
 
-def _prompts(model, neuron: Neuron, corpus: Path, split: str, k: int, index, docs):
-    """N's mined prompts as trace prompts, and their origin as ``trace_neuron`` would record it."""
+def _prompts(model, neuron: Neuron, corpus: Path, split: str, k: int, index, docs, protocol=None):
+    """N's mined prompts as trace prompts, and their origin as ``trace_neuron`` would record it: the authors'
+    trimming when the protocol's is theirs (``trace.authors_trace_prompts``), else ``mine_prompts``."""
     from minitf.prompts import Prompt, mine_prompts
-    from minitf.trace import PromptOrigin
+    from minitf.trace import PromptOrigin, authors_trace_prompts
+
+    proto = get_protocol(protocol, n_prompts=k)
+    if proto.trimming == "authors":
+        try:
+            return authors_trace_prompts(model, neuron, corpus, split, True, proto)
+        except MinitfError:  # no prompt survives the trimming: the neuron is skipped, as with no activating document
+            return [], PromptOrigin(True, [], f"none trimmed the authors' way from {corpus}", str(corpus), split)
 
     mined = mine_prompts(model, neuron, corpus, split=None if split == "all" else split, k=k, index=index,
                          docs=docs)
@@ -198,7 +207,8 @@ def study_neuron(model, neuron: Neuron, options: StudyOptions, corpus: Path, ind
     t0 = time.monotonic()
     record: dict = {"neuron": str(neuron), "layer": neuron.layer, "index": neuron.index}
     step("prompts")
-    prompts, origin = _prompts(model, neuron, corpus, options.split, options.n_prompts, index, docs)
+    prompts, origin = _prompts(model, neuron, corpus, options.split, options.n_prompts, index, docs,
+                              options.protocol)
     if not prompts:
         from minitf.neurons import neuron_card
         from minitf.trace import card_record
@@ -209,7 +219,8 @@ def study_neuron(model, neuron: Neuron, options: StudyOptions, corpus: Path, ind
         return record, None
     step("trace")
     topts = TraceOptions(rule=options.rule, include_same_layer=options.include_same_layer, scores=options.scores,
-                         ablate=options.ablate, per_position=True, paths=options.paths, protocol=options.protocol)
+                         ablate=options.ablate, per_position=True, paths=options.paths,
+                         protocol=get_protocol(options.protocol, n_prompts=options.n_prompts))
     result = trace(model, neuron, prompts, topts, origin=origin)
     record["trace"] = result.to_json()
     record["ablation_samples"] = ablation_samples(result)
@@ -220,9 +231,10 @@ def study_neuron(model, neuron: Neuron, options: StudyOptions, corpus: Path, ind
         step("test trace")
         if test_inputs is not None:
             test_prompts, test_origin = _prompts(model, neuron, test_inputs[0], "all", options.n_prompts,
-                                                 *test_inputs[1:])
+                                                 *test_inputs[1:], options.protocol)
         else:
-            test_prompts, test_origin = _prompts(model, neuron, corpus, "test", options.n_prompts, index, docs)
+            test_prompts, test_origin = _prompts(model, neuron, corpus, "test", options.n_prompts, index, docs,
+                                                 options.protocol)
         if test_prompts:
             test_opts = TraceOptions(rule=options.rule, include_same_layer=options.include_same_layer,
                                      scores=options.scores, ablate=0, protocol=options.protocol)

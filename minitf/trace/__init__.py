@@ -204,7 +204,7 @@ def trace_neuron(model: Model, neuron: Neuron, source: PromptSource | None = Non
     else:
         corpus = default_corpus(model, corpus or None, needed_for="give texts, a prompt file or a corpus")
         if proto.trimming == "authors":
-            prompts, origin = _authors_prompts(model, neuron, corpus, split, bos, proto)
+            prompts, origin = authors_trace_prompts(model, neuron, corpus, split, bos, proto)
             return trace(model, neuron, prompts, options, origin=origin)
         mined = mine_prompts(model, neuron, corpus, None if split == "all" else split, k=proto.n_prompts, bos=bos,
                              max_tokens=proto.max_prompt_tokens, progress=source.progress)
@@ -215,7 +215,7 @@ def trace_neuron(model: Model, neuron: Neuron, source: PromptSource | None = Non
     return trace(model, neuron, prompts, options, origin=origin)
 
 
-def _authors_prompts(model, neuron, corpus, split, bos, proto) -> tuple[list[Prompt], PromptOrigin]:
+def authors_trace_prompts(model, neuron, corpus, split, bos, proto) -> tuple[list[Prompt], PromptOrigin]:
     """The neuron's prompts by ``authors_prompts`` on the documents of ``split``, and their origin (what was
     dropped on the way, in its notes)."""
     from minitf.corpus import documents
