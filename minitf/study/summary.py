@@ -247,7 +247,7 @@ def compare_lines(dirs) -> list[str]:
     from minitf.errors import MinitfError
 
     if len(dirs) < 1:
-        raise MinitfError("`dirs`: give one or more study folders after --compare", param="dirs")
+        raise MinitfError("`compare`: give one or more study folders", param="compare")
     width = max(len(str(d)) for d in dirs) + 2
     lines = [f"{'study':<{width}}{'protocol':<10}{'neurons':<9}{'pairs':>6}  {'score ± std':<14}{'skew':>6}"
              f"{'skewtest p':>11}{'plain':>7}{'≥0.8':>6}{'≥0.9':>6}"]
@@ -256,7 +256,7 @@ def compare_lines(dirs) -> list[str]:
         try:
             study = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
-            raise MinitfError(f"`dirs` {d}: no readable study.json ({e})", param="dirs") from None
+            raise MinitfError(f"`compare` {d}: no readable study.json ({e})", param="compare") from None
         s, a = study["settings"], study["aggregates"]["all"]["paper"]
         sc = a["scores"] or {}
         kind = "random" if s.get("random_neurons") else ("file" if s.get("neurons_file") else "top")
