@@ -187,11 +187,12 @@ def test_study_skipped_neuron_apart_and_resume_from_elsewhere(tmp_path):
     names = tmp_path / "neurons.txt"
     names.write_text("L4N340\nL3N872\n")
     out = tmp_path / "study"
-    args = ["study", "--neurons", str(names), "--out", str(out), "--n-prompts", "10", "--no-progress"]
+    args = ["study", "--neurons", str(names), "--out", str(out), "--n-prompts", "10", "--protocol", "minitf", "--no-progress"]
     env = {"OPENAI_API_KEY": "", "OPENAI_BASE_URL": ""}
     first = cli(*args, "--corpus", "weights/tiny/corpus.txt.gz", **env)
     assert first.returncode == 0, first.stderr
-    rows = {line.split()[0]: line.split()[1:3] for line in first.stdout.splitlines()[2:]}
+    table = first.stdout.split("\n\n")[0]  # the per-layer table (the paper's aggregates follow a blank line)
+    rows = {line.split()[0]: line.split()[1:3] for line in table.splitlines()[2:]}
     assert first.stdout.splitlines()[1].split()[:3] == ["layer", "studied", "skipped"]
     assert rows == {"3": ["1", "0"], "4": ["0", "1"], "all": ["1", "1"]}
     study = json.loads((out / "study.json").read_text())

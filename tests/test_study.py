@@ -343,7 +343,7 @@ def test_max_calls_caps_the_whole_study_and_a_rerun_finishes_it(server, tmp_path
     out, cache = tmp_path / "s", tmp_path / "cache"
     cmd = [sys.executable, str(ROOT / "cli.py"), "study", "--out", str(out), "--layers", "4", "--per-layer", "3",
            "--n-prompts", "6", "--llm", "fake-model", "--base-url", server.url, "--cache-dir", str(cache),
-           "--no-progress"]
+           "--protocol", "minitf", "--no-progress"]
     start = len(server.requests)
     capped = run(cmd + ["--max-calls", "3"])
     assert capped.returncode == 0, capped.stderr

@@ -304,10 +304,6 @@ def _run_locked(model, folder: StudyDir, options: StudyOptions, neurons: list[Ne
     if llm is not None and options.test_corpus and todo:
         test_inputs = load_inputs(model, Path(options.test_corpus), todo, replace(options, split="all"), False,
                                   progress)
-    if llm is not None:
-        from minitf.explain.driver import test_prompts_line
-
-        say(f"protocol {options.protocol}; {test_prompts_line(options.protocol, options.test_corpus)}")
     run_neurons(model, neurons, todo, options, corpus, index, docs, llm, folder, finished, progress,
                 (Path(options.test_corpus), *test_inputs) if test_inputs else None)
     if finished.pending_heads:

@@ -80,7 +80,7 @@ def bar_svg(title: str, labels: list[str], counts: list[int], caption: str) -> s
 
 
 def _aggregate_rows(aggs: dict, explained: bool) -> str:
-    head = ("<tr><th>layer</th><th>studied</th><th>skipped (no activating document)</th><th>with diff.</th><th>diff. heads / neuron</th>"
+    head = ("<tr><th>layer</th><th>studied</th><th>skipped (no prompt)</th><th>with diff.</th><th>diff. heads / neuron</th>"
             "<th>score (balanced accuracy)</th><th>Δp mean act. / inact.</th><th>Δp median act. / inact.</th>"
             "<th>prompts act. / inact.</th><th>KS D (p)</th><th>Δpost mean act. / inact.</th></tr>")
     rows = []
