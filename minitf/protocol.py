@@ -298,7 +298,7 @@ def get_protocol(name: str | Protocol | None = None, **overrides: Any) -> Protoc
     else:
         name = DEFAULT if name is None else name
         if name not in PROTOCOLS:
-            raise MinitfError(f"`protocol` {name}: choose from {', '.join(PROTOCOLS)}", param="protocol")
+            raise MinitfError(f"--protocol {name}: choose from {', '.join(PROTOCOLS)}")
         p = PROTOCOLS[name]
     return p.with_overrides(**overrides) if overrides else p
 
