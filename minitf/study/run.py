@@ -306,6 +306,10 @@ def _run_locked(model, folder: StudyDir, options: StudyOptions, neurons: list[Ne
                                   progress)
     run_neurons(model, neurons, todo, options, corpus, index, docs, llm, folder, finished, progress,
                 (Path(options.test_corpus), *test_inputs) if test_inputs else None)
+    if llm is not None:  # said once the neurons are done, so that an error before stays the one line on stderr
+        from minitf.explain.driver import test_prompts_line
+
+        say(f"protocol {options.protocol}; {test_prompts_line(options.protocol, options.test_corpus)}")
     if finished.pending_heads:
         say(f"--max-calls {options.max_calls} reached: {finished.pending_heads} differential heads left "
             "unexplained; rerun with a higher --max-calls to finish (answers so far are cached)")

@@ -192,7 +192,6 @@ def summary_entry(record: dict) -> dict:
 def summary_lines(study: dict) -> list[str]:
     """The printed table: one row per layer and one for all neurons; "studied" neurons were traced, "skipped" ones
     had no prompt (no document activates them above 0) and count in no other column."""
-    from minitf.explain.driver import test_prompts_line
     s = study["settings"]
     lines = [f"study of {len(study['neurons'])} neurons of {s['model']['folder']}: top {s['n_prompts']} "
              f"{s['split']} prompts each, rule {s['rule']}, explanations {study['explanations'].split(':')[0]}",
@@ -213,7 +212,6 @@ def summary_lines(study: dict) -> list[str]:
                      f"{drops:<22}{'–' if ks is None else format(ks['statistic'], '.2f') + ' (' + format(ks['p_value'], '.1e') + ')'}")
     lines += paths_lines(study)  # study --paths
     lines += [""] + paper_lines(study)
-    lines += ["", f"protocol {s.get('protocol', 'minitf')}; {test_prompts_line(s.get('protocol'), s.get('test_corpus'))}"]
     return [line.rstrip() for line in lines]
 
 
