@@ -118,26 +118,27 @@ def read_prompt_file(path) -> list[str]:
     return texts
 
 
+def length_batches(lengths: Sequence[int]) -> list[list[int]]:
+    """Indices into ``lengths`` in batches of ascending length, each padded B·T ≤ TOKENS_PER_BATCH (a longer
+    one alone): since the lengths ascend, a batch's padded size is (len(batch) + 1) · the next length."""
+    batches: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
+        if batches and (len(batches[-1]) + 1) * lengths[i] <= TOKENS_PER_BATCH:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
 def neuron_activations(model, neuron: Neuron, prompts: Sequence[Sequence[int]]) -> list[np.ndarray]:
     """The neuron's post-GELU activation at every position of each prompt ([len(p)] each), batched by tokens."""
     out: list[np.ndarray] = [np.empty(0, np.float32)] * len(prompts)
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    batch: list[int] = []
-
-    def flush():
+    for batch in length_batches([len(p) for p in prompts]):
         run = model.run([prompts[i] for i in batch], logits=None, keep={"post"},
                         stop_at_layer=neuron.layer, stop_neurons=[neuron.index])
         post = run["post", neuron.layer][:, :, 0]  # [B, T]
         for row, i in enumerate(batch):
             out[i] = post[row, : len(prompts[i])]
-
-    for i in order:  # ascending length: the batch's padded size is (len(batch) + 1) · len(prompts[i])
-        if batch and (len(batch) + 1) * len(prompts[i]) > TOKENS_PER_BATCH:
-            flush()
-            batch = []
-        batch.append(i)
-    if batch:
-        flush()
     return out
 
 
@@ -365,10 +366,7 @@ def last_activations(model, queries: Sequence[tuple[Sequence[int], Neuron]]) -> 
     """Each query's neuron activation at the last token of its prompt. Batched by tokens; each forward pass
     stops at the deepest layer asked and computes only the asked neurons of that layer."""
     out = [0.0] * len(queries)
-    order = sorted(range(len(queries)), key=lambda i: len(queries[i][0]))
-    batch: list[int] = []
-
-    def flush():
+    for batch in length_batches([len(q[0]) for q in queries]):
         layers = {queries[i][1].layer for i in batch}
         top = max(layers)
         cols = sorted({queries[i][1].index for i in batch if queries[i][1].layer == top})
@@ -376,14 +374,6 @@ def last_activations(model, queries: Sequence[tuple[Sequence[int], Neuron]]) -> 
                         stop_at_layer=top, stop_neurons=cols)
         for row, i in enumerate(batch):
             out[i] = float(run.neuron(queries[i][1])["post"][row, len(queries[i][0]) - 1])
-
-    for i in order:
-        if batch and (len(batch) + 1) * len(queries[i][0]) > TOKENS_PER_BATCH:
-            flush()
-            batch = []
-        batch.append(i)
-    if batch:
-        flush()
     return out
 
 
@@ -399,10 +389,7 @@ def peak_activations(model, neurons: Sequence[Neuron], docs: Sequence[Sequence[i
     layers = {n.layer for n in neurons}
     top = max(layers)
     cols = sorted({n.index for n in neurons if n.layer == top})
-    order = sorted(range(len(docs)), key=lambda i: len(docs[i]))
-    batch: list[int] = []
-
-    def flush():
+    for batch in length_batches([len(d) for d in docs]):
         run = model.run([list(docs[i]) for i in batch], logits=None, keep={("post", l) for l in layers},
                         stop_at_layer=top, stop_neurons=cols)
         T = run.tokens.shape[1]
@@ -412,14 +399,6 @@ def peak_activations(model, neurons: Sequence[Neuron], docs: Sequence[Sequence[i
             p = post.argmax(1)  # [B] first maximum
             A[n][batch] = post[np.arange(len(batch)), p]
             P[n][batch] = p
-
-    for i in order:
-        if batch and (len(batch) + 1) * len(docs[i]) > TOKENS_PER_BATCH:
-            flush()
-            batch = []
-        batch.append(i)
-    if batch:
-        flush()
     return {n: (A[n], P[n]) for n in neurons}
 
 
