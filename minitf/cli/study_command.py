@@ -1,0 +1,76 @@
+"""``study``: the paper's experiments over many neurons, and ``study --compare``."""
+from __future__ import annotations
+
+import click
+
+import minitf
+from minitf.explain.llm import DEFAULT_LLM
+from minitf.cli.options import (CACHE_DEFAULT, ablate_option, cache_dir_option, corpus_option, emit_json,
+    exclude_option, include_same_layer_option, index_dir_option, json_option, layers_option, llm_options, main,
+    model_option, n_prompts_option, no_progress_option, protocol_option, rule_option, scores_option, split_option,
+    stacked, test_corpus_option)
+
+
+@main.command()
+@click.option("--out", default=None, type=click.Path(), help="Folder for study.json, the site and the resume state.")
+@model_option
+@layers_option(help="Layers to study (repeatable; 3,5 or 2-4) [default: all].")
+@click.option("--per-layer", default=20, show_default=True, type=int, help="Most congruent neurons per layer.")
+@exclude_option
+@click.option("--neurons", "neurons_file", type=click.Path(dir_okay=False),
+              help="Study exactly the neurons named in this file, one per line (then --layers/--per-layer are unused).")
+@click.option("--min-count", default=0, show_default=True, type=click.IntRange(0),
+              help="Neuron selection: only tokens seen ≥ N times in the corpus count (0: the paper's filter only).")
+@stacked(corpus_option(), index_dir_option)
+@split_option()
+@n_prompts_option(default=20, type=click.IntRange(2, 1000), help="Top prompts per neuron.")
+@rule_option
+@scores_option
+@include_same_layer_option
+@ablate_option(default=0, help="Also ablate this many top heads per neuron (every differential head always is).")
+@llm_options(None, f"LLM for explanations [default: {DEFAULT_LLM} when --base-url or OPENAI_API_KEY is set, "
+                   "else none].", "At most this many LLM requests in all.")
+@cache_dir_option(help=f"LLM cache {CACHE_DEFAULT}.")
+@click.option("--restart", is_flag=True, help="Start over in --out, discarding an earlier study there.")
+@no_progress_option
+@json_option
+@click.option("--paths", is_flag=True, help="Also split each differential head's effect by path (costs reruns).")
+@stacked(  # issue 20: the paper's protocol, its random-neuron baseline, prompt-count ablation and comparison table
+    protocol_option, test_corpus_option,
+    click.option("--random-neurons", is_flag=True, help="The paper's baseline: --per-layer neurons drawn at random."),
+    click.option("--seed", default=0, show_default=True, type=int, help="Seed of --random-neurons."),
+    click.option("--explain-prompts", type=click.Choice(["10", "20", "30"]), default=None,
+                 help="Explain from the first N train prompts only (the paper's prompt-count ablation)."),
+    click.option("--compare", "compare", is_flag=True, help="Print the paper's table for the study folders DIRS."),
+    click.argument("dirs", nargs=-1, type=click.Path(file_okay=False, exists=True)))
+def study(out, model_spec, layers, per_layer, exclude, neurons_file, min_count, corpus, split, n_prompts, rule,
+          head_scores, include_same_layer, ablate, llm_model, base_url, max_calls, concurrency, timeout, max_retries,
+          cache_dir, restart, no_progress, as_json, protocol, test_corpus, random_neurons, seed, explain_prompts,
+          compare, dirs, paths):
+    """The paper's experiments over many neurons: trace, ablate, explain and score; aggregates and a site (resumable)."""
+    from minitf.index.build import IndexInterrupted
+    from minitf.study.run import StudyInterrupted, StudyOptions, run_study, summary_lines
+
+    if compare or dirs:
+        from minitf.study.summary import compare_lines
+
+        return click.echo("\n".join(compare_lines(dirs)))
+    if out is None:
+        raise click.UsageError("--out is required (or --compare DIR DIR…)")
+    options = StudyOptions(protocol=protocol, test_corpus=test_corpus, random_neurons=random_neurons, seed=seed,
+                           explain_prompts=int(explain_prompts) if explain_prompts else None,
+                           layers=layers, per_layer=per_layer, exclude=exclude,
+                           neurons_file=neurons_file, corpus=corpus, split=split, n_prompts=n_prompts, rule=rule,
+                           scores=head_scores, include_same_layer=include_same_layer, min_count=min_count, ablate=ablate,
+                           llm=llm_model, base_url=base_url, max_calls=max_calls, concurrency=concurrency,
+                           timeout=timeout, max_retries=max_retries, cache_dir=cache_dir, paths=paths)
+    try:
+        result = run_study(minitf.load(model_spec), out, options, restart=restart, progress=not no_progress,
+                           say=lambda line: click.echo(line, err=True))
+    except (StudyInterrupted, IndexInterrupted) as e:
+        click.echo(str(e), err=True)
+        raise
+    if as_json:
+        return emit_json(result)
+    click.echo("\n".join(summary_lines(result)))
+    click.echo(f"{out}/study.json, {out}/index.html: {len(result['neurons'])} neurons", err=True)
