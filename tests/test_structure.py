@@ -138,7 +138,7 @@ def test_the_readme_layout_names_every_module():
         if rel.name == "__init__.py" and len(rel.parts) > 1:
             name = f"`minitf/{rel.parent.as_posix()}/`"
         elif len(rel.parts) == 1:
-            name = f"`minitf/{rel.name}`" if rel.name not in ("__main__.py", "cli.py") else f"`{rel.name}`"
+            name = f"`minitf/{rel.name}`" if rel.name != "__main__.py" else f"`{rel.name}`"
         else:
             name = f"`{rel.name}`"
         if name not in layout:
