@@ -22,3 +22,29 @@ def random_model(seed=0, n_layer=2, n_head=2, d_head=4, d_vocab=40, n_ctx=16, d_
             a = rng.standard_normal(shape) * 1.5 / np.sqrt(shape[0])
         weights[name] = a.astype(np.float32)
     return Model(cfg, weights)
+
+
+# ---- Hypothesis: a small random model, one of its neurons and a batch of prompts (attribution, why) -----------
+def model_args():
+    """The strategy of ``random_model``'s arguments the property tests draw from."""
+    from hypothesis import strategies as st
+
+    return st.fixed_dictionaries({
+        "seed": st.integers(0, 10**6), "n_layer": st.integers(1, 3), "n_head": st.integers(1, 4),
+        "d_head": st.integers(1, 8), "d_vocab": st.integers(2, 50), "n_ctx": st.integers(1, 16),
+    })
+
+
+def draw_case(args, data):
+    """(model, a neuron drawn from it, 1–3 prompts of random tokens, seeded by ``args["seed"]``)."""
+    from hypothesis import strategies as st
+
+    from minitf.names import Neuron
+
+    m = random_model(**args)
+    layer = data.draw(st.integers(0, args["n_layer"] - 1), label="layer")
+    neuron = Neuron(layer, data.draw(st.integers(0, m.cfg.d_mlp - 1), label="n"))
+    lengths = data.draw(st.lists(st.integers(1, args["n_ctx"]), min_size=1, max_size=3), label="lengths")
+    rng = np.random.default_rng(args["seed"])
+    prompts = [rng.integers(0, args["d_vocab"], n).tolist() for n in lengths]
+    return m, neuron, prompts

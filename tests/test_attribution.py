@@ -6,22 +6,10 @@ from hypothesis import strategies as st
 from minitf import Head, Intervention, Neuron
 from minitf.attribution import NEEDED, direct_effects, head_sources, read_direction
 from minitf.model import layer_norm
-from numpy_models import random_model
+from numpy_models import draw_case, model_args, random_model
 
-model_args = st.fixed_dictionaries({
-    "seed": st.integers(0, 10**6), "n_layer": st.integers(1, 3), "n_head": st.integers(1, 4),
-    "d_head": st.integers(1, 8), "d_vocab": st.integers(2, 50), "n_ctx": st.integers(1, 16),
-})
-
-
-def setup(args, data):
-    m = random_model(**args)
-    layer = data.draw(st.integers(0, args["n_layer"] - 1), label="layer")
-    neuron = Neuron(layer, data.draw(st.integers(0, m.cfg.d_mlp - 1), label="n"))
-    lengths = data.draw(st.lists(st.integers(1, args["n_ctx"]), min_size=1, max_size=3), label="lengths")
-    rng = np.random.default_rng(args["seed"])
-    prompts = [rng.integers(0, args["d_vocab"], n).tolist() for n in lengths]
-    return m, neuron, prompts
+model_args = model_args()
+setup = draw_case
 
 
 @settings(max_examples=120, deadline=None)

@@ -16,23 +16,16 @@ from hypothesis import strategies as st
 from minitf import Model, why
 from minitf.attribution import head_sources
 from minitf.names import Head, Neuron, parse_head, parse_neuron
-from numpy_models import random_model
+from numpy_models import draw_case, model_args, random_model
 
-model_args = st.fixed_dictionaries({
-    "seed": st.integers(0, 10**6), "n_layer": st.integers(1, 3), "n_head": st.integers(1, 4),
-    "d_head": st.integers(1, 8), "d_vocab": st.integers(2, 50), "n_ctx": st.integers(1, 16),
-})
+model_args = model_args()
 
 
 def setup(args, data):
     """A random model, a neuron, a head it may list (layers ≤ the neuron's), a batch of prompts and the run."""
-    m = random_model(**args)
-    layer = data.draw(st.integers(0, args["n_layer"] - 1), label="layer")
-    neuron = Neuron(layer, data.draw(st.integers(0, m.cfg.d_mlp - 1), label="n"))
-    head = Head(data.draw(st.integers(0, layer), label="head layer"), data.draw(st.integers(0, args["n_head"] - 1)))
-    lengths = data.draw(st.lists(st.integers(1, args["n_ctx"]), min_size=1, max_size=3), label="lengths")
-    rng = np.random.default_rng(args["seed"])
-    prompts = [rng.integers(0, args["d_vocab"], n).tolist() for n in lengths]
+    m, neuron, prompts = draw_case(args, data)
+    head = Head(data.draw(st.integers(0, neuron.layer), label="head layer"),
+                data.draw(st.integers(0, args["n_head"] - 1)))
     b = data.draw(st.integers(0, len(prompts) - 1), label="prompt")
     return m, neuron, head, m.run(prompts, keep=why.NEEDED, stop_at_layer=neuron.layer), b
 
