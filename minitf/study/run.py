@@ -50,7 +50,7 @@ from minitf.errors import MinitfError
 from minitf.explain.llm import DEFAULT_CONCURRENCY, DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT
 from minitf.names import Neuron, check_layer, parse_neuron
 from minitf.protocol import get_protocol
-from minitf.study.select import read_neuron_list, select_neurons  # noqa: F401  (read_neuron_list: the API's)
+from minitf.study.select import read_neuron_list, select_neurons, study_selection  # noqa: F401  (the API's)
 from minitf.study.folder import FORMAT, VERSION, StudyDir
 from minitf.util.lock import folder_lock
 from minitf.study.summary import aggregates, summary_entry, summary_lines  # noqa: F401  (summary_lines: the CLI's)
@@ -90,6 +90,7 @@ class StudyOptions:
     seed: int = 0
     explain_prompts: int | None = None  # explain from the first N train prompts only (None: all)
     index_dir: str | None = None  # where the corpus's index is read or built (``ensure_index``)
+    exclude_list: str | None = None  # the authors' reject list: "paper" | "none" (None: the protocol's exclude)
 
     NOT_SETTINGS = ("max_calls", "concurrency", "timeout", "max_retries", "cache_dir", "neurons_file", "index_dir")  # budget and plumbing only
 
@@ -274,13 +275,14 @@ def run_study(model, out, options: StudyOptions, restart: bool = False, progress
     t0 = time.monotonic()
     folder = StudyDir(out)
     corpus = check_options(model, options)
-    neurons = select_neurons(model, options)
+    selection = study_selection(model, options)
+    neurons = selection.neurons
     if not neurons:
         raise MinitfError("no neuron left to study (every one is in --exclude)")
     llm, skipped_reason = make_llm(options)
     options = replace(options, llm=llm.model if llm is not None else None,
                       base_url=options.base_url if llm is not None else None)
-    settings = study_settings(model, options, neurons, corpus)
+    settings = study_settings(model, options, neurons, corpus) | {"selection": selection.record.to_json()}
     if not folder.path.is_dir():
         folder.prepare(settings, restart)  # creates it, or refuses (a file, no permission) in one line naming --out
     with folder_lock(folder.path, "study folder"):  # one study at a time in ``out``; released on any exit
@@ -292,6 +294,8 @@ def _run_locked(model, folder: StudyDir, options: StudyOptions, neurons: list[Ne
                 restart: bool, llm, skipped_reason: str | None, progress: bool, say, started: str, t0: float) -> dict:
     """run_study's work while it holds the study folder's lock."""
     folder.prepare(settings, restart)
+    chosen = settings["selection"]  # said once, after the checks, so that an error stays the one line on stderr
+    say(f"study: protocol {options.protocol}, neuron walk {chosen['walk']}; {chosen['note']}")
     if skipped_reason:
         say(f"explanations skipped: {skipped_reason}")
 
