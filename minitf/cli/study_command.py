@@ -6,9 +6,9 @@ import click
 import minitf
 from minitf.explain.llm import DEFAULT_LLM
 from minitf.cli.options import (CACHE_DEFAULT, ablate_option, cache_dir_option, corpus_option, emit_json,
-    include_same_layer_option, index_dir_option, json_option, layers_option, llm_options, main,
-    model_option, n_prompts_option, no_progress_option, parsed_by, protocol_option, rule_option, scores_option,
-    split_option, stacked, test_corpus_option)
+    include_same_layer_option, index_dir_option, json_option, layers_option, llm_options, main, model_option,
+    n_prompts_option, no_progress_option, parsed_by, protocol_option, protocol_rule_option, scores_option, split_option,
+    stacked, test_corpus_option)
 
 
 def parse_study_exclude(values) -> tuple[list[str], str | None]:
@@ -42,8 +42,9 @@ study_exclude_option = click.option(
                    "--protocol minitf; refused with the authors' walk).")
 @stacked(corpus_option(), index_dir_option)
 @split_option()
-@n_prompts_option(default=20, type=click.IntRange(2, 1000), help="Top prompts per neuron.")
-@rule_option
+@n_prompts_option(default=None, type=click.IntRange(2, 1000), show_default=False,
+                  help="Top prompts per neuron [default: the protocol's: 20; 30 under neo2023].")
+@protocol_rule_option
 @scores_option
 @include_same_layer_option
 @ablate_option(default=0, help="Also ablate this many top heads per neuron (every differential head always is).")

@@ -70,8 +70,8 @@ class StudyOptions:
     neurons_file: str | None = None  # study exactly these neurons (then layers / per_layer are unused)
     corpus: str | None = None
     split: str = "train"
-    n_prompts: int = 20
-    rule: str = "sigma2"
+    n_prompts: int | None = None  # None: the protocol's (20; neo2023 30)
+    rule: str | None = None  # None: the protocol's head_rule (sigma2; neo2023 top3)
     scores: str = "paper"
     include_same_layer: bool = False
     min_count: int = 0
@@ -274,6 +274,9 @@ def run_study(model, out, options: StudyOptions, restart: bool = False, progress
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     t0 = time.monotonic()
     folder = StudyDir(out)
+    proto = get_protocol(options.protocol)  # a choice left None is the protocol's
+    options = replace(options, rule=options.rule or proto.head_rule,
+                      n_prompts=proto.n_prompts if options.n_prompts is None else options.n_prompts)
     corpus = check_options(model, options)
     selection = study_selection(model, options)
     neurons = selection.neurons
