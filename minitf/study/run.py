@@ -215,7 +215,9 @@ def study_neuron(model, neuron: Neuron, options: StudyOptions, corpus: Path, ind
         from minitf.trace import card_record
 
         record["card"] = card_record(neuron_card(model, neuron), model.cfg.d_mlp).to_json()
-        record["skipped"] = f"no document activates {neuron} above 0 in the {options.split} split"
+        why = (f"no prompt of {neuron} survives the authors' trimming" if get_protocol(options.protocol).trimming
+               == "authors" else f"no document activates {neuron} above 0")  # as trace says it
+        record["skipped"] = f"{why} in the {options.split} split"
         record["run"] = {"seconds": round(time.monotonic() - t0, 3)}
         return record, None
     step("trace")
