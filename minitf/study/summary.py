@@ -195,7 +195,8 @@ def summary_lines(study: dict) -> list[str]:
     other column."""
     s = study["settings"]
     lines = [f"study of {len(study['neurons'])} neurons of {s['model']['folder']}: protocol "
-             f"{s.get('protocol', 'minitf')}, top {s['n_prompts']} {s['split']} prompts each, rule {s['rule']}, explanations {study['explanations'].split(':')[0]}",
+             f"{s.get('protocol', 'minitf')}, top {s['n_prompts']} {s['split']} prompts each, rule {s['rule']}, "
+             f"explanations {study['explanations'].split(':')[0]}",
              f"{'layer':<6}{'studied':>8}{'skipped':>8}{'w/ diff':>8}{'diff/n':>7}  {'distance 1,2,…':<15}"
              f"{'score ± std (n)':<20}{'Δp active / inactive':<22}KS D (p)"]
     groups = list(study["aggregates"]["layers"].items()) + [("all", study["aggregates"]["all"])]
