@@ -208,7 +208,7 @@ def test_a_studys_neuron_traces_what_trace_gives_under_the_same_protocol(protoco
                *flags)
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
     walk = "skip" if protocol == "neo2024" else "filtered-argmax"
-    assert done.stderr.startswith(f"study: protocol {protocol}, neuron walk {walk}; no reject list")
+    assert done.stderr.count(f"study: protocol {protocol}, neuron walk {walk}; no reject list") == 1
     study = json.loads((out / "study.json").read_text())
     assert study["settings"]["protocol"] == protocol and study["settings"]["selection"]["walk"] == walk
     (name,) = study["settings"]["neurons"]

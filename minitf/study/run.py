@@ -299,8 +299,6 @@ def _run_locked(model, folder: StudyDir, options: StudyOptions, neurons: list[Ne
                 restart: bool, llm, skipped_reason: str | None, progress: bool, say, started: str, t0: float) -> dict:
     """run_study's work while it holds the study folder's lock."""
     folder.prepare(settings, restart)
-    chosen = settings["selection"]  # said once, after the checks, so that an error stays the one line on stderr
-    say(f"study: protocol {options.protocol}, neuron walk {chosen['walk']}; {chosen['note']}")
     if skipped_reason:
         say(f"explanations skipped: {skipped_reason}")
 
@@ -315,6 +313,8 @@ def _run_locked(model, folder: StudyDir, options: StudyOptions, neurons: list[Ne
                                   progress)
     run_neurons(model, neurons, todo, options, corpus, index, docs, llm, folder, finished, progress,
                 (Path(options.test_corpus), *test_inputs) if test_inputs else None)
+    chosen = settings["selection"]  # said once the neurons are done, so that an error before stays the one line
+    say(f"study: protocol {options.protocol}, neuron walk {chosen['walk']}; {chosen['note']}")
     if llm is not None:  # said once the neurons are done, so that an error before stays the one line on stderr
         from minitf.explain.driver import test_prompts_line
 
