@@ -27,7 +27,7 @@ from minitf.study.run import StudyOptions, run_study  # noqa: E402
 
 # (label, file suffix, function name): cumulative time of these functions in the profile
 STEPS = [
-    ("choose neurons (congruence tables)", "minitf/study/select.py", "select_neurons"),
+    ("choose neurons (congruence tables)", "minitf/study/select.py", "study_selection"),
     ("load the index", "minitf/study/run.py", "ensure_index"),
     ("read the neurons' documents (one pass)", "minitf/corpus.py", "tokenized_documents"),
     ("mine + trim prompts", "minitf/prompts.py", "mine_prompts"),

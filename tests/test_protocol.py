@@ -335,3 +335,59 @@ def test_neo2023_top3_rule_and_band_are_the_authors():
             assert differential_heads(lists, "over-25") == ref.differential_heads(heads23[key], "over-25"), n
             n_bands += 1
     assert n_bands >= 7
+
+
+# ---------------------------------------------------------------------------------------------- a study's step 1
+def test_a_studys_neurons_are_the_authors_walk_under_neo2024_and_the_neurons_command_under_minitf(monkeypatch):
+    """``study``'s neuron list (``select_neurons``, what ``run_study`` takes) on the embedded model, layers 3–5,
+    3 per layer: under neo2024 (the default) the authors' ``find_neurons`` on TransformerLens, with and without a
+    reject list (tiny has none: a list made here for it, matched by the folder's name) and with ``--exclude``
+    names added to it; under minitf the ``neurons --protocol minitf`` tables (also with --min-count)."""
+    import json
+    import subprocess
+    import sys
+
+    import minitf.protocol
+    from minitf.protocol import RejectList
+    from minitf.study.run import StudyOptions
+    from minitf.study.select import select_neurons, study_selection
+
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("transformer_lens")
+    import authors_reference as ref
+
+    torch.set_num_threads(2)
+    model = Model.load(TINY)
+    tl = ref.load_model(TINY)
+    found, _ = ref.find_neurons(tl, LAYERS, PER_LAYER)
+    options = StudyOptions(layers=list(LAYERS), per_layer=PER_LAYER)
+    assert options.protocol == "neo2024"
+    got = study_selection(model, options)
+    assert [(n.layer, n.index) for n in got.neurons] == list(found)
+    assert (got.record.walk, got.record.reject_list, got.record.rejected) == ("skip", None, [])
+    assert got.record.note == "no reject list: the authors made none for this model"
+
+    first = list(found)[:2]  # the walk's first two neurons of layer 3, on a reject list and in --exclude
+    on_list = RejectList("tiny (this test)", ("tiny",), (0, 0, 0, 0), (first[0], (5, 1)), "this test")
+    monkeypatch.setattr(minitf.protocol, "REJECT_LISTS", (on_list,))
+    want, rejected = ref.find_neurons(tl, LAYERS, PER_LAYER, rejected_neurons={first[0], first[1], (5, 1)})
+    got = study_selection(model, StudyOptions(layers=list(LAYERS), per_layer=PER_LAYER,
+                                              exclude=[str(Neuron(*first[1]))]))
+    assert [(n.layer, n.index) for n in got.neurons] == list(want)
+    assert (got.record.reject_list, got.record.reject_count, got.record.reject_how) == ("tiny (this test)", 2, "name")
+    assert got.record.rejected == [str(Neuron(*first[0]))]  # the list's neuron met; the --exclude one is not listed
+    assert {(a, b) for a, b, _ in rejected} == {first[0], first[1]}  # (5, 1) is not met before the quota is filled
+    none = study_selection(model, StudyOptions(layers=list(LAYERS), per_layer=PER_LAYER, exclude_list="none"))
+    assert [(n.layer, n.index) for n in none.neurons] == list(found) and none.record.reject_how == "none"
+
+    for extra in ([], ["--min-count", "3"]):
+        out = subprocess.run([sys.executable, str(TINY.parent.parent / "cli.py"), "neurons", "--model", str(TINY),
+                              "--layers", "3-5", "--top", str(PER_LAYER), "--protocol", "minitf", "--json", *extra],
+                             capture_output=True, text=True, cwd=TINY.parent.parent, check=True)
+        tables = json.loads(out.stdout)["layers"]
+        mine = select_neurons(model, StudyOptions(layers=list(LAYERS), per_layer=PER_LAYER, protocol="minitf",
+                                                  min_count=int(extra[1]) if extra else 0))
+        assert mine == [Neuron(layer, r["index"]) for layer in LAYERS for r in tables[str(layer)]]
+    assert mine != [Neuron(*n) for n in found]  # the two walks differ here
+    with pytest.raises(MinitfError, match="min_count"):
+        select_neurons(model, StudyOptions(layers=list(LAYERS), per_layer=PER_LAYER, min_count=3))

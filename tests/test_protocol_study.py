@@ -195,3 +195,35 @@ def test_dry_run_prints_the_protocols_prompt(tmp_path):
     for entry in own["heads"].values():
         if "messages" in entry:
             assert [m["role"] for m in entry["messages"]] == ["system", "user"]
+
+
+@pytest.mark.parametrize("protocol", ["neo2024", "minitf"])
+def test_a_studys_neuron_traces_what_trace_gives_under_the_same_protocol(protocol, tmp_path):
+    """A study (no LLM; neo2024 by default, minitf by flag) of layer 3's first neuron traces, for it, exactly
+    what ``trace --neuron X --protocol P --json`` gives: the same prompt strings (neo2024: trimmed the authors'
+    way, newlines replaced, re-tokenised), the same active and differential heads, the same record."""
+    out = tmp_path / "s"
+    flags = [] if protocol == "neo2024" else ["--protocol", protocol]
+    done = run("study", "--out", str(out), "--layers", "3", "--per-layer", "1", "--ablate", "0", "--no-progress",
+               *flags)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    walk = "skip" if protocol == "neo2024" else "filtered-argmax"
+    assert done.stderr.count(f"study: protocol {protocol}, neuron walk {walk}; no reject list") == 1
+    study = json.loads((out / "study.json").read_text())
+    assert study["settings"]["protocol"] == protocol and study["settings"]["selection"]["walk"] == walk
+    (name,) = study["settings"]["neurons"]
+    ours = json.loads((out / "neurons" / f"{name}.json").read_text())["trace"]
+    traced = run("trace", "--neuron", name, "--ablate", "0", "--protocol", protocol, "--json")
+    assert traced.returncode == 0, traced.stderr
+    separate = json.loads(traced.stdout)
+    assert [p["text"] for p in ours["prompts"]] == [p["text"] for p in separate["prompts"]]
+    assert [p["active_heads"] for p in ours["prompts"]] == [p["active_heads"] for p in separate["prompts"]]
+    assert ours["differential_heads"] == separate["differential_heads"]
+    for p in ours["prompts"]:
+        assert len(p.pop("positions")) == len(p["tokens"])  # the site's per-token detail, not in trace --json
+    assert ours == separate
+    assert ours["settings"]["protocol"]["name"] == protocol and not ours["settings"]["protocol"]["overridden"]
+    authors = "trimmed the authors' way" in ours["settings"]["source"]
+    assert authors == (protocol == "neo2024") and len(ours["prompts"]) >= 10
+    if authors:
+        assert not any("\n" in p["text"] for p in ours["prompts"])  # the authors replace newlines by spaces

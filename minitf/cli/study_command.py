@@ -6,9 +6,27 @@ import click
 import minitf
 from minitf.explain.llm import DEFAULT_LLM
 from minitf.cli.options import (CACHE_DEFAULT, ablate_option, cache_dir_option, corpus_option, emit_json,
-    exclude_option, include_same_layer_option, index_dir_option, json_option, layers_option, llm_options, main,
-    model_option, n_prompts_option, no_progress_option, protocol_option, rule_option, scores_option, split_option,
+    include_same_layer_option, index_dir_option, json_option, layers_option, llm_options, main, model_option,
+    n_prompts_option, no_progress_option, parsed_by, protocol_option, protocol_rule_option, scores_option, split_option,
     stacked, test_corpus_option)
+
+
+def parse_study_exclude(values) -> tuple[list[str], str | None]:
+    """``study --exclude``: (neuron names, "paper" | "none" | None) from "L9N2322,L10N7", "paper", "none"…; the
+    names join the reject list (``paper``: the authors' list of this checkpoint; ``none``: no list; neither: the
+    protocol's). ValueError for a malformed name or both words."""
+    items = [v for v in ",".join(values).replace(" ", ",").split(",") if v]
+    words = sorted({v for v in items if v in ("paper", "none")})
+    if len(words) > 1:
+        raise ValueError("paper, none: choose one")
+    return [str(minitf.parse_neuron(v)) for v in items if v not in words], (words or [None])[0]
+
+
+# issue 20: study's --exclude takes the reject list (paper|none) besides neuron names
+study_exclude_option = click.option(
+    "--exclude", multiple=True, callback=parsed_by(parse_study_exclude), metavar="NAMES|paper|none",
+    help="Neurons to leave out (L9N2322,L10N7; repeatable), besides the reject list: paper (the authors' list of "
+         "this checkpoint) or none [default: the protocol's: paper under neo2024/neo2023, none under minitf].")
 
 
 @main.command()
@@ -16,15 +34,17 @@ from minitf.cli.options import (CACHE_DEFAULT, ablate_option, cache_dir_option, 
 @model_option
 @layers_option(help="Layers to study (repeatable; 3,5 or 2-4) [default: all].")
 @click.option("--per-layer", default=20, show_default=True, type=int, help="Most congruent neurons per layer.")
-@exclude_option
+@study_exclude_option
 @click.option("--neurons", "neurons_file", type=click.Path(dir_okay=False),
               help="Study exactly the neurons named in this file, one per line (then --layers/--per-layer are unused).")
 @click.option("--min-count", default=0, show_default=True, type=click.IntRange(0),
-              help="Neuron selection: only tokens seen ≥ N times in the corpus count (0: the paper's filter only).")
+              help="Neuron selection: only tokens seen ≥ N times in the corpus count (minitf's walk only: "
+                   "--protocol minitf; refused with the authors' walk).")
 @stacked(corpus_option(), index_dir_option)
 @split_option()
-@n_prompts_option(default=20, type=click.IntRange(2, 1000), help="Top prompts per neuron.")
-@rule_option
+@n_prompts_option(default=None, type=click.IntRange(2, 1000), show_default=False,
+                  help="Top prompts per neuron [default: the protocol's: 20; 30 under neo2023].")
+@protocol_rule_option
 @scores_option
 @include_same_layer_option
 @ablate_option(default=0, help="Also ablate this many top heads per neuron (every differential head always is).")
@@ -59,7 +79,7 @@ def study(out, model_spec, layers, per_layer, exclude, neurons_file, min_count, 
         raise click.UsageError("--out is required (or --compare DIR DIR…)")
     options = StudyOptions(protocol=protocol, test_corpus=test_corpus, random_neurons=random_neurons, seed=seed,
                            explain_prompts=int(explain_prompts) if explain_prompts else None,
-                           layers=layers, per_layer=per_layer, exclude=exclude,
+                           layers=layers, per_layer=per_layer, exclude=exclude[0], exclude_list=exclude[1],
                            neurons_file=neurons_file, corpus=corpus, split=split, n_prompts=n_prompts, rule=rule,
                            scores=head_scores, include_same_layer=include_same_layer, min_count=min_count, ablate=ablate,
                            llm=llm_model, base_url=base_url, max_calls=max_calls, concurrency=concurrency,

@@ -50,7 +50,7 @@ from minitf.errors import MinitfError
 from minitf.explain.llm import DEFAULT_CONCURRENCY, DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT
 from minitf.names import Neuron, check_layer, parse_neuron
 from minitf.protocol import get_protocol
-from minitf.study.select import read_neuron_list, select_neurons  # noqa: F401  (read_neuron_list: the API's)
+from minitf.study.select import read_neuron_list, select_neurons, study_selection  # noqa: F401  (the API's)
 from minitf.study.folder import FORMAT, VERSION, StudyDir
 from minitf.util.lock import folder_lock
 from minitf.study.summary import aggregates, summary_entry, summary_lines  # noqa: F401  (summary_lines: the CLI's)
@@ -70,8 +70,8 @@ class StudyOptions:
     neurons_file: str | None = None  # study exactly these neurons (then layers / per_layer are unused)
     corpus: str | None = None
     split: str = "train"
-    n_prompts: int = 20
-    rule: str = "sigma2"
+    n_prompts: int | None = None  # None: the protocol's (20; neo2023 30)
+    rule: str | None = None  # None: the protocol's head_rule (sigma2; neo2023 top3)
     scores: str = "paper"
     include_same_layer: bool = False
     min_count: int = 0
@@ -90,6 +90,7 @@ class StudyOptions:
     seed: int = 0
     explain_prompts: int | None = None  # explain from the first N train prompts only (None: all)
     index_dir: str | None = None  # where the corpus's index is read or built (``ensure_index``)
+    exclude_list: str | None = None  # the authors' reject list: "paper" | "none" (None: the protocol's exclude)
 
     NOT_SETTINGS = ("max_calls", "concurrency", "timeout", "max_retries", "cache_dir", "neurons_file", "index_dir")  # budget and plumbing only
 
@@ -214,7 +215,9 @@ def study_neuron(model, neuron: Neuron, options: StudyOptions, corpus: Path, ind
         from minitf.trace import card_record
 
         record["card"] = card_record(neuron_card(model, neuron), model.cfg.d_mlp).to_json()
-        record["skipped"] = f"no document activates {neuron} above 0 in the {options.split} split"
+        why = (f"no prompt of {neuron} survives the authors' trimming" if get_protocol(options.protocol).trimming
+               == "authors" else f"no document activates {neuron} above 0")  # as trace says it
+        record["skipped"] = f"{why} in the {options.split} split"
         record["run"] = {"seconds": round(time.monotonic() - t0, 3)}
         return record, None
     step("trace")
@@ -273,14 +276,18 @@ def run_study(model, out, options: StudyOptions, restart: bool = False, progress
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     t0 = time.monotonic()
     folder = StudyDir(out)
+    proto = get_protocol(options.protocol)  # a choice left None is the protocol's
+    options = replace(options, rule=options.rule or proto.head_rule,
+                      n_prompts=proto.n_prompts if options.n_prompts is None else options.n_prompts)
     corpus = check_options(model, options)
-    neurons = select_neurons(model, options)
+    selection = study_selection(model, options)
+    neurons = selection.neurons
     if not neurons:
         raise MinitfError("no neuron left to study (every one is in --exclude)")
     llm, skipped_reason = make_llm(options)
     options = replace(options, llm=llm.model if llm is not None else None,
                       base_url=options.base_url if llm is not None else None)
-    settings = study_settings(model, options, neurons, corpus)
+    settings = study_settings(model, options, neurons, corpus) | {"selection": selection.record.to_json()}
     if not folder.path.is_dir():
         folder.prepare(settings, restart)  # creates it, or refuses (a file, no permission) in one line naming --out
     with folder_lock(folder.path, "study folder"):  # one study at a time in ``out``; released on any exit
@@ -306,6 +313,8 @@ def _run_locked(model, folder: StudyDir, options: StudyOptions, neurons: list[Ne
                                   progress)
     run_neurons(model, neurons, todo, options, corpus, index, docs, llm, folder, finished, progress,
                 (Path(options.test_corpus), *test_inputs) if test_inputs else None)
+    chosen = settings["selection"]  # said once the neurons are done, so that an error before stays the one line
+    say(f"study: protocol {options.protocol}, neuron walk {chosen['walk']}; {chosen['note']}")
     if llm is not None:  # said once the neurons are done, so that an error before stays the one line on stderr
         from minitf.explain.driver import test_prompts_line
 

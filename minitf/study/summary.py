@@ -191,10 +191,12 @@ def summary_entry(record: dict) -> dict:
 # ---- text ----------------------------------------------------------------------------------------------
 def summary_lines(study: dict) -> list[str]:
     """The printed table: one row per layer and one for all neurons; "studied" neurons were traced, "skipped" ones
-    had no prompt (no document activates them above 0) and count in no other column."""
+    had no prompt (no document activates them above 0, or none survives the authors' trimming) and count in no
+    other column."""
     s = study["settings"]
-    lines = [f"study of {len(study['neurons'])} neurons of {s['model']['folder']}: top {s['n_prompts']} "
-             f"{s['split']} prompts each, rule {s['rule']}, explanations {study['explanations'].split(':')[0]}",
+    lines = [f"study of {len(study['neurons'])} neurons of {s['model']['folder']}: protocol "
+             f"{s.get('protocol', 'minitf')}, top {s['n_prompts']} {s['split']} prompts each, rule {s['rule']}, "
+             f"explanations {study['explanations'].split(':')[0]}",
              f"{'layer':<6}{'studied':>8}{'skipped':>8}{'w/ diff':>8}{'diff/n':>7}  {'distance 1,2,…':<15}"
              f"{'score ± std (n)':<20}{'Δp active / inactive':<22}KS D (p)"]
     groups = list(study["aggregates"]["layers"].items()) + [("all", study["aggregates"]["all"])]
