@@ -15,7 +15,7 @@ token-only explanation) are :class:`Baseline` records scored the same way.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 SCORERS = ("paper", "detection", "fuzz", "simulation")
 """Every scorer's name, in the order they run and print; ``paper`` is the default and always first."""
@@ -31,6 +31,56 @@ def parse_scorers(spec: str | None) -> tuple[str, ...]:
     if unknown:
         raise ValueError(f"{unknown[0]!r} is not a scorer (choose from {', '.join(SCORERS)})")
     return tuple(s for s in SCORERS if s in names or s == "paper")
+
+
+@dataclass(frozen=True)
+class PairToScore:
+    """One (neuron, head) pair a scorer scores.
+
+    Attributes:
+        head: the head's name (``L1H2``).
+        explanation: the LLM's explanation of when the head is active.
+        test: the test prompts (``minitf.explain.prompts.HeadExamples``: active first), labelled by the head rule.
+    """
+
+    head: str
+    explanation: str
+    test: Any
+
+
+@dataclass(frozen=True)
+class ScoringContext:
+    """What every scorer of one neuron may use besides the pair (the same for all its heads).
+
+    Attributes:
+        model: the loaded model (``minitf.load``).
+        neuron: the neuron's name (``L3N872``); token: its token's text.
+        protocol: the protocol's name (``minitf.protocol``): its classify prompt, parameters and answers.
+        seed: the seed of every random draw (``--seed``).
+        train, test: the neuron's train- and test-prompt traces (``minitf.trace.Trace``; None when not at hand).
+        corpus: the corpus the prompts were mined from (None: the model's); index: its loaded neuron index, or None.
+    """
+
+    model: Any
+    neuron: str
+    token: str
+    protocol: str
+    seed: int = 0
+    train: Any = None
+    test: Any = None
+    corpus: Any = None
+    index: Any = None
+
+
+PLANNERS: dict[str, Callable[[ScoringContext, PairToScore], list[dict[str, Any]]]] = {}
+"""Scorer name → the exact chat requests (``{"messages", **params}``) it would send for one pair, cached or not.
+``score --dry-run`` and the ``--max-calls`` check count them (deduplicated, less the cached ones) before any call.
+``paper`` is not here (its requests and baselines: ``minitf.explain.baselines``); detection, fuzz and simulation
+register theirs."""
+
+RUNNERS: dict[str, Callable[[Any, ScoringContext, PairToScore], "ScorerResult"]] = {}
+"""Scorer name → score one pair with an LLM client (``complete`` / ``complete_many`` of
+``minitf.explain.llm.LLM``), returning a :class:`ScorerResult` with its baselines. Same keys as :data:`PLANNERS`."""
 
 
 @dataclass(frozen=True)
