@@ -1,0 +1,167 @@
+"""``score --scorers paper --baselines``: the paper's score with its interval, p-value and baselines, end to end.
+
+A loopback chat-completions server (``test_llm.FakeServer`` through the real ``openai`` client) answers by a
+known rule: an explanation names one word (chosen by a hash of the explain prompt) — "active when the text
+contains 'W'" — and a Yes/No request is answered "Yes" exactly when the example contains the word its
+explanation names ("No" for an explanation naming none, such as the token-only one). So every answer, score,
+interval and p-value is recomputed here from the test labels of ``cli.py trace --json`` alone: the interval by
+scipy quadrature of the Beta posterior (``test_uncertainty._quad_reference``), the p-value by brute force over
+every placement of the positive labels.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from test_explain_cli import HEADS, NEURON, assert_one_line_error, cli, h, ok_json
+from test_llm import FakeServer
+from test_uncertainty import _quad_reference
+
+WORDS = [" the", " of", ",", " a", " and"]
+N_TEST = 10  # neo2024's
+
+
+def answer(body) -> str:
+    user = body["messages"][-1]["content"]
+    if body.get("max_tokens", 0) > 20:  # an explain request
+        return f"active when the text contains '{WORDS[int(h(user)[-8:], 16) % len(WORDS)]}'"
+    explanation = user.split("\n")[0]
+    example = user.split('Example: """\n', 1)[1].rsplit('\n"""', 1)[0]
+    word = re.search(r"contains '(.+?)'$", explanation)
+    return "Yes" if word is not None and word[1] in example else "No"
+
+
+@pytest.fixture(scope="module")
+def server():
+    srv = FakeServer()
+    srv.answer = answer
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def test_prompts():
+    """The first N_TEST prompts of the test split (their text and active heads) and the neuron's token."""
+    trace = ok_json(cli("trace", "--neuron", NEURON, "--split", "test", "--n-prompts", "30", "--ablate", "0",
+                        "--json"))
+    return trace["prompts"][:N_TEST], trace["neuron"]["token"]["str"]
+
+
+@pytest.fixture(scope="module")
+def explained(server, tmp_path_factory):
+    cache = tmp_path_factory.mktemp("cache")
+    common = ["--neuron", NEURON, "--base-url", server.url, "--llm", "fake-model", "--cache-dir", str(cache)]
+    out = ok_json(cli("explain", *common, "--json"))
+    assert sorted(out["heads"]) == HEADS
+    return common, {head: out["heads"][head]["explanation"] for head in HEADS}
+
+
+def expected_pair(head, explanation, prompts, token):
+    """Labels (active first, as scored) and the rule's predictions for ``explanation`` on ``head``'s prompts."""
+    ordered = ([p for p in prompts if head in p["active_heads"]] + [p for p in prompts if head not in p["active_heads"]])
+    labels = [int(head in p["active_heads"]) for p in ordered]
+    word = re.search(r"contains '(.+?)'$", explanation)
+    predictions = [int(word is not None and word[1] in p["text"] + token) for p in ordered]
+    return labels, predictions
+
+
+def ba(labels, predictions):
+    tp = sum(y and p for y, p in zip(labels, predictions))
+    tn = sum((not y) and (not p) for y, p in zip(labels, predictions))
+    n_pos = sum(labels)
+    return (tp / n_pos + tn / (len(labels) - n_pos)) / 2, tp, len(labels) - n_pos - tn, tn, n_pos - tp
+
+
+def brute_force_p(labels, predictions) -> float:
+    """Share of all ways to place the positive labels among the items whose balanced accuracy ≥ the observed one
+    (each distinct relabeling as likely under a uniform shuffle)."""
+    observed = ba(labels, predictions)[0]
+    n, k = len(labels), sum(labels)
+    placements = list(itertools.combinations(range(n), k))
+    relabeled = [[int(i in set(pos)) for i in range(n)] for pos in placements]
+    return sum(ba(y, predictions)[0] >= observed - 1e-12 for y in relabeled) / len(placements)
+
+
+def check_scored(value, interval, labels, predictions):
+    want, tp, fp, tn, fn = ba(labels, predictions)
+    low, high, _ = _quad_reference(tp, fp, tn, fn)
+    assert value == pytest.approx(want)
+    assert interval == pytest.approx([low, high], abs=2e-4)
+
+
+def test_score_prints_intervals_and_baselines_and_counts_its_calls(server, explained, test_prompts):
+    common, explanations = explained
+    prompts, token = test_prompts
+    # ---- the dry run counts the calls and makes none
+    start = len(server.requests)
+    dry = ok_json(cli("score", *common, "--baselines", "--dry-run", "--json"))
+    assert len(server.requests) == start
+    counts = {c["name"]: c["calls"] for c in dry["calls"]}
+    assert list(counts) == ["paper", "paper/random_explanation", "paper/token_only"]
+    # each head's explanation on the 10 prompts; the random explanation of one head is the other's: asked already;
+    # the token-only explanation is the same for both heads
+    assert counts == {"paper": 2 * N_TEST, "paper/random_explanation": 0, "paper/token_only": N_TEST}
+    # ---- --max-calls below the count refuses before any call
+    refused = cli("score", *common, "--baselines", "--max-calls", str(sum(counts.values()) - 1))
+    assert_one_line_error(refused, f"--max-calls {sum(counts.values()) - 1}: this needs {sum(counts.values())} "
+                                   "LLM calls")
+    assert len(server.requests) == start
+    # ---- the run makes exactly the calls counted
+    scored = ok_json(cli("score", *common, "--baselines", "--json"))
+    assert len(server.requests) - start == sum(counts.values())
+    for s in scored["scores"]:
+        head = s["head"]
+        other = next(x for x in HEADS if x != head)
+        labels, predictions = expected_pair(head, explanations[head], prompts, token)
+        paper = s["scorers"]["paper"]
+        assert paper["value"] == s["balanced_accuracy"]  # the paper's number, unchanged beside its interval
+        check_scored(paper["value"], paper["interval"], labels, predictions)
+        _, tp, fp, tn, fn = ba(labels, predictions)
+        assert paper["detail"]["p_at_most_chance"] == pytest.approx(_quad_reference(tp, fp, tn, fn)[2], abs=2e-4)
+        assert paper["detail"]["posterior_mean"] == pytest.approx(((tp + 1) / (tp + fn + 2) + (tn + 1) / (tn + fp + 2)) / 2)
+        assert paper["p_value"] == pytest.approx(brute_force_p(labels, predictions))
+        assert paper["detail"]["p_value_kind"] == "permutation, exact"
+        baselines = {b["name"]: b for b in paper["baselines"]}
+        assert list(baselines) == ["random_explanation", "token_only", "constant_yes", "constant_no"]
+        # the random explanation is the other head's (never the pair's own), scored on this pair's labels
+        rnd = baselines["random_explanation"]
+        assert rnd["source"] == other and rnd["explanation"] == explanations[other]
+        check_scored(rnd["value"], rnd["interval"], labels, expected_pair(head, explanations[other], prompts, token)[1])
+        # token only: the rule answers No to all; constant answers: ½ with the all-Yes / all-No posterior
+        check_scored(baselines["token_only"]["value"], baselines["token_only"]["interval"], labels, [0] * len(labels))
+        check_scored(baselines["constant_yes"]["value"], baselines["constant_yes"]["interval"], labels, [1] * len(labels))
+        check_scored(baselines["constant_no"]["value"], baselines["constant_no"]["interval"], labels, [0] * len(labels))
+        assert baselines["constant_yes"]["value"] == 0.5
+    # ---- a rerun (here the text view) sends no request twice: per head the score with its interval, its baselines
+    n = len(server.requests)
+    text = cli("score", *common, "--baselines")
+    assert text.returncode == 0, text.stderr
+    for s in scored["scores"]:
+        paper = s["scorers"]["paper"]
+        low, high = paper["interval"]
+        assert (f"  paper: balanced accuracy {paper['value']:.3f} [{low:.3f}, {high:.3f}] (95 % interval), "
+                f"P(BA ≤ 0.5) {paper['detail']['p_at_most_chance']:.3f}, p {paper['p_value']:.3f}") in text.stdout
+    assert text.stdout.count("    baselines: random explanation (L2H") == 2
+    assert text.stderr == f"LLM: 0 calls, {2 * 3 * N_TEST} cache hits\n"  # 2 heads × (paper, random, token only)
+    again = ok_json(cli("score", *common, "--baselines", "--dry-run", "--json"))
+    assert {c["name"]: c["calls"] for c in again["calls"]} == dict.fromkeys(counts, 0)
+    assert len(server.requests) == n
+    bodies = [json.dumps(r["body"], sort_keys=True) for r in server.requests]
+    assert len(set(bodies)) == len(bodies)
+
+
+def test_default_scorers_add_no_call_and_bad_scorers_are_refused(server, explained):
+    common, _ = explained
+    dry = ok_json(cli("score", *common, "--dry-run", "--json"))
+    assert [c["name"] for c in dry["calls"]] == ["paper"]  # no LLM baseline unless asked
+    out = ok_json(cli("score", *common, "--json"))
+    for s in out["scores"]:
+        assert [b["name"] for b in s["scorers"]["paper"]["baselines"]] == ["constant_yes", "constant_no"]
+    bad = cli("score", *common, "--scorers", "paper,psychic")
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1
+    assert "--scorers 'psychic' is not a scorer (choose from paper, detection, fuzz, simulation)" in bad.stderr
