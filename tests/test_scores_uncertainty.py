@@ -165,3 +165,74 @@ def test_default_scorers_add_no_call_and_bad_scorers_are_refused(server, explain
     bad = cli("score", *common, "--scorers", "paper,psychic")
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1
     assert "--scorers 'psychic' is not a scorer (choose from paper, detection, fuzz, simulation)" in bad.stderr
+
+
+# ------------------------------------------------------------------------------------------------ study
+
+
+def bh_reference(p, level=0.05) -> int:
+    """How many p-values Benjamini–Hochberg rejects: the largest k with p_(k) ≤ k·level/m."""
+    p = sorted(p)
+    return max([k for k in range(1, len(p) + 1) if p[k - 1] <= k * level / len(p)], default=0)
+
+
+def test_study_scores_every_pair_with_its_interval_and_baselines(server, tmp_path):
+    import numpy as np
+
+    out, cache = tmp_path / "study", tmp_path / "cache"
+    cmd = ["study", "--out", str(out), "--layers", "3", "--per-layer", "3", "--n-prompts", "8", "--ablate", "0",
+           "--llm", "fake-model", "--no-progress", "--baselines", "--seed", "3", "--base-url", server.url,
+           "--cache-dir", str(cache)]
+    start = len(server.requests)
+    study = ok_json(cli(*cmd, "--json"))
+    n_sent = len(server.requests) - start
+    assert study["settings"]["scorers"] == "paper" and study["settings"]["baselines"] is True
+    assert study["settings"]["seed"] == 3
+    recs = {p.stem: json.loads(p.read_text()) for p in (out / "neurons").glob("*.json")}
+    pairs = [(r, h, e) for _, r in sorted(recs.items()) for h, e in sorted((r["explanations"] or {}).items())
+             if e.get("scorers")]
+    assert len(pairs) >= 2
+    sources = []
+    for r, h, e in pairs:
+        paper = e["scorers"]["paper"]
+        labels = [i["label"] for i in e["items"]]
+        predictions = [i["prediction"] for i in e["items"]]
+        assert paper["value"] == e["balanced_accuracy"]
+        check_scored(paper["value"], paper["interval"], labels, predictions)
+        assert paper["p_value"] == pytest.approx(brute_force_p(labels, predictions))
+        rnd = next(b for b in paper["baselines"] if b["name"] == "random_explanation")
+        assert rnd["source"] != f"{r['neuron']}/{h}"  # never the pair's own
+        donor_neuron, donor_head = rnd["source"].split("/")
+        assert rnd["explanation"] == recs[donor_neuron]["explanations"][donor_head]["explanation"]
+        sources.append(rnd["source"])
+        word = re.search(r"contains '(.+?)'$", rnd["explanation"])[1]
+        check_scored(rnd["value"], rnd["interval"], labels, [int(word in i["prompt"] + e["token"]) for i in e["items"]])
+    assert sorted(sources) == sorted(f"{r['neuron']}/{h}" for r, h, _ in pairs)  # each explanation lent once
+    # ---- the aggregates over all pairs, recomputed
+    agg = study["aggregates"]["all"]["scorers"]["paper"]
+    values = [e["scorers"]["paper"]["value"] for _, _, e in pairs]
+    assert agg["distribution"]["mean"] == pytest.approx(np.mean(values))
+    assert agg["bootstrap"]["mean"]["estimate"] == pytest.approx(np.mean(values))
+    assert agg["bootstrap"]["mean"]["low"] <= np.mean(values) <= agg["bootstrap"]["mean"]["high"]
+    assert agg["bootstrap"]["share"]["estimate"] == pytest.approx(np.mean([v >= 0.8 for v in values]))
+    assert agg["fdr"]["rejected"] == bh_reference([e["scorers"]["paper"]["p_value"] for _, _, e in pairs])
+    assert agg["above_chance"]["share"] == pytest.approx(
+        np.mean([e["scorers"]["paper"]["interval"][0] > 0.5 for _, _, e in pairs]))
+    assert agg["baselines"]["random_explanation"]["mean"] == pytest.approx(
+        np.mean([b["value"] for _, _, e in pairs for b in e["scorers"]["paper"]["baselines"]
+                 if b["name"] == "random_explanation"]))
+    # ---- a rerun sends no request; the table prints each scorer's interval and baselines
+    n = len(server.requests)
+    again = cli(*cmd)
+    assert again.returncode == 0, again.stderr
+    assert len(server.requests) == n and n_sent > 0
+    m = agg["bootstrap"]["mean"]
+    assert f"  paper: mean {m['estimate']:.3f} [{m['low']:.3f}, {m['high']:.3f}], share ≥ 0.8" in again.stdout
+    assert "    baselines: random explanation " in again.stdout
+    assert again.stdout.splitlines()[-1].startswith("all ")
+    page = (out / "index.html").read_text()
+    r, h, e = pairs[0]
+    paper = e["scorers"]["paper"]
+    assert "How far to trust the scores" in page
+    assert (f"<td class=nw>{r['neuron']} {h}</td><td class=nw>{paper['value']:.3f} [{paper['interval'][0]:.3f}, "
+            f"{paper['interval'][1]:.3f}]</td>") in page
