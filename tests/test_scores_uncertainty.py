@@ -145,7 +145,7 @@ def test_score_prints_intervals_and_baselines_and_counts_its_calls(server, expla
         paper = s["scorers"]["paper"]
         low, high = paper["interval"]
         assert (f"  paper: balanced accuracy {paper['value']:.3f} [{low:.3f}, {high:.3f}] (95 % interval), "
-                f"P(BA ≤ 0.5) {paper['detail']['p_at_most_chance']:.3f}, p {paper['p_value']:.3f}") in text.stdout
+                f"P(BA ≤ 0.5) {paper['detail']['p_at_most_chance']:.3f}, permutation p {paper['p_value']:.3f}") in text.stdout
     assert text.stdout.count("    baselines: random explanation (L2H") == 2
     assert text.stderr == f"LLM: 0 calls, {2 * 3 * N_TEST} cache hits\n"  # 2 heads × (paper, random, token only)
     again = ok_json(cli("score", *common, "--baselines", "--dry-run", "--json"))

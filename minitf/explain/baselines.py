@@ -220,7 +220,7 @@ def result_lines(result: ScorerResult) -> list[str]:
     d = result.detail
     chance = f", P(BA ≤ 0.5) {num(d['p_at_most_chance'])}" if d.get("p_at_most_chance") is not None else ""
     lines = [f"  {result.scorer}: {result.metric.replace('_', ' ')} {interval_text(result.value, result.interval)}"
-             f" (95 % interval){chance}, p {num(result.p_value)}"]
+             f" (95 % interval){chance}, permutation p {num(result.p_value)}"]
     if result.baselines:
         parts = [f"{BASELINE_LABEL.get(b.name, b.name)}{f' ({b.source})' if b.source else ''} "
                  f"{interval_text(b.value, b.interval)}" for b in result.baselines]
