@@ -209,7 +209,7 @@ def authors_messages(prompt: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": prompt}]
 
 
-# --------------------------------------------------------------------------- scorers past Yes/No (minitf.explain.scorers)
+# ------------------------------------------------------------------- scorers past Yes/No (minitf.explain.scorers)
 MARK_OPEN, MARK_CLOSE = "<<", ">>"
 """How source fuzzing marks a token: ``<<token>>`` (a leading space stays outside: `` <<of>>``)."""
 
@@ -282,7 +282,8 @@ prediction of "{token}" on this example? Answer with one integer from 0 to 10.""
 
 
 def simulation_messages(explanation: str, token: str, prompt: str) -> list[dict[str, str]]:
-    """System + user messages asking for a 0–10 prediction of how strongly the head drives the neuron on ``prompt``."""
+    """System + user messages asking for a 0–10 prediction of how strongly the head drives the neuron on
+    ``prompt``."""
     user = SIMULATION_TEMPLATE.format(token=format_text(token), explanation=explanation.strip(),
                                       newline=NEWLINE_MARK, example=format_example(prompt, token))
     return [{"role": "system", "content": SIMULATION_SYSTEM}, {"role": "user", "content": user}]

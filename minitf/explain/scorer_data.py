@@ -51,6 +51,10 @@ N_HARD = 10
 N_SOURCES = 3
 """Top source positions kept per prompt (the trace's ``sources`` default)."""
 
+FUZZ_MARKS = 3
+"""Source tokens marked per fuzzed prompt (fewer in a short prompt: at most half its tokens, so that as many
+random ones can be drawn apart from them)."""
+
 
 @dataclass(frozen=True)
 class ScorerItem:
@@ -234,3 +238,33 @@ def _cut(doc: Sequence[int], t: int, length: int, bos: bool, bos_id: int) -> lis
     body = list(doc[1 if bos else 0:t + 1])
     keep = max(1, length - (1 if bos else 0))
     return ([bos_id] if bos else []) + body[-keep:]
+
+
+# ---- source fuzzing's marks (minitf.explain.scorers.score_fuzz) ----
+@dataclass(frozen=True)
+class FuzzCase:
+    """One fuzzed test prompt: ``true`` (the head's top sources by context part) and ``random`` marks (positions
+    into ``data.test[item].tokens``, as many, drawn apart from the true ones)."""
+
+    item: int
+    true: tuple[int, ...]
+    random: tuple[int, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"item": self.item, "true": list(self.true), "random": list(self.random)}
+
+
+def fuzz_cases(data: ScorerData, seed: int, marks: int = FUZZ_MARKS) -> list[FuzzCase]:
+    """For each test prompt on which the head is active: its top ``k = min(marks, len(sources), len(tokens) // 2)``
+    sources, and k random positions among the others, drawn in prompt order with ``numpy.random.default_rng(seed)``.
+    Prompts with k = 0 (a one-token prompt) are left out."""
+    rng = np.random.default_rng(seed)
+    cases = []
+    for n, item in enumerate(data.test):
+        k = min(marks, len(item.sources), len(item.tokens) // 2)
+        if not item.active or k == 0:
+            continue
+        true = tuple(item.sources[:k])
+        others = [p for p in range(len(item.tokens)) if p not in true]
+        cases.append(FuzzCase(n, true, tuple(sorted(int(p) for p in rng.choice(others, size=k, replace=False)))))
+    return cases

@@ -15,17 +15,14 @@ token-only explanation) are :class:`Baseline` records scored the same way.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
-import numpy as np
-
-from minitf.explain.answers import Answer, parse_response
+from minitf.explain.answers import Answer, parse_response, parse_simulation
 from minitf.explain.correlation import AUCEstimate, Correlation, auc_with_se, correlation_p_value, pearson, spearman
 from minitf.explain.metrics import authors_answer
 from minitf.explain.prompts import FUZZ_PARAMS, SIMULATION_PARAMS, fuzz_messages, simulation_messages
-from minitf.explain.scorer_data import ScorerData, scorer_data
+from minitf.explain.scorer_data import FuzzCase, ScorerData, fuzz_cases, scorer_data  # noqa: F401
 from minitf.explain.uncertainty import ScoreUncertainty, constant_baseline, score_uncertainty
 from minitf.heads import both_classes
 from minitf.protocol import get_protocol
@@ -176,13 +173,6 @@ class ScorerResult:
 # client (``complete_many``: cached, budgeted) and scores the answers; the data comes from
 # ``minitf.explain.scorer_data.scorer_data``. A random-explanation baseline is scored when a donor explanation is
 # given (another pair's, never the pair's own: ``uncertainty.random_explanation_donors``).
-FUZZ_MARKS = 3
-"""Source tokens marked per fuzzed prompt (fewer in a short prompt: at most half its tokens, so that as many
-random ones can be drawn apart from them)."""
-
-SIMULATION_SCALE = (0, 10)
-_INTEGER = re.compile(r"[-+]?\d+(?:[.,]\d+)?")
-
 
 def _unique(requests: list[dict[str, Any]]) -> int:
     """The number of distinct requests (identical ones are sent once: ``LLM.complete_many``)."""
@@ -279,42 +269,13 @@ def score_detection(llm, data: ScorerData, explanation: str, *, protocol=None, d
     detail = {"n_test": n_test, "n_random": sum(i.kind == "random" for i in items),
               "n_hard": sum(i.kind == "hard" for i in items), "n_active": sum(labels), "weak": data.weak,
               "corpus": data.corpus, "split": data.split, "test_balanced_accuracy": test_only,
-              "negatives_yes_rate": yes_rate, "answers": [[i.kind, int(i.active), a.prediction]
-                                                          for i, a in zip(items, answers)]}
+              "negatives_yes_rate": yes_rate,
+              "answers": [[i.kind, i.where, int(i.active), a.prediction] for i, a in zip(items, answers)]}
     return _ba_result("detection", labels, answers, donor_answers, donor, donor_source,
                       _unique(plan_detection(data, explanation, protocol, donor)), seed, detail)
 
 
 # ---- source fuzzing: the head's true top sources marked vs as many random tokens -------------------------------
-@dataclass(frozen=True)
-class FuzzCase:
-    """One fuzzed test prompt: ``true`` (the head's top sources by context part) and ``random`` marks (positions
-    into ``data.test[item].tokens``, as many, drawn apart from the true ones)."""
-
-    item: int
-    true: tuple[int, ...]
-    random: tuple[int, ...]
-
-    def to_json(self) -> dict[str, Any]:
-        return {"item": self.item, "true": list(self.true), "random": list(self.random)}
-
-
-def fuzz_cases(data: ScorerData, seed: int, marks: int = FUZZ_MARKS) -> list[FuzzCase]:
-    """For each test prompt on which the head is active: its top ``k = min(marks, len(sources), len(tokens) // 2)``
-    sources, and k random positions among the others, drawn in prompt order with ``numpy.random.default_rng(seed)``.
-    Prompts with k = 0 (a one-token prompt) are left out."""
-    rng = np.random.default_rng(seed)
-    cases = []
-    for n, item in enumerate(data.test):
-        k = min(marks, len(item.sources), len(item.tokens) // 2)
-        if not item.active or k == 0:
-            continue
-        true = tuple(item.sources[:k])
-        others = [p for p in range(len(item.tokens)) if p not in true]
-        cases.append(FuzzCase(n, true, tuple(sorted(int(p) for p in rng.choice(others, size=k, replace=False)))))
-    return cases
-
-
 def fuzz_requests(data: ScorerData, explanation: str, cases: list[FuzzCase]) -> list[dict[str, Any]]:
     """Per case, the true marking's request then the random one's (``prompts.fuzz_messages``, ``FUZZ_PARAMS``)."""
     out = []
@@ -348,16 +309,6 @@ def score_fuzz(llm, data: ScorerData, explanation: str, *, seed: int = 0, donor:
 
 
 # ---- simulation: a 0–10 prediction per test prompt against the head's context part ------------------------------
-def parse_simulation(text: str) -> int | None:
-    """The first number in ``text`` when it is a whole number in 0–10 (``"7"``, ``" 7/10"``, ``"Score: 10."``);
-    None (malformed, left out and counted) otherwise (``"7.5"``, ``"11"``, ``"seven"``, ``""``)."""
-    m = _INTEGER.search(text or "")
-    if m is None or not m.group().lstrip("+-").isdigit():
-        return None
-    value = int(m.group())
-    return value if SIMULATION_SCALE[0] <= value <= SIMULATION_SCALE[1] else None
-
-
 def simulation_requests(data: ScorerData, explanation: str) -> list[dict[str, Any]]:
     """One request per test prompt (``prompts.simulation_messages``, ``SIMULATION_PARAMS``)."""
     return [{"messages": simulation_messages(explanation, data.token, i.text), **SIMULATION_PARAMS}
@@ -370,7 +321,8 @@ def plan_simulation(data: ScorerData, explanation: str, donor: str | None = None
 
 
 def _simulate(llm, data: ScorerData, explanation: str) -> tuple[list[int | None], Correlation, Correlation]:
-    predicted = [parse_simulation(r.get("text") or "") for r in llm.complete_many(simulation_requests(data, explanation))]
+    responses = llm.complete_many(simulation_requests(data, explanation))
+    predicted = [parse_simulation(r.get("text") or "") for r in responses]
     kept = [(p, i.context) for p, i in zip(predicted, data.test) if p is not None]
     x, y = [float(p) for p, _ in kept], [c for _, c in kept]
     return predicted, pearson(x, y), spearman(x, y)
@@ -450,5 +402,6 @@ RUNNERS["simulation"] = _runner("simulation", lambda llm, ctx, d, e, donor, src:
     llm, d, e, donor=donor, donor_source=src))
 
 PLANNED_CALLS: dict[str, Callable[[ScoringContext, PairToScore], int]] = {
-    name: (lambda ctx, pair, name=name: _unique(PLANNERS[name](ctx, pair))) for name in ("detection", "fuzz", "simulation")}
+    name: (lambda ctx, pair, name=name: _unique(PLANNERS[name](ctx, pair)))
+    for name in ("detection", "fuzz", "simulation")}
 """Scorer name → the LLM calls it makes for one pair on an empty cache (its distinct requests), before any call."""
