@@ -9,6 +9,10 @@
 * ``simulation``: the LLM predicts 0–10 how strongly the head drives the neuron on each test prompt; Pearson and
   Spearman correlation with the head's context part.
 
+Detection, fuzz and simulation show the LLM what ``minitf.explain.scorer_data`` gathers (the test prompts, weak-neuron
+negatives, the head's top sources); each has ``plan_<name>`` (its requests, before any call) and ``score_<name>``,
+registered in :data:`PLANNERS` / :data:`RUNNERS`; :data:`PLANNED_CALLS` counts the calls.
+
 Every scorer returns a :class:`ScorerResult`; its baselines (a random explanation, constant answers, the
 token-only explanation) are :class:`Baseline` records scored the same way.
 """
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Callable
 
 from minitf.explain.answers import Answer, parse_response, parse_simulation
@@ -355,7 +360,8 @@ _DATA: dict[tuple, tuple[Any, ScorerData]] = {}
 
 
 def pair_data(ctx: ScoringContext, pair: PairToScore) -> ScorerData | None:
-    """``scorer_data`` of the pair from ``ctx`` (its test trace, model, corpus, seed; n_test the protocol's),
+    """``scorer_data`` of the pair from ``ctx`` (its test trace, model, seed; negatives from the test prompts' corpus,
+    else ``ctx.corpus``; n_test the protocol's),
     gathered once per (trace, head, seed, corpus) and kept while the trace lives; None without a test trace."""
     if ctx.test is None:
         return None
@@ -364,7 +370,9 @@ def pair_data(ctx: ScoringContext, pair: PairToScore) -> ScorerData | None:
     if hit is None or hit[0] is not ctx.test:
         if len(_DATA) >= 64:
             _DATA.clear()
-        hit = _DATA[key] = (ctx.test, scorer_data(ctx.model, ctx.test, pair.head, seed=ctx.seed, corpus=ctx.corpus,
+        origin = ctx.test.settings.origin.corpus  # the test prompts' corpus (a --test-corpus too), where it is
+        corpus = origin if origin and Path(origin).is_file() else ctx.corpus
+        hit = _DATA[key] = (ctx.test, scorer_data(ctx.model, ctx.test, pair.head, seed=ctx.seed, corpus=corpus,
                                                   n_test=get_protocol(ctx.protocol).n_test))
     return hit[1]
 
