@@ -25,10 +25,11 @@ import scipy.stats
 
 import minitf
 from minitf.attribution import NEEDED, head_sources
+from minitf.explain.driver import head_examples
 from minitf.explain.llm import LLM
 from minitf.explain.scorer_data import WEAK_FRACTION, scorer_data
 from minitf.explain.scorers import (
-    PLANNED_CALLS, PLANNERS, RUNNERS, PairToScore, ScorerResult, ScoringContext, fuzz_cases, parse_simulation,
+    PLANNED_CALLS, PLANNERS, RUNNERS, PairToScore, ScorerResult, ScoringContext, fuzz_cases, pair_data, parse_simulation,
     score_detection, score_fuzz, score_simulation)
 from minitf.names import Head, Neuron
 from minitf.prompts import prompts_from_texts
@@ -134,6 +135,8 @@ def test_test_items_are_the_traces_first_prompts_with_its_labels(data, test_trac
     assert [i.text for i in data.test] == active + inactive
     assert [i.active for i in data.test] == [True] * len(active) + [False] * len(inactive)
     assert active and inactive and data.retokenized == 0
+    paper = head_examples(test_trace, HEAD, limit=10)  # the paper scorer's test prompts: the same
+    assert (paper.active, paper.inactive) == (active, inactive)
     for item in data.test:  # the head's context part and the activation are the trace's (where it lists the head)
         record = next(r for r in records if r.text == item.text)
         assert item.activation == pytest.approx(record.activation, rel=1e-5, abs=1e-6)
@@ -247,7 +250,8 @@ def test_parse_simulation(text, value):
 
 def test_hooks_plan_exactly_the_calls_made_and_a_rerun_makes_none(server, tmp_path, model, test_trace):
     ctx = ScoringContext(model, "L3N872", " course", "neo2024", seed=2, test=test_trace)
-    pair = PairToScore(HEAD, EXPLANATION, None)
+    pair = PairToScore(HEAD, EXPLANATION, head_examples(test_trace, HEAD, limit=10))
+    assert [i.text for i in pair_data(ctx, pair).test] == pair.test.active + pair.test.inactive
     planned = {name: PLANNED_CALLS[name](ctx, pair) for name in ("detection", "fuzz", "simulation")}
     assert all(n > 0 for n in planned.values()) and not server.requests  # counted before any call
     results = {name: RUNNERS[name](make_llm(server, tmp_path), ctx, pair) for name in planned}

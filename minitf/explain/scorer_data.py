@@ -167,14 +167,15 @@ def _item(model, tokens: Sequence[int], bos: bool, kind: str, labelled: Labelled
                       sources=tuple(s - shift for s in labelled.sources[b]), where=where)
 
 
-def scorer_data(model, trace, head: str, *, n_test: int | None = None, corpus=None, seed: int = 0,
-                n_random: int = N_RANDOM, n_hard: int = N_HARD, n_sources: int = N_SOURCES,
-                scan_docs: int = SCAN_DOCS) -> ScorerData:
+def scorer_data(model, trace, head: str, *, n_test: int | None = None, texts: Sequence[str] | None = None,
+                corpus=None, seed: int = 0, n_random: int = N_RANDOM, n_hard: int = N_HARD,
+                n_sources: int = N_SOURCES, scan_docs: int = SCAN_DOCS) -> ScorerData:
     """Gather a pair's :class:`ScorerData` from the test trace (``minitf.trace.Trace``), the model and a corpus.
 
     ``n_test``: the trace's first prompts scored (None: the trace protocol's ``n_test``, as the paper's scoring
-    takes them). ``corpus``: where negatives come from (None: the trace's own corpus, else the model's);
-    ``n_random``/``n_hard``: negatives of each kind (0: none, and no corpus is read).
+    takes them); or ``texts``: exactly these prompts of the trace, in this order (the paper scorer's test
+    prompts, ``HeadExamples.active + inactive``). ``corpus``: where negatives come from (None: the trace's own
+    corpus, else the model's); ``n_random``/``n_hard``: negatives of each kind (0: none, and no corpus is read).
     """
     from minitf.corpus import default_corpus, documents, tokenized_documents
     from minitf.prompts import neuron_activations, prompts_from_texts
@@ -188,8 +189,16 @@ def scorer_data(model, trace, head: str, *, n_test: int | None = None, corpus=No
     bos = settings.origin.bos is not False
     options = dict(rule=settings.rule, scores=settings.scores, include_same_layer=settings.include_same_layer,
                    n_sources=n_sources)
-    records = trace.prompts[:n_test]
-    records = [r for r in records if str(h) in r.active_heads] + [r for r in records if str(h) not in r.active_heads]
+    if texts is None:
+        records = trace.prompts[:n_test]
+        records = [r for r in records if str(h) in r.active_heads] + [r for r in records if str(h) not in r.active_heads]
+    else:
+        by_text = {}
+        for r in trace.prompts:
+            by_text.setdefault(r.text, r)
+        if missing := [t for t in texts if t not in by_text]:
+            raise MinitfError(f"test prompt {missing[0]!r} is not a prompt of the test trace of {trace.neuron.name}")
+        records = [by_text[t] for t in texts]
     prompts = [p.tokens for p in prompts_from_texts(model, [r.text for r in records], bos)]
     labelled = label_prompts(model, neuron, h, prompts, **options)
     test = tuple(_item(model, p, bos, "test", labelled, b, f"test prompt {trace.prompts.index(r) + 1}",

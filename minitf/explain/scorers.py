@@ -361,11 +361,13 @@ _DATA: dict[tuple, tuple[Any, ScorerData]] = {}
 
 def pair_data(ctx: ScoringContext, pair: PairToScore) -> ScorerData | None:
     """``scorer_data`` of the pair from ``ctx`` (its test trace, model, seed; negatives from the test prompts' corpus,
-    else ``ctx.corpus``; n_test the protocol's),
+    else ``ctx.corpus``; the test prompts ``pair.test``'s, else the protocol's first n_test),
     gathered once per (trace, head, seed, corpus) and kept while the trace lives; None without a test trace."""
     if ctx.test is None:
         return None
-    key = (id(ctx.test), pair.head, ctx.seed, str(ctx.corpus), ctx.protocol)
+    test = pair.test  # the paper scorer's test prompts (HeadExamples), when given: the same ones here
+    texts = None if test is None else tuple(test.active) + tuple(test.inactive)
+    key = (id(ctx.test), pair.head, ctx.seed, str(ctx.corpus), ctx.protocol, texts)
     hit = _DATA.get(key)
     if hit is None or hit[0] is not ctx.test:
         if len(_DATA) >= 64:
@@ -373,7 +375,7 @@ def pair_data(ctx: ScoringContext, pair: PairToScore) -> ScorerData | None:
         origin = ctx.test.settings.origin.corpus  # the test prompts' corpus (a --test-corpus too), where it is
         corpus = origin if origin and Path(origin).is_file() else ctx.corpus
         hit = _DATA[key] = (ctx.test, scorer_data(ctx.model, ctx.test, pair.head, seed=ctx.seed, corpus=corpus,
-                                                  n_test=get_protocol(ctx.protocol).n_test))
+                                                  n_test=get_protocol(ctx.protocol).n_test, texts=texts))
     return hit[1]
 
 
