@@ -261,3 +261,34 @@ def test_hooks_plan_exactly_the_calls_made_and_a_rerun_makes_none(server, tmp_pa
     again = {name: RUNNERS[name](make_llm(server, tmp_path), ctx, pair) for name in planned}
     assert again == results and len(server.requests) == sum(planned.values())  # all from the cache
     assert [len(PLANNERS[n](ctx, pair)) for n in planned] == list(planned.values())
+
+
+@pytest.mark.parametrize("protocol", ["neo2024", "minitf"])
+def test_detection_leaves_malformed_answers_out_by_the_protocols_parsing(tmp_path, data, protocol):
+    """" Yes" is Yes to minitf's parsing and malformed to the authors' exact one; "Maybe" is malformed to both."""
+    def reply(body):
+        example = example_of(body["messages"][-1]["content"])
+        return "Maybe" if ";" in example else (" Yes" if "," in example else "No")
+
+    srv = FakeServer()
+    srv.answer = reply
+    srv.start()
+    try:
+        result = score_detection(make_llm(srv, tmp_path), data, EXPLANATION, protocol=protocol)
+    finally:
+        srv.stop()
+    items = data.test + data.negatives
+
+    def expected(example):
+        if ";" in example:
+            return None
+        if "," not in example:
+            return 0
+        return 1 if protocol == "minitf" else None
+
+    predicted = [expected(i.text + data.token) for i in items]
+    kept = [(int(i.active), p) for i, p in zip(items, predicted) if p is not None]
+    assert result.detail["n_malformed"] == len(items) - len(kept) > 0
+    ba, lo, hi, _ = ba_reference([y for y, _ in kept], [p for _, p in kept])
+    assert result.value == pytest.approx(ba, abs=1e-12) and result.interval == pytest.approx((lo, hi), abs=2e-4)
+    assert result.detail["answers"] == [[i.kind, i.where, int(i.active), p] for i, p in zip(items, predicted)]
