@@ -27,6 +27,11 @@ N_TEST = 10  # neo2024's
 
 def answer(body) -> str:
     user = body["messages"][-1]["content"]
+    if "Are the marked tokens" in user:  # fuzzing (test_scorers' rules): Yes iff " of" or " the" is marked
+        return "Yes" if any(t.strip() in ("of", "the") for t in re.findall(r"<<(.*?)>>", user)) else "No"
+    if "On a scale from 0" in user:  # simulation: the example's length mod 11
+        m = re.search(r'Example: """\n(.*)\n"""\nAnswer: $', user, re.S) or re.search(r'\n\* (.*)\n"""', user, re.S)
+        return f"Score: {len(m[1]) % 11}"
     if body.get("max_tokens", 0) > 20:  # an explain request
         return f"active when the text contains '{WORDS[int(h(user)[-8:], 16) % len(WORDS)]}'"
     explanation = user.split("\n")[0]
@@ -236,3 +241,21 @@ def test_study_scores_every_pair_with_its_interval_and_baselines(server, tmp_pat
     assert "How far to trust the scores" in page
     assert (f"<td class=nw>{r['neuron']} {h}</td><td class=nw>{paper['value']:.3f} [{paper['interval'][0]:.3f}, "
             f"{paper['interval'][1]:.3f}]</td>") in page
+
+
+def test_every_scorer_counted_before_it_runs(server, explained):
+    """``--scorers paper,detection,fuzz,simulation --baselines``: the dry run's count per scorer is the calls then
+    made (the scorers' own values are checked in test_scorers.py); each head prints each scorer's line."""
+    common, _ = explained
+    scorers = ["--scorers", "simulation,paper,fuzz,detection", "--baselines"]
+    start = len(server.requests)
+    dry = ok_json(cli("score", *common, *scorers, "--dry-run", "--json"))
+    assert len(server.requests) == start
+    names = [c["name"] for c in dry["calls"]]
+    assert names == ["paper", "paper/random_explanation", "paper/token_only", "detection", "fuzz", "simulation"]
+    assert all(c["calls"] > 0 for c in dry["calls"] if c["name"] in ("detection", "fuzz", "simulation"))
+    text = cli("score", *common, *scorers)
+    assert text.returncode == 0, text.stderr
+    assert len(server.requests) - start == sum(c["calls"] for c in dry["calls"])
+    for name in ("paper", "detection", "fuzz", "simulation"):
+        assert text.stdout.count(f"\n  {name}: ") == len(HEADS), (name, text.stdout)

@@ -239,10 +239,12 @@ def donors_of(explained: dict[str, str], seed: int) -> dict[str, tuple[str, str]
     return {h: None if d is None else (explained[heads[d]], heads[d]) for h, d in zip(heads, donors)}
 
 
-def _pairs(inputs):
+def _pairs(inputs, donors: dict[str, tuple[str, str] | None]):
+    """The heads to score as ``PairToScore``, each with its random-explanation donor (``donors``; {}: none)."""
     from minitf.explain.scorers import PairToScore
 
-    return [PairToScore(h, inputs.explained[h], test) for h, test in inputs.tests.items()]
+    return [PairToScore(h, inputs.explained[h], test, *(donors.get(h) or (None, None)))
+            for h, test in inputs.tests.items()]
 
 
 def plan_score(inputs, scorers: Sequence[str], ctx, *, seed: int = 0, baselines: bool = False
@@ -252,15 +254,15 @@ def plan_score(inputs, scorers: Sequence[str], ctx, *, seed: int = 0, baselines:
 
     p = inputs.protocol
     planned = {"paper": [r for h, t in inputs.tests.items() for r in explanation_requests(inputs.explained[h], t, p)]}
+    donors = donors_of(inputs.explained, seed) if baselines else {}
     if baselines:
-        donors = donors_of(inputs.explained, seed)
         for name in LLM_BASELINES:
             planned[f"paper/{name}"] = [r for h, t in inputs.tests.items()
                                         for r in baseline_requests(t, p, (donors[h] or (None,))[0])[name]]
     for name in scorers:
         if name != "paper":
             plan = PLANNERS.get(name)
-            planned[name] = [] if plan is None else [r for pair in _pairs(inputs) for r in plan(ctx, pair)]
+            planned[name] = [] if plan is None else [r for pair in _pairs(inputs, donors) for r in plan(ctx, pair)]
     return planned
 
 
@@ -274,7 +276,7 @@ def run_scorers(llm, inputs, scores: Sequence[HeadScore], scorers: Sequence[str]
     donors = donors_of(inputs.explained, seed) if baselines else {}
     by_head = {s.head: s for s in scores}
     out: dict[str, dict[str, ScorerResult]] = {}
-    for pair in _pairs(inputs):
+    for pair in _pairs(inputs, donors):
         s = by_head[pair.head]
         extra = llm_baselines(llm, pair.test, inputs.protocol, donors.get(pair.head)) if baselines else []
         results = {"paper": with_baselines(paper_result(s, seed=seed), extra + constant_baselines(s.labels,

@@ -56,11 +56,15 @@ class PairToScore:
         head: the head's name (``L1H2``).
         explanation: the LLM's explanation of when the head is active.
         test: the test prompts (``minitf.explain.prompts.HeadExamples``: active first), labelled by the head rule.
+        donor, donor_source: the random-explanation baseline's explanation (another pair's, drawn with the seed)
+            and where it came from (``L3N872/L1H2`` or ``L1H2``); None without ``--baselines``.
     """
 
     head: str
     explanation: str
     test: Any
+    donor: str | None = None
+    donor_source: str | None = None
 
 
 @dataclass(frozen=True)

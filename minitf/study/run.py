@@ -187,17 +187,15 @@ def explain_and_score(llm, train, test, protocol: str = "neo2024", explain_promp
     from minitf.explain.driver import evaluate_head, get_protocol, head_examples
 
     p = get_protocol(protocol)
-    done, pending = {}, []
+    done, pending, scored = {}, [], {}
     for h in train.differential_heads:
         try:
             examples = head_examples(test, h, p.n_test)
-            s = evaluate_head(llm, head_examples(train, h, explain_prompts), examples, protocol=p)
-            done[h] = s.to_dict(items=True)
-            if scoring is not None and s.explanation and s.labels:
-                done[h]["scorers"] = scoring(llm, train, test, s, examples)
+            scored[h] = (evaluate_head(llm, head_examples(train, h, explain_prompts), examples, protocol=p), examples)
+            done[h] = scored[h][0].to_dict(items=True)
         except BudgetExhausted:
             pending.append(h)
-    return done, pending
+    return (done, pending) if scoring is None else scoring(llm, train, test, scored, done, pending)
 
 
 def study_neuron(model, neuron: Neuron, options: StudyOptions, corpus: Path, index, docs, explain: bool,

@@ -21,29 +21,46 @@ from minitf.util.fmt import num as _fmt
 
 SCORE_BINS = 10
 FDR = 0.05
+CHANCE = {"balanced_accuracy": 0.5, "roc_auc": 0.5}
+"""A metric's value with no signal (a correlation's: 0)."""
 
 
 # ---- per pair --------------------------------------------------------------------------------------------------
 def pair_scoring(model, options) -> Callable:
-    """``fn(llm, train, test, score, test_examples) -> {scorer: ScorerResult JSON}`` for ``run.explain_and_score``:
-    the study's ``scorers`` on one scored pair (``options``: a ``StudyOptions``)."""
-    from minitf.explain.baselines import constant_baselines, llm_baselines, paper_result, with_baselines
+    """``fn(llm, train, test, scored, done, pending) -> (done, pending)`` for ``run.explain_and_score``: the study's
+    ``scorers`` on a neuron's pairs (``scored``: {head: (HeadScore, its test HeadExamples)}), each scored pair's
+    results added to its ``done[head]["scorers"]``; a pair the ``max_calls`` budget leaves undone moves from ``done``
+    to ``pending`` (in head order, redone by a rerun). ``options``: a ``StudyOptions``. With ``options.baselines`` the scorers past the
+    paper's get their random explanation from another of the neuron's heads (the paper's: :func:`random_explanations`,
+    over the whole study)."""
+    from minitf.explain.baselines import constant_baselines, donors_of, llm_baselines, paper_result, with_baselines
+    from minitf.explain.budget import BudgetExhausted
     from minitf.explain.scorers import RUNNERS, PairToScore, ScorerResult, ScoringContext, parse_scorers
 
     scorers = parse_scorers(options.scorers)
 
-    def score(llm, train, test, s, examples) -> dict[str, Any]:
-        extra = llm_baselines(llm, examples, options.protocol) if options.baselines else []
-        out = {"paper": with_baselines(paper_result(s, seed=options.seed),
-                                       extra + constant_baselines(s.labels, options.protocol)).to_json()}
-        ctx = ScoringContext(model, s.neuron, s.token, options.protocol, options.seed, train, test, options.corpus)
-        for name in scorers:
-            if name != "paper":
-                run = RUNNERS.get(name)
-                result = (run(llm, ctx, PairToScore(s.head, s.explanation, examples)) if run is not None
-                          else ScorerResult(name, "", None, skip_reason="not built in this minitf"))
-                out[name] = result.to_json()
-        return out
+    def score(llm, train, test, scored: dict, done: dict, pending: list) -> tuple[dict, list[str]]:
+        scored = {h: (s, x) for h, (s, x) in scored.items() if s.explanation and s.labels}
+        donors = donors_of({h: s.explanation for h, (s, _) in scored.items()}, options.seed) if options.baselines else {}
+        undone = []
+        for h, (s, examples) in scored.items():
+            try:
+                extra = llm_baselines(llm, examples, options.protocol) if options.baselines else []
+                out = {"paper": with_baselines(paper_result(s, seed=options.seed),
+                                               extra + constant_baselines(s.labels, options.protocol)).to_json()}
+                ctx = ScoringContext(model, s.neuron, s.token, options.protocol, options.seed, train, test,
+                                     options.corpus)
+                pair = PairToScore(h, s.explanation, examples, *(donors.get(h) or (None, None)))
+                for name in scorers:
+                    if name != "paper":
+                        run = RUNNERS.get(name)
+                        out[name] = (run(llm, ctx, pair) if run is not None
+                                     else ScorerResult(name, "", None, skip_reason="not built in this minitf")).to_json()
+                done[h]["scorers"] = out
+            except BudgetExhausted:
+                undone.append(h)
+        return ({h: d for h, d in done.items() if h not in undone},
+                [h for h in train.differential_heads if h in pending or h in undone])
 
     return score
 
@@ -117,6 +134,7 @@ def scorer_aggregates(records: list[dict], seed: int = 0) -> dict | None:
         tested = [(pair, res["p_value"]) for pair, res in scored if res["p_value"] is not None]
         fdr = benjamini_hochberg([p for _, p in tested], fdr=FDR) if tested else None
         with_interval = [res for _, res in scored if res["interval"] is not None]
+        chance = CHANCE.get(results[0][1]["metric"], 0.0)
         boot = bootstrap_study(values, seed=seed)
         baselines: dict[str, list[float]] = {}
         for _, res in scored:
@@ -129,8 +147,9 @@ def scorer_aggregates(records: list[dict], seed: int = 0) -> dict | None:
             "bootstrap": None if boot is None else boot.to_json(),
             "fdr": None if fdr is None else {"level": FDR, "tested": len(tested), "rejected": fdr.n_rejected,
                                              "pairs": [pair for (pair, _), ok in zip(tested, fdr.rejected) if ok]},
-            "above_chance": {"share": (sum(res["interval"][0] > 0.5 for res in with_interval) / len(with_interval)
-                                       if with_interval else None), "with_interval": len(with_interval)},
+            "above_chance": {"chance": chance, "with_interval": len(with_interval),
+                             "share": (sum(res["interval"][0] > chance for res in with_interval) / len(with_interval)
+                                       if with_interval else None)},
             "baselines": {b: _distribution(v) for b, v in baselines.items()},
         }
     return out
@@ -146,8 +165,8 @@ def scorer_lines(study: dict) -> list[str]:
         return []
     from minitf.explain.baselines import BASELINE_LABEL
 
-    lines = ["", "scorers over all scored pairs (95 % bootstrap intervals over pairs; 'above ½': the pair's own 95 % "
-                 "interval lies above chance; BH: pairs better than chance at a 5 % false discovery rate)"]
+    lines = ["", "scorers over all scored pairs (95 % bootstrap intervals over pairs; 'above chance': the pair's own 95 % "
+                 "interval lies above ½ (a correlation's: above 0); BH: pairs better than chance at a 5 % false discovery rate)"]
     for name, a in agg.items():
         b = a["bootstrap"]
         if b is None:
@@ -158,7 +177,7 @@ def scorer_lines(study: dict) -> list[str]:
         bh = a["fdr"]
         lines.append(f"  {name}: mean {_fmt(m['estimate'])} [{_fmt(m['low'])}, {_fmt(m['high'])}], "
                      f"share ≥ {b['threshold']} {_fmt(s['estimate'], '.2f')} [{_fmt(s['low'], '.2f')}, "
-                     f"{_fmt(s['high'], '.2f')}], above ½ {_fmt(above, '.2f')}, "
+                     f"{_fmt(s['high'], '.2f')}], above chance {_fmt(above, '.2f')}, "
                      f"BH {bh['rejected'] if bh else 0} of {bh['tested'] if bh else 0} (n {a['scored']})")
         if a["baselines"]:
             lines.append("    baselines: " + "; ".join(
