@@ -259,3 +259,33 @@ def test_every_scorer_counted_before_it_runs(server, explained):
     assert len(server.requests) - start == sum(c["calls"] for c in dry["calls"])
     for name in ("paper", "detection", "fuzz", "simulation"):
         assert text.stdout.count(f"\n  {name}: ") == len(HEADS), (name, text.stdout)
+
+
+def test_scorer_aggregates_of_a_correlation_scorer():
+    """A scorer whose metric is a correlation (simulation): chance is 0, the histogram spans [-1, 1], BH runs on its
+    p-values and its baselines are summarised; pairs without a value are left out (recomputed with numpy)."""
+    import numpy as np
+
+    from minitf.explain.scorers import Baseline, ScorerResult
+    from minitf.study.scoring import scorer_aggregates
+
+    rng = np.random.default_rng(0)
+    rows = [(float(r), (float(r) - 0.3, min(1.0, float(r) + 0.3)), float(p), float(b))
+            for r, p, b in zip(rng.uniform(-1, 1, 12), rng.uniform(0, 0.2, 12), rng.uniform(-1, 1, 12))]
+    records = [{"neuron": f"L3N{i}", "explanations": {"L1H1": {"scorers": {"simulation": ScorerResult(
+        "simulation", "pearson", r, ci, p, baselines=(Baseline("random_explanation", b),)).to_json()}}}}
+        for i, (r, ci, p, b) in enumerate(rows)]
+    records.append({"neuron": "L3N99", "explanations": {"L1H1": {"scorers": {"simulation": ScorerResult(
+        "simulation", "pearson", None, skip_reason="constant").to_json()}}}})
+    sim = scorer_aggregates(records, seed=1)["simulation"]
+    values = [r for r, _, _, _ in rows]
+    assert sim["pairs"] == 13 and sim["scored"] == 12
+    assert sim["distribution"]["mean"] == pytest.approx(np.mean(values))
+    assert sim["distribution"]["std"] == pytest.approx(np.std(values, ddof=1))
+    counts, _ = np.histogram(values, bins=10, range=(-1, 1))
+    assert [b["count"] for b in sim["distribution"]["histogram"]] == counts.tolist()
+    assert sim["above_chance"] == {"chance": 0.0, "with_interval": 12,
+                                   "share": pytest.approx(np.mean([ci[0] > 0 for _, ci, _, _ in rows]))}
+    assert sim["fdr"]["rejected"] == bh_reference([p for _, _, p, _ in rows])
+    assert sim["bootstrap"]["share"]["estimate"] == pytest.approx(np.mean([v >= 0.8 for v in values]))
+    assert sim["baselines"]["random_explanation"]["mean"] == pytest.approx(np.mean([b for *_, b in rows]))

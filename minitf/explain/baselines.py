@@ -211,6 +211,11 @@ def interval_text(value: float | None, interval: tuple[float, float] | None) -> 
     return num(value) + ("" if interval is None else f" [{num(interval[0])}, {num(interval[1])}]")
 
 
+def _p_label(kind: str | None, p: str) -> str:
+    """``permutation p 0.400``, or ``p 0.982 (its kind)`` for another kind of p-value."""
+    return f"permutation p {p}" if kind is None or kind.startswith("permutation") else f"p {p} ({kind})"
+
+
 def result_lines(result: ScorerResult) -> list[str]:
     """Two indented lines: the scorer's value with its 95 % interval and p-values, then its baselines."""
     from minitf.util.fmt import num
@@ -220,7 +225,7 @@ def result_lines(result: ScorerResult) -> list[str]:
     d = result.detail
     chance = f", P(BA ≤ 0.5) {num(d['p_at_most_chance'])}" if d.get("p_at_most_chance") is not None else ""
     lines = [f"  {result.scorer}: {result.metric.replace('_', ' ')} {interval_text(result.value, result.interval)}"
-             f" (95 % interval){chance}, permutation p {num(result.p_value)}"]
+             f" (95 % interval){chance}, {_p_label(d.get('p_value_kind'), num(result.p_value))}"]
     if result.baselines:
         parts = [f"{BASELINE_LABEL.get(b.name, b.name)}{f' ({b.source})' if b.source else ''} "
                  f"{interval_text(b.value, b.interval)}" for b in result.baselines]

@@ -105,14 +105,14 @@ def random_explanations(llm, records: list[dict], options, save, say) -> None:
 
 
 # ---- aggregates --------------------------------------------------------------------------------------------------
-def _distribution(values: list[float]) -> dict:
-    from minitf.explain.metrics import summarize
-
+def _distribution(values: list[float], low: float = 0.0) -> dict:
+    """count, mean, std (N − 1), median and a ``SCORE_BINS``-bin histogram over [low, 1] (the last bin closed)."""
     x = np.asarray(values, np.float64)
-    s = summarize(values, n_bins=SCORE_BINS)
+    counts, edges = np.histogram(x, bins=SCORE_BINS, range=(low, 1.0))
     return {"count": int(x.size), "mean": float(x.mean()) if x.size else None,
             "std": float(x.std(ddof=1)) if x.size >= 2 else None, "median": float(np.median(x)) if x.size else None,
-            "histogram": [{"low": lo, "high": hi, "count": c} for lo, hi, c in s.bins]}
+            "histogram": [{"low": float(a), "high": float(b), "count": int(c)}
+                          for a, b, c in zip(edges[:-1], edges[1:], counts)]}
 
 
 def scorer_aggregates(records: list[dict], seed: int = 0) -> dict | None:
@@ -143,14 +143,14 @@ def scorer_aggregates(records: list[dict], seed: int = 0) -> dict | None:
                     baselines.setdefault(b["name"], []).append(b["value"])
         out[name] = {
             "metric": results[0][1]["metric"], "pairs": len(results), "scored": len(scored),
-            "distribution": _distribution(values),
+            "distribution": _distribution(values, low=-1.0 if chance == 0.0 else 0.0),
             "bootstrap": None if boot is None else boot.to_json(),
             "fdr": None if fdr is None else {"level": FDR, "tested": len(tested), "rejected": fdr.n_rejected,
                                              "pairs": [pair for (pair, _), ok in zip(tested, fdr.rejected) if ok]},
             "above_chance": {"chance": chance, "with_interval": len(with_interval),
                              "share": (sum(res["interval"][0] > chance for res in with_interval) / len(with_interval)
                                        if with_interval else None)},
-            "baselines": {b: _distribution(v) for b, v in baselines.items()},
+            "baselines": {b: _distribution(v, low=-1.0 if chance == 0.0 else 0.0) for b, v in baselines.items()},
         }
     return out
 

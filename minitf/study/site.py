@@ -201,18 +201,21 @@ def _scorer_section(study: dict) -> str:
         return ""
     from minitf.explain.baselines import BASELINE_LABEL, interval_text
 
-    rows, names = [], []
+    rows, names, others = [], [], []
     for entry in study["neurons"]:
         for h, e in sorted((entry.get("explanations") or {}).items()):
             paper = (e.get("scorers") or {}).get("paper")
             if paper is None:
                 continue
             names += [b["name"] for b in paper["baselines"] if b["name"] not in names]
+            others += [n for n in e["scorers"] if n != "paper" and n not in others]
             base = {b["name"]: interval_text(b["value"], b["interval"]) for b in paper["baselines"]}
+            base |= {f"scorer {n}": interval_text(r["value"], r["interval"]) for n, r in e["scorers"].items()}
             rows.append((f"{entry['neuron']} {h}", interval_text(paper["value"], paper["interval"]),
                          _f(paper["detail"].get("p_at_most_chance")), _f(paper["p_value"]), base))
-    head = "".join(f"<th>{_e(x)}</th>" for x in ["pair", "paper [95 % interval]", "P(BA ≤ ½)", "p"]
-                   + [BASELINE_LABEL.get(n, n) for n in names])
+    names += [f"scorer {n}" for n in others]  # the scorers past Yes/No, after the paper's baselines
+    head = "".join(f"<th>{_e(x)}</th>" for x in ["pair", "paper [95 % interval]", "P(BA ≤ ½)", "permutation p"]
+                   + [BASELINE_LABEL.get(n, n.removeprefix("scorer ")) for n in names])
     body = "".join("<tr>" + "".join(f"<td class=nw>{_e(x)}</td>" for x in (pair, v, pc, p)
                                      + tuple(base.get(n, "–") for n in names)) + "</tr>"
                    for pair, v, pc, p, base in rows)
