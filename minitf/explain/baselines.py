@@ -34,6 +34,9 @@ LLM_BASELINES = ("random_explanation", "token_only")
 
 CONSTANT_BASELINES = ("constant_yes", "constant_no")
 
+BASELINE_ORDER = LLM_BASELINES + CONSTANT_BASELINES
+"""How the paper scorer's baselines are listed and printed."""
+
 
 def _protocol(protocol):
     from minitf.explain.driver import get_protocol
@@ -138,10 +141,6 @@ def with_baselines(result: ScorerResult, baselines: Sequence[Baseline]) -> Score
     extra = sum(result.n for b in baselines if b.name in LLM_BASELINES and b.name not in
                 {x.name for x in result.baselines})
     return replace(result, baselines=ordered, calls=result.calls + extra)
-
-
-BASELINE_ORDER = LLM_BASELINES + CONSTANT_BASELINES
-"""How baselines are listed and printed."""
 
 
 # ---- counting the calls before any is made ---------------------------------------------------------------------
