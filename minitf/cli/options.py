@@ -147,3 +147,22 @@ def llm_options(llm_default: str | None, llm_help: str, max_calls_help: str):
 def emit_json(obj) -> None:
     click.echo(json.dumps(obj, indent=2, ensure_ascii=False))
 
+
+
+# ---- issue 24: scorers beside the paper's, and its baselines (score, study) ----------------------------------
+def _scorers(value: str) -> tuple[str, ...]:
+    from minitf.explain.scorers import parse_scorers
+
+    return parse_scorers(value)
+
+
+scorers_option = click.option(
+    "--scorers", default="paper", show_default=True, callback=parsed_by(_scorers),
+    help="Scorers of each explanation, comma-separated: paper (the protocol's Yes/No balanced accuracy, with its "
+         "95 % interval and permutation p-value), detection, fuzz, simulation.")
+baselines_option = click.option(
+    "--baselines", is_flag=True,
+    help="Also score each pair's baselines with the LLM: a random explanation (another pair's, drawn with --seed) "
+         "and the token-only explanation (more calls: --dry-run counts them). Constant answers always come.")
+seed_option = click.option("--seed", default=0, show_default=True, type=int,
+                           help="Seed of the random-explanation baseline and of permutation draws.")

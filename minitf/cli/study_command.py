@@ -9,6 +9,7 @@ from minitf.cli.options import (CACHE_DEFAULT, ablate_option, cache_dir_option, 
     include_same_layer_option, index_dir_option, json_option, layers_option, llm_options, main, model_option,
     n_prompts_option, no_progress_option, parsed_by, protocol_option, protocol_rule_option, scores_option, split_option,
     stacked, test_corpus_option)
+from minitf.cli.options import baselines_option, scorers_option  # issue 24
 
 
 def parse_study_exclude(values) -> tuple[list[str], str | None]:
@@ -58,15 +59,17 @@ study_exclude_option = click.option(
 @stacked(  # issue 20: the paper's protocol, its random-neuron baseline, prompt-count ablation and comparison table
     protocol_option, test_corpus_option,
     click.option("--random-neurons", is_flag=True, help="The paper's baseline: --per-layer neurons drawn at random."),
-    click.option("--seed", default=0, show_default=True, type=int, help="Seed of --random-neurons."),
+    click.option("--seed", default=0, show_default=True, type=int,
+                 help="Seed of --random-neurons, of the random-explanation baseline and of the bootstrap."),
     click.option("--explain-prompts", type=click.Choice(["10", "20", "30"]), default=None,
                  help="Explain from the first N train prompts only (the paper's prompt-count ablation)."),
     click.option("--compare", "compare", is_flag=True, help="Print the paper's table for the study folders DIRS."),
     click.argument("dirs", nargs=-1, type=click.Path(file_okay=False, exists=True)))
+@stacked(scorers_option, baselines_option)  # issue 24: scorers beside the paper's, and its LLM baselines
 def study(out, model_spec, layers, per_layer, exclude, neurons_file, min_count, corpus, split, n_prompts, rule,
           head_scores, include_same_layer, ablate, llm_model, base_url, max_calls, concurrency, timeout, max_retries,
           cache_dir, restart, no_progress, as_json, protocol, test_corpus, random_neurons, seed, explain_prompts,
-          compare, dirs, paths):
+          compare, dirs, paths, scorers, baselines):
     """The paper's experiments over many neurons: trace, ablate, explain and score; aggregates and a site (resumable)."""
     from minitf.index.build import IndexInterrupted
     from minitf.study.run import StudyInterrupted, StudyOptions, run_study, summary_lines
@@ -83,7 +86,8 @@ def study(out, model_spec, layers, per_layer, exclude, neurons_file, min_count, 
                            neurons_file=neurons_file, corpus=corpus, split=split, n_prompts=n_prompts, rule=rule,
                            scores=head_scores, include_same_layer=include_same_layer, min_count=min_count, ablate=ablate,
                            llm=llm_model, base_url=base_url, max_calls=max_calls, concurrency=concurrency,
-                           timeout=timeout, max_retries=max_retries, cache_dir=cache_dir, paths=paths)
+                           timeout=timeout, max_retries=max_retries, cache_dir=cache_dir, paths=paths,
+                           scorers=",".join(scorers), baselines=baselines)
     try:
         result = run_study(minitf.load(model_spec), out, options, restart=restart, progress=not no_progress,
                            say=lambda line: click.echo(line, err=True))

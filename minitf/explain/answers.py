@@ -1,13 +1,18 @@
-"""Parsing the LLM's Yes/No answers (see ``minitf.explain.driver``): the answer word and ``P(Yes)`` from log-probabilities."""
+"""Parsing the LLM's Yes/No answers (see ``minitf.explain.driver``): the answer word and ``P(Yes)`` from log-probabilities;
+and the simulation scorer's 0–10 (:func:`parse_simulation`)."""
 
 from __future__ import annotations
 
 import math
+import re
 import string
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 _STRIP = string.whitespace + string.punctuation
+SIMULATION_SCALE = (0, 10)
+"""The simulation scorer's answers: whole numbers from 0 (the head does not drive the neuron) to 10."""
+_NUMBER = re.compile(r"[-+]?\d+(?:[.,]\d+)?")
 
 
 def normalize_answer(text: str) -> int | None:
@@ -71,3 +76,13 @@ def parse_response(response: dict[str, Any]) -> Answer:
         top = first.get("top_logprobs") or [first]
         p_yes = yes_probability(top)
     return Answer(text=text, prediction=normalize_answer(text), p_yes=p_yes)
+
+
+def parse_simulation(text: str) -> int | None:
+    """The first number in ``text`` when it is a whole number in 0–10 (``"7"``, ``" 7/10"``, ``"Score: 10."``);
+    None (malformed, left out and counted) otherwise (``"7.5"``, ``"11"``, ``"seven"``, ``""``)."""
+    m = _NUMBER.search(text or "")
+    if m is None or not m.group().lstrip("+-").isdigit():
+        return None
+    value = int(m.group())
+    return value if SIMULATION_SCALE[0] <= value <= SIMULATION_SCALE[1] else None

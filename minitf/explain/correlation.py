@@ -139,3 +139,50 @@ def auc_with_se(labels: Sequence[int], scores: Sequence[float | None], *, level:
     se = hanley_mcneil_se(auc, n_pos, n_neg)
     return AUCEstimate(auc=auc, se=se, low=max(0.0, auc - z * se), high=min(1.0, auc + z * se), level=level,
                        n_pos=n_pos, n_neg=n_neg)
+
+
+def _betainc(a: float, b: float, x: float) -> float:
+    """The regularised incomplete beta function ``I_x(a, b)`` by its continued fraction (modified Lentz; the
+    symmetry ``I_x(a, b) = 1 − I_{1−x}(b, a)`` where the fraction converges slowly), to ~1e-14."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    if x > (a + 1.0) / (a + b + 2.0):
+        return 1.0 - _betainc(b, a, 1.0 - x)
+    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    tiny = 1e-300
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    f = d
+    for m in range(1, 500):
+        for numerator in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+                          -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+            d = 1.0 + numerator * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + numerator / c
+            c = c if abs(c) > tiny else tiny
+            f *= c * d
+        if abs(c * d - 1.0) < 1e-15:
+            break
+    return math.exp(log_front) * f / a
+
+
+def correlation_p_value(r: float | None, n: int) -> float | None:
+    """One-sided p-value of a correlation this large with no association, ``P(R ≥ r)`` (scipy's
+    ``pearsonr(..., alternative="greater")``; Spearman's ρ by the same t approximation as ``spearmanr``).
+
+    ``t = r · sqrt((n − 2) / (1 − r²))`` has Student's t distribution with ``n − 2`` degrees of freedom, whose
+    two-sided tail is ``I_{ν/(ν+t²)}(ν/2, ½)``: ``p = ½ I`` for r > 0, ``1 − ½ I`` otherwise (0 at r = 1, 1 at
+    r = −1). None when r is None or n < 3.
+    """
+    if r is None or n < 3:
+        return None
+    if r >= 1.0:
+        return 0.0
+    if r <= -1.0:
+        return 1.0
+    nu = n - 2
+    t2 = r * r * nu / (1.0 - r * r)
+    two_sided = _betainc(nu / 2.0, 0.5, nu / (nu + t2))
+    return 0.5 * two_sided if r > 0 else 1.0 - 0.5 * two_sided

@@ -24,7 +24,7 @@ here too.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, Protocol, Sequence
 
 from minitf.errors import MinitfError
@@ -263,11 +263,42 @@ def explain_neuron(model, neuron, llm: CompletionClient | None, store: ResultSto
     return out
 
 
+@dataclass
+class ScoreInputs:
+    """What the score command scores, before any request: the protocol, every stored explanation of the neuron
+    (``explained``, by head: the random-explanation baseline's donors), the heads to score with their test prompts
+    (``tests``), the heads skipped with why, and the test prompts' trace."""
+
+    protocol: Any
+    explained: dict[str, str]
+    tests: dict[str, HeadExamples]
+    skipped: dict[str, str]
+    test_trace: Trace
+
+
 def score_neuron(model, neuron, llm: CompletionClient, store: ResultStore, head: str | None = None,
                  **trace_options: Any) -> tuple[list[HeadScore], dict[str, str]]:
     """Score the stored explanations of ``neuron``'s heads on the first n_test (the protocol's) of its top
     test prompts (the test split, or ``test_corpus``), labelled by the same rule and head scores, with the
     protocol's requests and scoring. Returns (scores, {head: skip reason}); scores are saved in ``store``."""
+    inputs = score_inputs(model, neuron, store, head, **trace_options)
+    return score_tests(llm, store, inputs), inputs.skipped
+
+
+def score_tests(llm: CompletionClient, store: ResultStore, inputs: ScoreInputs) -> list[HeadScore]:
+    """Score each head of ``inputs.tests`` (``score_explanation``), saving its score in ``store``."""
+    scores = []
+    for name, test in inputs.tests.items():
+        s = score_explanation(llm, inputs.explained[name], test, inputs.protocol)
+        store.update(name, balanced_accuracy=s.balanced_accuracy, roc_auc=s.roc_auc, n_test=s.n_test,
+                     n_malformed=s.n_malformed, protocol=inputs.protocol.name)
+        scores.append(s)
+    return scores
+
+
+def score_inputs(model, neuron, store: ResultStore, head: str | None = None, **trace_options: Any) -> ScoreInputs:
+    """``score_neuron``'s inputs: the stored explanations (refused when made under other settings, or missing)
+    and the test prompts of each head to score; no request is made."""
     p = _protocol(trace_options.get("protocol"))
     trace_options = trace_options | {"protocol": p.name}
     stored = store.load()
@@ -281,6 +312,7 @@ def score_neuron(model, neuron, llm: CompletionClient, store: ResultStore, head:
         if made != now:
             raise MinitfError(f"{store.path}: the explanation of {h} was made with {made}, this score uses {now}: "
                               "rerun 'python cli.py explain' with the same --rule, --scores and --protocol")
+    every = dict(sorted(explained.items()))
     if head:
         from minitf.names import parse_head
 
@@ -295,17 +327,14 @@ def score_neuron(model, neuron, llm: CompletionClient, store: ResultStore, head:
         raise MinitfError(f"{store.path}: no explanation for {neuron}{' ' + head if head else ''}: "
                           "run 'python cli.py explain' first")
     result, _ = _traced_heads(model, neuron, "test", None, trace_options)
-    scores, skipped = [], {}
-    for name, explanation in sorted(explained.items()):
+    tests, skipped = {}, {}
+    for name in sorted(explained):
         test = head_examples(result, name, limit=p.n_test)
         if reason := _test_skip(p, test):
             skipped[name] = reason
             continue
-        s = score_explanation(llm, explanation, test, p)
-        store.update(name, balanced_accuracy=s.balanced_accuracy, roc_auc=s.roc_auc, n_test=s.n_test,
-                     n_malformed=s.n_malformed, protocol=p.name)
-        scores.append(s)
-    return scores, skipped
+        tests[name] = test
+    return ScoreInputs(p, every, tests, skipped, result)
 
 
 # ---- the explain and score commands' text ---------------------------------------------------------------------

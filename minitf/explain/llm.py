@@ -145,6 +145,15 @@ class LLM:
                 "retries": self.retries,
             }
 
+    def request_key(self, request: dict[str, Any]) -> str:
+        """The cache key of one request ``{"messages", **params}``, as :meth:`complete_many` computes it."""
+        return cache_key(self.server, self.model, request["messages"],
+                         {k: v for k, v in request.items() if k != "messages"})
+
+    def is_cached(self, request: dict[str, Any]) -> bool:
+        """Whether the answer to ``request`` is in the cache (then asking costs no call); counts nothing."""
+        return self.cache.get(self.request_key(request)) is not None
+
     def complete(self, messages: list[dict[str, Any]], **params: Any) -> dict[str, Any]:
         """One chat completion, from the cache or the server.
 

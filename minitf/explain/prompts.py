@@ -207,3 +207,83 @@ def authors_classify_prompt(version: str, prompt: str, token: str, explanation: 
 def authors_messages(prompt: str) -> list[dict[str, str]]:
     """The authors' request messages: the prompt as the one user message, no system message."""
     return [{"role": "user", "content": prompt}]
+
+
+# ------------------------------------------------------------------- scorers past Yes/No (minitf.explain.scorers)
+MARK_OPEN, MARK_CLOSE = "<<", ">>"
+"""How source fuzzing marks a token: ``<<token>>`` (a leading space stays outside: `` <<of>>``)."""
+
+FUZZ_PARAMS: dict[str, Any] = SCORE_PARAMS
+"""A fuzzing answer is one Yes/No word, asked like the score's (top-5 log-probabilities for ROC-AUC)."""
+
+FUZZ_SYSTEM = (
+    "You check explanations of attention heads in a language model. Given an explanation of when a head is "
+    "active and a document in which some tokens are marked, you say whether the marked tokens are the ones the "
+    "explanation says the head looks at. Answer with a single word: Yes or No."
+)
+
+FUZZ_TEMPLATE = """\
+An attention head in a language model helps the model predict that the next token is "{token}". \
+Here is an explanation of when the head is active:
+
+{explanation}
+
+Here is a document, which ends with the token "{token}". Line breaks are shown as {newline}. Some tokens \
+are marked like {open}this{close}.
+\"\"\"
+* {example}
+\"\"\"
+
+Are the marked tokens what the head looks at, according to the explanation? Answer Yes or No."""
+
+
+def mark_tokens(tokens: Sequence[str], marked: Sequence[int]) -> str:
+    """The tokens joined, those at ``marked`` positions wrapped in ``<<…>>`` (leading whitespace kept outside)."""
+    chosen = set(marked)
+    out = []
+    for i, t in enumerate(tokens):
+        if i in chosen:
+            body = t.lstrip()
+            t = t[:len(t) - len(body)] + MARK_OPEN + body + MARK_CLOSE
+        out.append(t)
+    return "".join(out)
+
+
+def fuzz_messages(explanation: str, token: str, tokens: Sequence[str], marked: Sequence[int]) -> list[dict[str, str]]:
+    """System + user messages asking whether the marking of ``tokens`` at ``marked`` fits the explanation."""
+    user = FUZZ_TEMPLATE.format(token=format_text(token), explanation=explanation.strip(), newline=NEWLINE_MARK,
+                                open=MARK_OPEN, close=MARK_CLOSE,
+                                example=format_example(mark_tokens(tokens, marked), token))
+    return [{"role": "system", "content": FUZZ_SYSTEM}, {"role": "user", "content": user}]
+
+
+SIMULATION_PARAMS: dict[str, Any] = {"max_tokens": 4, "temperature": 0}
+"""A simulation answer is one integer 0–10."""
+
+SIMULATION_SYSTEM = (
+    "You simulate an attention head in a language model from an explanation of when it is active. "
+    "Answer with a single integer from 0 to 10."
+)
+
+SIMULATION_TEMPLATE = """\
+An attention head in a language model helps the model predict that the next token is "{token}". \
+Here is an explanation of when the head is active:
+
+{explanation}
+
+Here is an example document, which ends with the token "{token}". Line breaks inside the \
+document are shown as {newline}.
+\"\"\"
+* {example}
+\"\"\"
+
+On a scale from 0 (not at all) to 10 (as strongly as it ever does), how strongly does the head drive the \
+prediction of "{token}" on this example? Answer with one integer from 0 to 10."""
+
+
+def simulation_messages(explanation: str, token: str, prompt: str) -> list[dict[str, str]]:
+    """System + user messages asking for a 0–10 prediction of how strongly the head drives the neuron on
+    ``prompt``."""
+    user = SIMULATION_TEMPLATE.format(token=format_text(token), explanation=explanation.strip(),
+                                      newline=NEWLINE_MARK, example=format_example(prompt, token))
+    return [{"role": "system", "content": SIMULATION_SYSTEM}, {"role": "user", "content": user}]

@@ -66,7 +66,7 @@ class StudyDir:
         except (OSError, ValueError, KeyError, TypeError):
             raise MinitfError(f"{path}: unreadable study settings; rerun with `restart` to start over") from None
         for key in list(settings) + [k for k in before if k not in settings]:
-            if not _same(before.get(key), settings.get(key)):
+            if not _same(before.get(key, ADDED_LATER.get(key)), settings.get(key)):
                 raise MinitfError(f"`out` {self.path} holds a study made with {key} = {_short(before.get(key))}, "
                                   f"not {_short(settings.get(key))}; rerun with `restart` to start over, "
                                   "or choose another `out`", param="out")
@@ -91,6 +91,10 @@ class StudyDir:
 
     def save_study(self, study: dict) -> None:
         write_json(self.path / STUDY_FILE, study)
+
+
+ADDED_LATER = {"scorers": "paper", "baselines": False}
+"""Settings added after studies were made: a settings.json without one was made with this value (issue 24)."""
 
 
 def _same(before, now) -> bool:

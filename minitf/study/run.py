@@ -54,6 +54,7 @@ from minitf.study.select import read_neuron_list, select_neurons, study_selectio
 from minitf.study.folder import FORMAT, VERSION, StudyDir
 from minitf.util.lock import folder_lock
 from minitf.study.summary import aggregates, summary_entry, summary_lines  # noqa: F401  (summary_lines: the CLI's)
+from minitf.study.scoring import pair_scoring, random_explanations
 
 
 class StudyInterrupted(KeyboardInterrupt):
@@ -91,6 +92,8 @@ class StudyOptions:
     explain_prompts: int | None = None  # explain from the first N train prompts only (None: all)
     index_dir: str | None = None  # where the corpus's index is read or built (``ensure_index``)
     exclude_list: str | None = None  # the authors' reject list: "paper" | "none" (None: the protocol's exclude)
+    scorers: str = "paper"  # issue 24: scorers beside the paper's (minitf.study.scoring), comma-separated
+    baselines: bool = False  # issue 24: the LLM baselines too (random explanation with ``seed``, token only)
 
     NOT_SETTINGS = ("max_calls", "concurrency", "timeout", "max_retries", "cache_dir", "neurons_file", "index_dir")  # budget and plumbing only
 
@@ -174,24 +177,26 @@ def test_ablation_samples(model, neuron: Neuron, prompts, token: int, heads: lis
                      "dp": [float(x) for x in drops[h][1]], "p_clean": [float(x) for x in p_clean]} for h in hs}
 
 
-def explain_and_score(llm, train, test, protocol: str = "neo2024", explain_prompts: int | None = None
-                      ) -> tuple[dict, list[str]]:
+def explain_and_score(llm, train, test, protocol: str = "neo2024", explain_prompts: int | None = None,
+                      scoring=None) -> tuple[dict, list[str]]:
     """{head: HeadScore dict (with items)} for the train trace's differential heads, explained from the first
     ``explain_prompts`` prompts of ``train`` and scored on the first n_test (the protocol's) of ``test``
     (``explain.evaluate_head``, with the protocol's requests and scoring), and the heads left undone because the
-    LLM's call budget (``max_calls``) ran out (their answers so far are cached)."""
+    LLM's call budget (``max_calls``) ran out (their answers so far are cached). ``scoring`` (``minitf.study.scoring
+    .pair_scoring``) adds each scored pair's ``"scorers"``."""
     from minitf.explain.budget import BudgetExhausted
     from minitf.explain.driver import evaluate_head, get_protocol, head_examples
 
     p = get_protocol(protocol)
-    done, pending = {}, []
+    done, pending, scored = {}, [], {}
     for h in train.differential_heads:
         try:
-            done[h] = evaluate_head(llm, head_examples(train, h, explain_prompts), head_examples(test, h, p.n_test),
-                                    protocol=p).to_dict(items=True)
+            examples = head_examples(test, h, p.n_test)
+            scored[h] = (evaluate_head(llm, head_examples(train, h, explain_prompts), examples, protocol=p), examples)
+            done[h] = scored[h][0].to_dict(items=True)
         except BudgetExhausted:
             pending.append(h)
-    return done, pending
+    return (done, pending) if scoring is None else scoring(llm, train, test, scored, done, pending)
 
 
 def study_neuron(model, neuron: Neuron, options: StudyOptions, corpus: Path, index, docs, explain: bool,
@@ -313,9 +318,10 @@ def _run_locked(model, folder: StudyDir, options: StudyOptions, neurons: list[Ne
                                   progress)
     run_neurons(model, neurons, todo, options, corpus, index, docs, llm, folder, finished, progress,
                 (Path(options.test_corpus), *test_inputs) if test_inputs else None)
+    random_explanations(llm, finished.records(neurons), options, folder.save_record, say)  # --baselines
     chosen = settings["selection"]  # said once the neurons are done, so that an error before stays the one line
     say(f"study: protocol {options.protocol}, neuron walk {chosen['walk']}; {chosen['note']}")
-    if llm is not None:  # said once the neurons are done, so that an error before stays the one line on stderr
+    if llm is not None:
         from minitf.explain.driver import test_prompts_line
 
         say(f"protocol {options.protocol}; {test_prompts_line(options.protocol, options.test_corpus)}")
@@ -434,6 +440,7 @@ def run_neurons(model, neurons: list[Neuron], todo: list[Neuron], options: Study
     from minitf.util.progress import Progress
 
     bar = Progress("study", len(neurons), len(finished.done), unit="neurons", enabled=progress, every=15.0)
+    scoring = pair_scoring(model, options) if llm is not None else None
     llm_thread = ThreadPoolExecutor(1, thread_name_prefix="minitf-study-llm") if llm is not None else None
     waiting: deque = deque()  # (record, future of explain_and_score) in neuron order
 
@@ -462,7 +469,7 @@ def run_neurons(model, neurons: list[Neuron], todo: list[Neuron], options: Study
                     finish(record)
                 else:
                     waiting.append((record, llm_thread.submit(explain_and_score, llm, *traces, options.protocol,
-                                                                   options.explain_prompts)))
+                                                                   options.explain_prompts, scoring)))
                     collect(block=False)
             collect(block=True)
             if not stop.is_set():
@@ -482,7 +489,8 @@ def study_result(settings: dict, records: list[dict], complete: bool, llm, pendi
     explanations = ("done" if not pending_heads else f"{pending_heads} differential heads left unexplained "
                     "(--max-calls)") if llm is not None else f"skipped: {skipped_reason}"
     return {"format": FORMAT, "version": VERSION, "settings": settings, "explanations": explanations,
-            "complete": complete, "aggregates": aggregates(records, llm is not None, settings.get("protocol", "neo2024")),
+            "complete": complete, "aggregates": aggregates(records, llm is not None, settings.get("protocol", "neo2024"),
+                                                                settings.get("seed", 0)),
             "neurons": [summary_entry(r) for r in records], "run": run}
 
 

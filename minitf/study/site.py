@@ -19,6 +19,7 @@ from minitf.util.fmt import num as _f
 from minitf.scores import scores_mode
 from minitf.trace import Trace
 from minitf.study.summary import paper_lines
+from minitf.study.scoring import scorer_lines
 
 _SCRIPT = r"""
 (function () {
@@ -180,6 +181,7 @@ def render_index(study: dict) -> str:
             + "<section><h2>The paper's aggregates</h2><p class=hint>As the paper computes them (protocol "
               f"{_e(s.get('protocol', 'minitf'))}; docs/protocols.md); the table above is minitf's pooled version."
               "</p><div class=wide><pre>" + _e("\n".join(paper_lines(study))) + "</pre></div></section>"
+            + _scorer_section(study)  # issue 24
             + "<section><h2>Neurons</h2><p class=hint>Click a column to sort; a neuron opens its report.</p>"
             + _neuron_rows(study["neurons"]) + "</section>")
     return ("<!DOCTYPE html>\n"
@@ -189,6 +191,39 @@ def render_index(study: dict) -> str:
             f'<meta name="referrer" content="no-referrer">'
             f"<title>minitf study · {len(study['neurons'])} neurons</title><style>{STYLE}{_EXTRASTYLE}</style>"
             f"</head>\n<body><main>{body}</main>\n<script>{_SCRIPT}</script></body></html>\n")
+
+
+def _scorer_section(study: dict) -> str:
+    """How far to trust the scores (issue 24): per scorer its aggregates (``scoring.scorer_lines``), then one row per
+    scored pair: the paper's score, its 95 % interval, P(BA ≤ ½), the permutation p-value and each baseline."""
+    lines = scorer_lines(study)
+    if not lines:
+        return ""
+    from minitf.explain.baselines import BASELINE_LABEL, interval_text
+
+    rows, names, others = [], [], []
+    for entry in study["neurons"]:
+        for h, e in sorted((entry.get("explanations") or {}).items()):
+            paper = (e.get("scorers") or {}).get("paper")
+            if paper is None:
+                continue
+            names += [b["name"] for b in paper["baselines"] if b["name"] not in names]
+            others += [n for n in e["scorers"] if n != "paper" and n not in others]
+            base = {b["name"]: interval_text(b["value"], b["interval"]) for b in paper["baselines"]}
+            base |= {f"scorer {n}": interval_text(r["value"], r["interval"]) for n, r in e["scorers"].items()}
+            rows.append((f"{entry['neuron']} {h}", interval_text(paper["value"], paper["interval"]),
+                         _f(paper["detail"].get("p_at_most_chance")), _f(paper["p_value"]), base))
+    names += [f"scorer {n}" for n in others]  # the scorers past Yes/No, after the paper's baselines
+    head = "".join(f"<th>{_e(x)}</th>" for x in ["pair", "paper [95 % interval]", "P(BA ≤ ½)", "permutation p"]
+                   + [BASELINE_LABEL.get(n, n.removeprefix("scorer ")) for n in names])
+    body = "".join("<tr>" + "".join(f"<td class=nw>{_e(x)}</td>" for x in (pair, v, pc, p)
+                                     + tuple(base.get(n, "–") for n in names)) + "</tr>"
+                   for pair, v, pc, p, base in rows)
+    return ("<section><h2>How far to trust the scores</h2><p class=hint>Each pair's score with its Beta-posterior "
+            "95 % interval, the posterior probability that it does no better than chance, the permutation p-value, "
+            "and its baselines scored on the same test prompts (README: how to read an interval and a baseline)."
+            "</p><div class=wide><pre>" + _e("\n".join(lines[1:])) + "</pre><table><thead><tr>" + head
+            + "</tr></thead><tbody>" + body + "</tbody></table></div></section>")
 
 
 def _explanations(record: dict) -> dict | None:

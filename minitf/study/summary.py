@@ -15,6 +15,7 @@ from minitf.heads import both_classes
 from minitf.names import parse_head
 from minitf.util.fmt import num as _fmt
 from minitf.trace import Trace
+from minitf.study.scoring import scorer_aggregates, scorer_lines
 
 SCORE_BINS = 10  # explanation-score histogram bins over [0, 1]
 
@@ -80,7 +81,7 @@ def paper(records: list[dict], explained: bool, n_test: int) -> dict:
             "p_clean_mean": float(np.mean(p_clean)) if p_clean else None}
 
 
-def aggregate(records: list[dict], explained: bool, n_test: int = 10) -> dict:
+def aggregate(records: list[dict], explained: bool, n_test: int = 10, seed: int = 0) -> dict:
     """The study's numbers over a group of neuron records (see the module docstring): minitf's (pooled
     ablation drops, scores with N − 1) and, under ``"paper"``, the paper's (``paper``)."""
     traced = [r for r in records if "trace" in r]
@@ -120,19 +121,20 @@ def aggregate(records: list[dict], explained: bool, n_test: int = 10) -> dict:
         if explained else None,
         "ablation": {"pairs": sum(n_diff), "dp": _drops(*samples["dp"]), "dpost": _drops(*samples["dpost"])},
         "paper": paper(records, explained, n_test),
+        **({"scorers": sc} if explained and (sc := scorer_aggregates(records, seed)) else {}),  # issue 24
     }
 
 
-def aggregates(records: list[dict], explained: bool, protocol: str = "neo2024") -> dict:
+def aggregates(records: list[dict], explained: bool, protocol: str = "neo2024", seed: int = 0) -> dict:
     """Per layer and over all: ``aggregate`` (minitf's pooled numbers, and the paper's under "paper", its
     ablation on the protocol's first n_test test prompts)."""
     from minitf.protocol import get_protocol
 
     n_test = get_protocol(protocol).n_test
     layers = sorted({r["layer"] for r in records})
-    return {"layers": {str(layer): aggregate([r for r in records if r["layer"] == layer], explained, n_test)
+    return {"layers": {str(layer): aggregate([r for r in records if r["layer"] == layer], explained, n_test, seed)
                        for layer in layers},
-            "all": aggregate(records, explained, n_test),
+            "all": aggregate(records, explained, n_test, seed),
             **({"paths": p} if (p := paths_aggregate(records)) is not None else {})}  # study --paths only
 
 
@@ -213,6 +215,7 @@ def summary_lines(study: dict) -> list[str]:
                      f"{_fmt(a['differential_heads_per_neuron']['mean'], '.2f'):>7}  {dist or '–':<15}{score:<20}"
                      f"{drops:<22}{'–' if ks is None else format(ks['statistic'], '.2f') + ' (' + format(ks['p_value'], '.1e') + ')'}")
     lines += paths_lines(study)  # study --paths
+    lines += scorer_lines(study)  # issue 24: per scorer, its intervals and baselines
     lines += [""] + paper_lines(study)
     return [line.rstrip() for line in lines]
 
