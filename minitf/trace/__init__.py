@@ -216,33 +216,86 @@ def trace_neuron(model: Model, neuron: Neuron, source: PromptSource | None = Non
 
 
 def authors_trace_prompts(model, neuron, corpus, split, bos, proto) -> tuple[list[Prompt], PromptOrigin]:
-    """The neuron's prompts by ``authors_prompts`` on the documents of ``split``, and their origin (what was
-    dropped on the way, in its notes)."""
+    """The neuron's prompts by ``authors_prompts`` on the documents of ``split`` (``authors_prompt_sets``), and
+    their origin (what was dropped on the way, in its notes); MinitfError when none survives."""
+    prompts, origin = authors_prompt_sets(model, [neuron], corpus, split, proto)[neuron]
+    if not prompts:
+        raise MinitfError(f"{corpus}: no prompt of {neuron} survives the authors' trimming in the {split} split")
+    if not bos:
+        origin.notes.append("--no-bos: not applied; the protocol traces each prompt re-tokenised with BOS")
+    return prompts, origin
+
+
+def authors_prompt_sets(model, neurons, corpus, split, proto, index=None) -> dict:
+    """{neuron: (prompts, origin)}: each neuron's prompts by ``authors_prompts`` on the documents of ``split``,
+    all neurons trimmed in lockstep (one batched forward pass per bisection step), and their origins (what
+    was dropped on the way in the notes; no prompt survived: an empty list). The candidates come from the
+    corpus's index (``index``, else the one ``load_index`` finds) when it holds the neurons' layers, the split
+    and n_candidates documents per neuron (``index_candidates``: no peak pass); else from every document."""
     from minitf.corpus import documents
     from minitf.index.build import load_index
     from minitf.prompts import authors_prompts
 
-    split_ = None if split == "all" else split
-    index = load_index(model, corpus)  # its top documents, when they are all firing, hold the top n_candidates
-    top = index.top(neuron, split_) if index is not None and index.covers(neuron, split_) and index.bos else []
-    wanted = {d for d, _, a in top if a > 0} if len(top) >= proto.n_candidates and top[-1][2] > 0 else None
-    docs = (d for d in documents(corpus, split_) if wanted is None or d.doc_id in wanted)
-    got = authors_prompts(model, [neuron], docs, proto)[neuron]
-    if not got.prompts:
-        raise MinitfError(f"{corpus}: no prompt of {neuron} survives the authors' trimming in the {split} split")
-    prompts = [Prompt(p.tokens, mined=Mined(p.doc_id, p.token_pos, p.activation, p.trimmed_activation))
-               for p in got.prompts]
-    notes = [f"{proto.name}'s trimming (the authors'): {got.candidates} top documents trimmed without BOS; "
-             f"{got.dropped_long} dropped (≥ {proto.max_prompt_tokens} tokens), {got.cut} past the first "
-             f"{proto.n_prompts}, {got.duplicates} duplicate strings collapsed; {got.below_threshold} kept with an "
-             f"activation not above 0.8·A (as the authors keep them)"]
-    if got.dropped_bos_peak:
-        notes.append(f"documents {', '.join(map(str, got.dropped_bos_peak))} peak at BOS: dropped (the authors' "
-                     "code crashes on them)")
-    if not bos:
-        notes.append("--no-bos: not applied; the protocol traces each prompt re-tokenised with BOS")
-    return prompts, PromptOrigin(True, notes, f"the first {len(prompts)} trimmed the authors' way from {corpus}, "
-                                              f"split {split}", str(corpus), split)
+    split_, n_cand = None if split == "all" else split, proto.n_candidates
+    index = index if index is not None else load_index(model, corpus)
+    if (index is not None and index.bos and index.k >= n_cand and all(index.covers(n, split_) for n in neurons)):
+        real, a_bos = index_candidates(model, index, neurons, split_, n_cand)
+        fill = 2 * n_cand if any(len(rows) < n_cand for rows in real.values()) else 0
+        wanted = {d for rows in real.values() for d, _, _ in rows}
+        docs = [d for i, d in enumerate(documents(corpus, split_)) if d.doc_id in wanted or i < fill]
+        firsts = [d.doc_id for d in docs][:fill]  # the split's first documents (file order): BOS peaks rank so
+        top = {n: rows + [(d, 0, a_bos[n]) for d in firsts if d not in {x for x, _, _ in rows}][:n_cand - len(rows)]
+               for n, rows in real.items()}
+        got = authors_prompts(model, neurons, docs, proto, top=top)
+    else:
+        got = authors_prompts(model, neurons, documents(corpus, split_), proto)
+    out = {}
+    for n in neurons:
+        g = got[n]
+        prompts = [Prompt(p.tokens, mined=Mined(p.doc_id, p.token_pos, p.activation, p.trimmed_activation))
+                   for p in g.prompts]
+        notes = [f"{proto.name}'s trimming (the authors'): {g.candidates} top documents trimmed without BOS; "
+                 f"{g.dropped_long} dropped (≥ {proto.max_prompt_tokens} tokens), {g.cut} past the first "
+                 f"{proto.n_prompts}, {g.duplicates} duplicate strings collapsed; {g.below_threshold} kept with an "
+                 f"activation not above 0.8·A (as the authors keep them)"]
+        if g.dropped_bos_peak:
+            notes.append(f"documents {', '.join(map(str, g.dropped_bos_peak))} peak at BOS: dropped (the authors' "
+                         "code crashes on them)")
+        source = (f"the first {len(prompts)} trimmed the authors' way from {corpus}, split {split}" if prompts
+                  else f"none trimmed the authors' way from {corpus}")
+        out[n] = prompts, PromptOrigin(True, notes, source, str(corpus), split)
+    return out
+
+
+class AuthorsPromptSets:
+    """``authors_prompt_sets`` for a study's neurons a layer at a time: the first of a layer's neurons asked
+    for (``sets(neuron)`` → (prompts, origin)) trims all of them in lockstep, so each bisection step is one
+    batched forward pass to that layer for the layer's neurons and documents together."""
+
+    def __init__(self, model, neurons, corpus, split, proto, index=None):
+        self.model, self.neurons, self.corpus, self.split, self.proto, self.index = (model, list(neurons), corpus,
+                                                                                     split, proto, index)
+        self.ready: dict = {}
+
+    def __call__(self, neuron):
+        if neuron not in self.ready:
+            layer = [n for n in self.neurons if n.layer == neuron.layer and n not in self.ready] or [neuron]
+            self.ready |= authors_prompt_sets(self.model, layer, self.corpus, self.split, self.proto, self.index)
+        return self.ready.pop(neuron)
+
+
+def index_candidates(model, index, neurons, split, n: int) -> tuple[dict, dict]:
+    """({neuron: [(doc_id, p, A)]}, {neuron: A_bos}): each neuron's top n documents the authors' way (A = max
+    over ALL positions of [BOS] + doc, p its first argmax; ties: lower doc_id first) from the index, whose
+    peaks leave BOS out. Position 0 sees only BOS, so its activation A_bos is the same in every document and
+    A = max(A_bos, A_index): the documents whose index peak is above A_bos rank as the index has them; every
+    other document peaks at BOS (p = 0, A = A_bos). A neuron with fewer than n documents above A_bos has
+    them all in the index (its k-th is not above A_bos, or it holds every document); the authors' stable sort
+    then ranks the split's lowest doc_ids next (``authors_prompt_sets`` adds them)."""
+    from minitf.prompts import last_activations
+
+    a_bos = dict(zip(neurons, last_activations(model, [([model.bos], nn) for nn in neurons])))  # BOS alone
+    return {nn: [(d, p, a) for d, p, a in index.top(nn, split) if a > a_bos[nn]][:n] for nn in neurons}, a_bos
 
 
 def card_record(card: dict, layer_size: int) -> NeuronCard:
