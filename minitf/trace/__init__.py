@@ -33,7 +33,7 @@ from minitf.model import Model, Run
 from minitf.names import Neuron, check_neuron
 from minitf.paths import ABLATE_WITH, PathsRecord, head_paths
 from minitf.prompts import Mined, Prompt, prompts_from_texts, read_prompt_file
-from minitf.runs import trace_batches
+from minitf.runs import TRACE_BATCH_BYTES, trace_batches
 from minitf.protocol import Protocol, get_protocol
 from minitf.scores import DEFAULT, scores_mode
 from minitf.why import NEEDED as WHY_NEEDED, check_model as why_check, top_source_positions, why_for_heads
@@ -100,6 +100,7 @@ def trace(model: Model, neuron: Neuron, prompts: list[Prompt], options: TraceOpt
     chunks: dict[str, list[np.ndarray]] = {"effect": [], "context": [], "constant": [], "active": [], "errors": [],
                                            "relative": []}
     per_prompt = []
+    kept, kept_bytes = [], 0  # per batch, while small: what its ablation reruns from (no clean run from layer 0)
     for batch in batches:  # pass 1: effects, active heads and the per-prompt records, one bounded batch at a time
         run = model.run([prompts[i].tokens for i in batch], stop_at_layer=neuron.layer,  # resid_pre: ablation
                         keep=NEEDED | {"resid_pre"} | (WHY_NEEDED if options.why else set()))
@@ -115,7 +116,12 @@ def trace(model: Model, neuron: Neuron, prompts: list[Prompt], options: TraceOpt
                         ("relative", errors / np.maximum(fx.magnitude(), 1e-30))):
             chunks[name].append(a)
         if len(batches) > 1:
-            run = fx = None  # freed before the next batch's run is made (one batch's arrays at a time)
+            cache = {("resid_pre", k): run["resid_pre", k] for k in range(neuron.layer + 1)}  # [B, T, D] each
+            cache["post", neuron.layer] = run["post", neuron.layer][..., [neuron.index]]  # [B, T, 1]
+            kept_bytes += sum(a.nbytes for a in cache.values())
+            kept.append(Run(run.tokens, run.lengths, None, cache, {neuron.layer: [neuron.index]})
+                        if kept_bytes <= TRACE_BATCH_BYTES else None)
+            run = fx = cache = None  # freed before the next batch's run is made (one batch's arrays at a time)
     parts = {name: np.concatenate(chunks[name]) for name in ("effect", "context", "constant")}  # each [P, N]
     effects, active = parts[mode.selects], np.concatenate(chunks["active"])  # [P, N], [P, N]
     is_differential = in_band(active.sum(0), len(prompts), proto.band)  # [N]
@@ -131,7 +137,7 @@ def trace(model: Model, neuron: Neuron, prompts: list[Prompt], options: TraceOpt
                                  replace_with=replace_with)
     else:
         drops = [ablate_heads(model, [prompts[i].tokens for i in batch], neuron, card.token.id, to_ablate,
-                              replace_with=replace_with) for batch in batches]
+                              run=reuse, replace_with=replace_with) for batch, reuse in zip(batches, kept)]
         ablations = {h: tuple(np.concatenate([d[h][k] for d in drops]) for k in (0, 1)) for h in to_ablate}
 
     # ---- paths (``--paths``): each differential head's effect split by path, removed as the ablation removes it
