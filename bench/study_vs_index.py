@@ -73,7 +73,7 @@ def model_folder(cache: Path) -> Path:
         log(f"writing a random GPT-2-small-shaped checkpoint to {folder} …")
         tmp = cache / "gpt2-small-random.partial"
         shutil.rmtree(tmp, ignore_errors=True)
-        here = Path(__file__).resolve().parent  # bench/kernels.py would shadow the `kernels` package transformers imports
+        here = Path(__file__).resolve().parent  # bench/kernels.py would shadow transformers' `kernels` package
         sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
         common.make_checkpoint(tmp)
         for name in ("vocab.json", "merges.txt"):
@@ -150,7 +150,7 @@ def profile_study(model_dir: Path, corpus: Path, index_dir: Path, work: Path, to
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--docs", type=int, default=300)
-    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=2, help="repetitions (each ≈ 4.5 min on 2 quiet cores)")
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "minitf-bench-study",
                     help="where the model and the corpus are made once and kept")
     ap.add_argument("--no-build-study", action="store_true", help="skip the study that builds its own index")
@@ -169,24 +169,24 @@ def main() -> None:
         for rep in range(args.reps):
             d = work / f"rep{rep}"
             base = ["--model", str(model_dir), "--corpus", str(corpus), "--layer", LAYERS]
-            index_s, index_o, index_out = run_cli(["index", *base, "--index-dir", str(d / "index"), "--no-progress", "--json"],
-                                       d / "cache-index")
+            index_s, index_o, index_out = run_cli(["index", *base, "--index-dir", str(d / "index"), "--no-progress",
+                                                   "--json"], d / "cache-index")
             study_args = ["study", *base, "--per-layer", str(PER_LAYER), "--no-progress", "--json"]
             study_s, study_o, _ = run_cli([*study_args, "--out", str(d / "study"), "--index-dir", str(d / "index")],
-                                       d / "cache-study")
+                                          d / "cache-study")
             row = {"index": index_s, "study": study_s, "others": [index_o, study_o]}
             if not args.no_build_study:
                 built_s, built_o, _ = run_cli([*study_args, "--out", str(d / "study-built"), "--index-dir",
-                                            str(d / "index-study")], d / "cache-study-built")
-                row |= {"study_built": built_s}
+                                               str(d / "index-study")], d / "cache-study-built")
+                row["study_built"] = built_s
                 row["others"].append(built_o)
             rows.append(row)
             study_json = json.loads((d / "study" / "study.json").read_text())
             n_tokens = sum(json.loads(index_out)["manifest"]["tokens"].values())
+            built = (f", study building its index {built_s:.1f} s = {built_s / index_s:.2f}×"
+                     if "study_built" in row else "")
             log(f"rep {rep + 1}: index {index_s:.1f} s, study (index reused) {study_s:.1f} s = "
-                f"{study_s / index_s:.2f}×" + (f", study building its index {row['study_built']:.1f} s = "
-                                               f"{row['study_built'] / index_s:.2f}×" if 'study_built' in row else "")
-                + f"; others used {max(row['others']):.0f} % CPU at most")
+                f"{study_s / index_s:.2f}×{built}; others used {max(row['others']):.0f} % CPU at most")
             shutil.rmtree(d, ignore_errors=True)
 
     def med(key):

@@ -96,7 +96,10 @@ def trace(model: Model, neuron: Neuron, prompts: list[Prompt], options: TraceOpt
     candidates = candidate_heads(neuron.layer, model.cfg.n_head, same_layer)
     layers = np.array([h.layer for h in candidates], int)  # [N]
     indices = np.array([h.head for h in candidates], int)  # [N]
-    batches = trace_batches(model, neuron, [p.tokens for p in prompts])
+    by_length = sorted(range(len(prompts)), key=lambda i: len(prompts[i].tokens))  # batches of like lengths
+    batches = [[by_length[j] for j in b]
+               for b in trace_batches(model, neuron, [prompts[i].tokens for i in by_length])]
+    back = np.argsort(np.concatenate(batches), kind="stable")  # [P]: batch order → prompt order
     chunks: dict[str, list[np.ndarray]] = {"effect": [], "context": [], "constant": [], "active": [], "errors": [],
                                            "relative": []}
     per_prompt = []
@@ -122,8 +125,9 @@ def trace(model: Model, neuron: Neuron, prompts: list[Prompt], options: TraceOpt
             kept.append(Run(run.tokens, run.lengths, None, cache, {neuron.layer: [neuron.index]})
                         if kept_bytes <= TRACE_BATCH_BYTES else None)
             run = fx = cache = None  # freed before the next batch's run is made (one batch's arrays at a time)
-    parts = {name: np.concatenate(chunks[name]) for name in ("effect", "context", "constant")}  # each [P, N]
-    effects, active = parts[mode.selects], np.concatenate(chunks["active"])  # [P, N], [P, N]
+    per_prompt = [per_prompt[j] for j in back]
+    parts = {name: np.concatenate(chunks[name])[back] for name in ("effect", "context", "constant")}  # each [P, N]
+    effects, active = parts[mode.selects], np.concatenate(chunks["active"])[back]  # [P, N], [P, N]
     is_differential = in_band(active.sum(0), len(prompts), proto.band)  # [N]
     order = np.argsort(-effects.mean(0), kind="stable")  # heads by mean selecting score
     to_ablate = [candidates[i] for i in sorted(set(order[:options.ablate].tolist())
@@ -133,18 +137,18 @@ def trace(model: Model, neuron: Neuron, prompts: list[Prompt], options: TraceOpt
         constants = {layer: head_value_constant(model, layer) for layer in {h.layer for h in to_ablate}}  # [H, Dh]
         replace_with = {h: constants[h.layer][h.head] for h in to_ablate}
     if len(batches) == 1:  # pass 2, the ablation: one batch reuses pass 1's run
-        ablations = ablate_heads(model, [p.tokens for p in prompts], neuron, card.token.id, to_ablate, run=run,
-                                 replace_with=replace_with)
+        drops = [ablate_heads(model, [prompts[i].tokens for i in batches[0]], neuron, card.token.id, to_ablate,
+                              run=run, replace_with=replace_with)]
     else:
         drops = [ablate_heads(model, [prompts[i].tokens for i in batch], neuron, card.token.id, to_ablate,
                               run=reuse, replace_with=replace_with) for batch, reuse in zip(batches, kept)]
-        ablations = {h: tuple(np.concatenate([d[h][k] for d in drops]) for k in (0, 1)) for h in to_ablate}
+    ablations = {h: tuple(np.concatenate([d[h][k] for d in drops])[back] for k in (0, 1)) for h in drops[0]}
 
     # ---- paths (``--paths``): each differential head's effect split by path, removed as the ablation removes it
     paths = None
     if options.paths:  # one run of every prompt (the paths' mean removal is over all of them): not batched
-        full = run if len(batches) == 1 else model.run([p.tokens for p in prompts], keep=NEEDED | {"resid_pre"},
-                                                        stop_at_layer=neuron.layer)
+        full = run if len(batches) == 1 and (back == np.arange(len(prompts))).all() else model.run(
+            [p.tokens for p in prompts], keep=NEEDED | {"resid_pre"}, stop_at_layer=neuron.layer)
         diff = [candidates[i] for i in order if is_differential[i]]  # as differential_heads lists them
         analysis = head_paths(model, full, neuron, card.token.id, diff, replace_with=replace_with,
                               ablate_with=options.ablate_with)
