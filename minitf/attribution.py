@@ -50,9 +50,14 @@ NEEDED = {"z", "v", "pattern", "ln2_scale", "pre", "mlp_out", "post"}
 
 def head_value_constant(model: Model, layer: int) -> np.ndarray:
     """c [H, Dh]: each head's constant value part c_h = b_V[h] + β₁ W_V[h] (what z_h is when every value's
-    context part x̂⊙γ₁ W_V is zeroed — TransformerLens's ``hook_v`` ablation on folded weights)."""
-    beta = model.w[f"h.{layer}.ln_1.bias"]  # [D]
-    return model.b_V[layer] + np.einsum("D,hDd->hd", beta, model.W_V[layer])  # [H, Dh]
+    context part x̂⊙γ₁ W_V is zeroed — TransformerLens's ``hook_v`` ablation on folded weights). Made once
+    per model and layer (read-only): every prompt's and position's direct effects use it."""
+    made = model.__dict__.setdefault("_head_value_constant", {})
+    if layer not in made:
+        beta = model.w[f"h.{layer}.ln_1.bias"]  # [D]
+        made[layer] = model.b_V[layer] + np.einsum("D,hDd->hd", beta, model.W_V[layer])  # [H, Dh]
+        made[layer].flags.writeable = False
+    return made[layer]
 
 
 def read_direction(model: Model, neuron: Neuron) -> tuple[np.ndarray, np.float32]:

@@ -326,13 +326,16 @@ class NeuronPrompts:
 
 
 def authors_bisection(evaluate: Callable[[list[tuple[int, int]]], list[float]], lengths: Sequence[int],
-                      activations: Sequence[float], ratio: float = THRESHOLD) -> list[tuple[int, float] | None]:
+                      activations: Sequence[float], ratio: float = THRESHOLD,
+                      longest: int | None = None) -> list[tuple[int, float] | None]:
     """``find_truncated_texts``'s binary search for many items in lockstep: item i has ``lengthsᵢ`` tokens
     (its peak the last) and peak activation Aᵢ; ``evaluate([(i, mid), …])`` returns the activation at the last
     token of item i's tokens[mid:]. Per item: start = 0, end = len − 1, mid = (start + end) // 2;
     while start != mid: start ← mid if f(mid) > ratio·A else end ← mid; mid ← (start + end) // 2.
     Returns (start_pos, trunc_act) with trunc_act the LAST evaluated activation (Aᵢ when nothing was
-    evaluated, lengths 1 and 2), or None for an item of length 0 (a peak at BOS: the authors' code crashes)."""
+    evaluated, lengths 1 and 2), or None for an item of length 0 (a peak at BOS: the authors' code crashes).
+    ``longest``: the final start_pos is ≤ end, so once len − end ≥ longest the prompt is sure to have
+    ≥ longest tokens (the caller drops it): the item stops there, returned as (end, nan)."""
     n = len(lengths)
     start, end = [0] * n, [L - 1 for L in lengths]
     mid = [(s + e) // 2 for s, e in zip(start, end)]
@@ -356,6 +359,8 @@ def authors_bisection(evaluate: Callable[[list[tuple[int, int]]], list[float]], 
             mid[i] = (start[i] + end[i]) // 2
             if start[i] == mid[i]:
                 out[i] = (mid[i], f)
+            elif longest is not None and lengths[i] - end[i] >= longest:
+                out[i] = (end[i], float("nan"))
             else:
                 still.append(i)
         running = still
@@ -402,11 +407,14 @@ def peak_activations(model, neurons: Sequence[Neuron], docs: Sequence[Sequence[i
     return {n: (A[n], P[n]) for n in neurons}
 
 
-def authors_prompts(model, neurons: Sequence[Neuron], docs: Sequence, protocol=None) -> dict[Neuron, NeuronPrompts]:
+def authors_prompts(model, neurons: Sequence[Neuron], docs: Sequence, protocol=None,
+                    top: dict | None = None) -> dict[Neuron, NeuronPrompts]:
     """Each neuron's prompts the authors' way (the module's "paper's protocols" comment; ``protocol`` a
     ``minitf.protocol.Protocol``, default neo2024: its n_candidates, max_prompt_tokens, newlines, n_prompts,
     attribution_tokens, trim_bos and prompt_tokens_counted are used). ``docs``: the corpus's documents, ``Document`` or (doc_id, text)
     in file order. All neurons' searches run in lockstep, one batched forward pass per bisection step.
+    ``top``: {neuron: [(doc_id, p, A)]} each neuron's top documents already ranked the authors' way (from the
+    index: ``trace.index_candidates``); then ``docs`` need hold only those, and no peak pass runs.
 
     Where the authors' code crashes (a document whose peak is at BOS) the document is dropped and listed in
     ``dropped_bos_peak``; a neuron with fewer prompts than n_prompts keeps what it has."""
@@ -425,9 +433,12 @@ def authors_prompts(model, neurons: Sequence[Neuron], docs: Sequence, protocol=N
     # to_tokens(doc, prepend_bos=False)[:, :p]: p ≤ len(with_bos) − 1, so the BOS-less tokens past n_ctx − 1
     # (which the authors' tokenisation has) are never used
     text_tokens = [ids[1:] for ids in with_bos]
-    peaks = peak_activations(model, neurons, with_bos)
     items = []  # (neuron, doc index, A, p)
-    for n in neurons:
+    if top is not None:
+        row = {d: i for i, (d, _) in enumerate(docs)}
+        items = [(n, row[d], float(a), int(p)) for n in neurons for d, p, a in top[n][:proto.n_candidates]]
+    peaks = peak_activations(model, neurons if top is None else [], with_bos)
+    for n in peaks:
         A, P = peaks[n]
         order = np.argsort(-A.astype(np.float64), kind="stable")[:proto.n_candidates]  # ties: lower doc first
         items += [(n, int(i), float(A[i]), int(P[i])) for i in order]
@@ -437,7 +448,9 @@ def authors_prompts(model, neurons: Sequence[Neuron], docs: Sequence, protocol=N
         return last_activations(model, [(b + text_tokens[items[i][1]][mid:items[i][3]], items[i][0])
                                         for i, mid in queries])
 
-    found = authors_bisection(evaluate, [p for _, _, _, p in items], [a for _, _, a, _ in items])
+    extra = len(b) if proto.prompt_tokens_counted == "with-bos" else 0
+    found = authors_bisection(evaluate, [p for _, _, _, p in items], [a for _, _, a, _ in items],
+                              longest=proto.max_prompt_tokens - extra)
     out = {}
     for n in neurons:
         rows = [(it, res) for it, res in zip(items, found) if it[0] == n]
@@ -447,7 +460,7 @@ def authors_prompts(model, neurons: Sequence[Neuron], docs: Sequence, protocol=N
             if res is None:
                 continue
             s, f = res
-            if p - s + (len(b) if proto.prompt_tokens_counted == "with-bos" else 0) >= proto.max_prompt_tokens:
+            if p - s + extra >= proto.max_prompt_tokens:
                 long += 1
                 continue
             piece = text_tokens[i][s:p]

@@ -211,3 +211,53 @@ def test_identical_trimmed_prompts_are_kept_once(setup, tmp_path):
     build_index(model, corpus, layers=[1], k=30, workers=1, progress=False)  # the index's spares do the same
     indexed = mine_prompts(model, neuron, corpus, split=None, k=k)
     assert sorted((p.doc_id, p.tokens) for p in indexed) == sorted(expected)
+
+
+# ---- the authors' trimming: the early stop, and candidates from the index --------------------------------
+@settings(max_examples=200, deadline=None)
+@given(lengths=st.lists(st.integers(0, 400), min_size=1, max_size=8), seed=st.integers(0, 2**31))
+def test_the_authors_bisection_stops_only_items_whose_prompt_is_too_long(lengths, seed):
+    """With ``longest`` the search stops an item once len − end ≥ longest (its start can only end ≤ end): such
+    an item's full search also ends ≥ longest tokens long; every other item ends exactly as without it."""
+    from minitf.prompts import authors_bisection
+
+    rng = np.random.default_rng(seed)
+    table = {}
+
+    def evaluate(queries):  # any activation, the same on a second ask
+        return [table.setdefault(q, float(rng.uniform(0, 1.2))) for q in queries]
+
+    full = authors_bisection(evaluate, lengths, [1.0] * len(lengths))
+    fast = authors_bisection(evaluate, lengths, [1.0] * len(lengths), longest=100)
+    for a, b, n in zip(full, fast, lengths):
+        if a is None or b == a:
+            assert b == a
+        else:
+            assert np.isnan(b[1]) and n - b[0] >= 100 and n - a[0] >= 100
+
+
+def test_authors_candidates_from_the_index_are_the_scans():
+    """On the embedded model and its shipped index: the prompts ``authors_prompt_sets`` trims from the index's
+    top documents (no peak pass) are the ones ``authors_prompts`` trims after its own peak pass over every
+    document of the split; the peak activations agree to float rounding."""
+    from pathlib import Path
+
+    from minitf.index.build import load_index
+    from minitf.prompts import authors_prompts
+    from minitf.protocol import NEO2024
+    from minitf.trace import authors_prompt_sets
+
+    tiny = Path(__file__).resolve().parent.parent / "weights" / "tiny"
+    model = Model.load(tiny)
+    corpus = tiny / "corpus.txt.gz"
+    index = load_index(model, corpus)
+    neurons = [Neuron(3, 77), Neuron(4, 901)]
+    got = authors_prompt_sets(model, neurons, corpus, "train", NEO2024, index)
+    want = authors_prompts(model, neurons, documents(corpus, "train"), NEO2024)
+    for n in neurons:
+        prompts, origin = got[n]
+        assert [(p.tokens, p.mined.doc_id, p.mined.position) for p in prompts] == \
+            [(p.tokens, p.doc_id, p.token_pos) for p in want[n].prompts] and len(prompts) >= 10
+        np.testing.assert_allclose([p.mined.activation for p in prompts], [p.activation for p in want[n].prompts],
+                                   rtol=1e-5)
+        assert f"{want[n].dropped_long} dropped" in origin.notes[0]

@@ -126,13 +126,16 @@ def ensure_index(model, corpus: Path, layers: set[int], k: int, progress: bool, 
     return load_index(model, corpus, target)
 
 
-def _prompts(model, neuron: Neuron, corpus: Path, split: str, k: int, index, docs, protocol=None):
+def _prompts(model, neuron: Neuron, corpus: Path, split: str, k: int, index, docs, protocol=None, sets=None):
     """N's mined prompts as trace prompts, and their origin as ``trace_neuron`` would record it: the authors'
-    trimming when the protocol's is theirs (``trace.authors_trace_prompts``), else ``mine_prompts``."""
+    trimming when the protocol's is theirs (``trace.authors_trace_prompts``; ``sets``: a layer's neurons at
+    once, ``trace.AuthorsPromptSets``), else ``mine_prompts``."""
     from minitf.prompts import Prompt, mine_prompts
     from minitf.trace import PromptOrigin, authors_trace_prompts
 
     proto = get_protocol(protocol, n_prompts=k)
+    if proto.trimming == "authors" and sets is not None:
+        return sets(neuron)
     if proto.trimming == "authors":
         try:
             return authors_trace_prompts(model, neuron, corpus, split, True, proto)
@@ -200,7 +203,7 @@ def explain_and_score(llm, train, test, protocol: str = "neo2024", explain_promp
 
 
 def study_neuron(model, neuron: Neuron, options: StudyOptions, corpus: Path, index, docs, explain: bool,
-                 step, test_inputs=None) -> tuple[dict, dict | None]:
+                 step, test_inputs=None, sets=None) -> tuple[dict, dict | None]:
     """One neuron's record without its explanations: its full trace, the per-prompt ablation samples of its
     differential heads and its activation histogram from the index; and, when ``explain`` and it has
     differential heads, its train- and test traces (for ``explain_and_score``), else None. The test trace is
@@ -214,7 +217,7 @@ def study_neuron(model, neuron: Neuron, options: StudyOptions, corpus: Path, ind
     record: dict = {"neuron": str(neuron), "layer": neuron.layer, "index": neuron.index}
     step("prompts")
     prompts, origin = _prompts(model, neuron, corpus, options.split, options.n_prompts, index, docs,
-                              options.protocol)
+                              options.protocol, sets)
     if not prompts:
         from minitf.neurons import neuron_card
         from minitf.trace import card_record
@@ -403,6 +406,8 @@ def load_inputs(model, corpus: Path, todo: list[Neuron], options: StudyOptions, 
     if not todo:
         return None, None
     index = ensure_index(model, corpus, {n.layer for n in todo}, options.n_prompts, progress, options.index_dir)
+    if get_protocol(options.protocol).trimming == "authors":  # its prompts read their documents (AuthorsPromptSets)
+        return index, None
     splits = [None if options.split == "all" else options.split] + (["test"] if explain else [])
     wanted = {d for n in todo for s in splits for d, _, _ in index.top(n, s)}
     return index, tokenized_documents(model, corpus, wanted)  # one pass for all neurons
@@ -437,8 +442,11 @@ def run_neurons(model, neurons: list[Neuron], todo: list[Neuron], options: Study
 
     The LLM step of a neuron runs on one background thread while the next neurons are computed (it waits on
     the server, the rest on the CPU); records are finished in neuron order, at most two neurons ahead."""
+    from minitf.trace import AuthorsPromptSets
     from minitf.util.progress import Progress
 
+    proto = get_protocol(options.protocol, n_prompts=options.n_prompts)
+    sets = AuthorsPromptSets(model, todo, corpus, options.split, proto, index) if proto.trimming == "authors" else None
     bar = Progress("study", len(neurons), len(finished.done), unit="neurons", enabled=progress, every=15.0)
     scoring = pair_scoring(model, options) if llm is not None else None
     llm_thread = ThreadPoolExecutor(1, thread_name_prefix="minitf-study-llm") if llm is not None else None
@@ -463,7 +471,8 @@ def run_neurons(model, neurons: list[Neuron], todo: list[Neuron], options: Study
                 if stop.is_set():
                     break
                 record, traces = study_neuron(model, n, options, corpus, index, docs, llm is not None,
-                                              lambda step, n=n: bar.update(status=f"{n}: {step}"), test_inputs)
+                                              lambda step, n=n: bar.update(status=f"{n}: {step}"), test_inputs,
+                                              sets)
                 if traces is None:
                     collect(block=True)  # keep the order of the records
                     finish(record)

@@ -33,7 +33,7 @@ from minitf.model import Model, Run
 from minitf.names import Neuron, check_neuron
 from minitf.paths import ABLATE_WITH, PathsRecord, head_paths
 from minitf.prompts import Mined, Prompt, prompts_from_texts, read_prompt_file
-from minitf.runs import trace_batches
+from minitf.runs import TRACE_BATCH_BYTES, trace_batches
 from minitf.protocol import Protocol, get_protocol
 from minitf.scores import DEFAULT, scores_mode
 from minitf.why import NEEDED as WHY_NEEDED, check_model as why_check, top_source_positions, why_for_heads
@@ -96,10 +96,14 @@ def trace(model: Model, neuron: Neuron, prompts: list[Prompt], options: TraceOpt
     candidates = candidate_heads(neuron.layer, model.cfg.n_head, same_layer)
     layers = np.array([h.layer for h in candidates], int)  # [N]
     indices = np.array([h.head for h in candidates], int)  # [N]
-    batches = trace_batches(model, neuron, [p.tokens for p in prompts])
+    by_length = sorted(range(len(prompts)), key=lambda i: len(prompts[i].tokens))  # batches of like lengths
+    batches = [[by_length[j] for j in b]
+               for b in trace_batches(model, neuron, [prompts[i].tokens for i in by_length])]
+    back = np.argsort(np.concatenate(batches), kind="stable")  # [P]: batch order → prompt order
     chunks: dict[str, list[np.ndarray]] = {"effect": [], "context": [], "constant": [], "active": [], "errors": [],
                                            "relative": []}
     per_prompt = []
+    kept, kept_bytes = [], 0  # per batch, while small: what its ablation reruns from (no clean run from layer 0)
     for batch in batches:  # pass 1: effects, active heads and the per-prompt records, one bounded batch at a time
         run = model.run([prompts[i].tokens for i in batch], stop_at_layer=neuron.layer,  # resid_pre: ablation
                         keep=NEEDED | {"resid_pre"} | (WHY_NEEDED if options.why else set()))
@@ -115,9 +119,15 @@ def trace(model: Model, neuron: Neuron, prompts: list[Prompt], options: TraceOpt
                         ("relative", errors / np.maximum(fx.magnitude(), 1e-30))):
             chunks[name].append(a)
         if len(batches) > 1:
-            run = fx = None  # freed before the next batch's run is made (one batch's arrays at a time)
-    parts = {name: np.concatenate(chunks[name]) for name in ("effect", "context", "constant")}  # each [P, N]
-    effects, active = parts[mode.selects], np.concatenate(chunks["active"])  # [P, N], [P, N]
+            cache = {("resid_pre", k): run["resid_pre", k] for k in range(neuron.layer + 1)}  # [B, T, D] each
+            cache["post", neuron.layer] = run["post", neuron.layer][..., [neuron.index]]  # [B, T, 1]
+            kept_bytes += sum(a.nbytes for a in cache.values())
+            kept.append(Run(run.tokens, run.lengths, None, cache, {neuron.layer: [neuron.index]})
+                        if kept_bytes <= TRACE_BATCH_BYTES else None)
+            run = fx = cache = None  # freed before the next batch's run is made (one batch's arrays at a time)
+    per_prompt = [per_prompt[j] for j in back]
+    parts = {name: np.concatenate(chunks[name])[back] for name in ("effect", "context", "constant")}  # each [P, N]
+    effects, active = parts[mode.selects], np.concatenate(chunks["active"])[back]  # [P, N], [P, N]
     is_differential = in_band(active.sum(0), len(prompts), proto.band)  # [N]
     order = np.argsort(-effects.mean(0), kind="stable")  # heads by mean selecting score
     to_ablate = [candidates[i] for i in sorted(set(order[:options.ablate].tolist())
@@ -127,18 +137,18 @@ def trace(model: Model, neuron: Neuron, prompts: list[Prompt], options: TraceOpt
         constants = {layer: head_value_constant(model, layer) for layer in {h.layer for h in to_ablate}}  # [H, Dh]
         replace_with = {h: constants[h.layer][h.head] for h in to_ablate}
     if len(batches) == 1:  # pass 2, the ablation: one batch reuses pass 1's run
-        ablations = ablate_heads(model, [p.tokens for p in prompts], neuron, card.token.id, to_ablate, run=run,
-                                 replace_with=replace_with)
+        drops = [ablate_heads(model, [prompts[i].tokens for i in batches[0]], neuron, card.token.id, to_ablate,
+                              run=run, replace_with=replace_with)]
     else:
         drops = [ablate_heads(model, [prompts[i].tokens for i in batch], neuron, card.token.id, to_ablate,
-                              replace_with=replace_with) for batch in batches]
-        ablations = {h: tuple(np.concatenate([d[h][k] for d in drops]) for k in (0, 1)) for h in to_ablate}
+                              run=reuse, replace_with=replace_with) for batch, reuse in zip(batches, kept)]
+    ablations = {h: tuple(np.concatenate([d[h][k] for d in drops])[back] for k in (0, 1)) for h in drops[0]}
 
     # ---- paths (``--paths``): each differential head's effect split by path, removed as the ablation removes it
     paths = None
     if options.paths:  # one run of every prompt (the paths' mean removal is over all of them): not batched
-        full = run if len(batches) == 1 else model.run([p.tokens for p in prompts], keep=NEEDED | {"resid_pre"},
-                                                        stop_at_layer=neuron.layer)
+        full = run if len(batches) == 1 and (back == np.arange(len(prompts))).all() else model.run(
+            [p.tokens for p in prompts], keep=NEEDED | {"resid_pre"}, stop_at_layer=neuron.layer)
         diff = [candidates[i] for i in order if is_differential[i]]  # as differential_heads lists them
         analysis = head_paths(model, full, neuron, card.token.id, diff, replace_with=replace_with,
                               ablate_with=options.ablate_with)
@@ -216,33 +226,86 @@ def trace_neuron(model: Model, neuron: Neuron, source: PromptSource | None = Non
 
 
 def authors_trace_prompts(model, neuron, corpus, split, bos, proto) -> tuple[list[Prompt], PromptOrigin]:
-    """The neuron's prompts by ``authors_prompts`` on the documents of ``split``, and their origin (what was
-    dropped on the way, in its notes)."""
+    """The neuron's prompts by ``authors_prompts`` on the documents of ``split`` (``authors_prompt_sets``), and
+    their origin (what was dropped on the way, in its notes); MinitfError when none survives."""
+    prompts, origin = authors_prompt_sets(model, [neuron], corpus, split, proto)[neuron]
+    if not prompts:
+        raise MinitfError(f"{corpus}: no prompt of {neuron} survives the authors' trimming in the {split} split")
+    if not bos:
+        origin.notes.append("--no-bos: not applied; the protocol traces each prompt re-tokenised with BOS")
+    return prompts, origin
+
+
+def authors_prompt_sets(model, neurons, corpus, split, proto, index=None) -> dict:
+    """{neuron: (prompts, origin)}: each neuron's prompts by ``authors_prompts`` on the documents of ``split``,
+    all neurons trimmed in lockstep (one batched forward pass per bisection step), and their origins (what
+    was dropped on the way in the notes; no prompt survived: an empty list). The candidates come from the
+    corpus's index (``index``, else the one ``load_index`` finds) when it holds the neurons' layers, the split
+    and n_candidates documents per neuron (``index_candidates``: no peak pass); else from every document."""
     from minitf.corpus import documents
     from minitf.index.build import load_index
     from minitf.prompts import authors_prompts
 
-    split_ = None if split == "all" else split
-    index = load_index(model, corpus)  # its top documents, when they are all firing, hold the top n_candidates
-    top = index.top(neuron, split_) if index is not None and index.covers(neuron, split_) and index.bos else []
-    wanted = {d for d, _, a in top if a > 0} if len(top) >= proto.n_candidates and top[-1][2] > 0 else None
-    docs = (d for d in documents(corpus, split_) if wanted is None or d.doc_id in wanted)
-    got = authors_prompts(model, [neuron], docs, proto)[neuron]
-    if not got.prompts:
-        raise MinitfError(f"{corpus}: no prompt of {neuron} survives the authors' trimming in the {split} split")
-    prompts = [Prompt(p.tokens, mined=Mined(p.doc_id, p.token_pos, p.activation, p.trimmed_activation))
-               for p in got.prompts]
-    notes = [f"{proto.name}'s trimming (the authors'): {got.candidates} top documents trimmed without BOS; "
-             f"{got.dropped_long} dropped (≥ {proto.max_prompt_tokens} tokens), {got.cut} past the first "
-             f"{proto.n_prompts}, {got.duplicates} duplicate strings collapsed; {got.below_threshold} kept with an "
-             f"activation not above 0.8·A (as the authors keep them)"]
-    if got.dropped_bos_peak:
-        notes.append(f"documents {', '.join(map(str, got.dropped_bos_peak))} peak at BOS: dropped (the authors' "
-                     "code crashes on them)")
-    if not bos:
-        notes.append("--no-bos: not applied; the protocol traces each prompt re-tokenised with BOS")
-    return prompts, PromptOrigin(True, notes, f"the first {len(prompts)} trimmed the authors' way from {corpus}, "
-                                              f"split {split}", str(corpus), split)
+    split_, n_cand = None if split == "all" else split, proto.n_candidates
+    index = index if index is not None else load_index(model, corpus)
+    if (index is not None and index.bos and index.k >= n_cand and all(index.covers(n, split_) for n in neurons)):
+        real, a_bos = index_candidates(model, index, neurons, split_, n_cand)
+        fill = 2 * n_cand if any(len(rows) < n_cand for rows in real.values()) else 0
+        wanted = {d for rows in real.values() for d, _, _ in rows}
+        docs = [d for i, d in enumerate(documents(corpus, split_)) if d.doc_id in wanted or i < fill]
+        firsts = [d.doc_id for d in docs][:fill]  # the split's first documents (file order): BOS peaks rank so
+        top = {n: rows + [(d, 0, a_bos[n]) for d in firsts if d not in {x for x, _, _ in rows}][:n_cand - len(rows)]
+               for n, rows in real.items()}
+        got = authors_prompts(model, neurons, docs, proto, top=top)
+    else:
+        got = authors_prompts(model, neurons, documents(corpus, split_), proto)
+    out = {}
+    for n in neurons:
+        g = got[n]
+        prompts = [Prompt(p.tokens, mined=Mined(p.doc_id, p.token_pos, p.activation, p.trimmed_activation))
+                   for p in g.prompts]
+        notes = [f"{proto.name}'s trimming (the authors'): {g.candidates} top documents trimmed without BOS; "
+                 f"{g.dropped_long} dropped (≥ {proto.max_prompt_tokens} tokens), {g.cut} past the first "
+                 f"{proto.n_prompts}, {g.duplicates} duplicate strings collapsed; {g.below_threshold} kept with an "
+                 f"activation not above 0.8·A (as the authors keep them)"]
+        if g.dropped_bos_peak:
+            notes.append(f"documents {', '.join(map(str, g.dropped_bos_peak))} peak at BOS: dropped (the authors' "
+                         "code crashes on them)")
+        source = (f"the first {len(prompts)} trimmed the authors' way from {corpus}, split {split}" if prompts
+                  else f"none trimmed the authors' way from {corpus}")
+        out[n] = prompts, PromptOrigin(True, notes, source, str(corpus), split)
+    return out
+
+
+class AuthorsPromptSets:
+    """``authors_prompt_sets`` for a study's neurons a layer at a time: the first of a layer's neurons asked
+    for (``sets(neuron)`` → (prompts, origin)) trims all of them in lockstep, so each bisection step is one
+    batched forward pass to that layer for the layer's neurons and documents together."""
+
+    def __init__(self, model, neurons, corpus, split, proto, index=None):
+        self.model, self.neurons, self.corpus, self.split, self.proto, self.index = (model, list(neurons), corpus,
+                                                                                     split, proto, index)
+        self.ready: dict = {}
+
+    def __call__(self, neuron):
+        if neuron not in self.ready:
+            layer = [n for n in self.neurons if n.layer == neuron.layer and n not in self.ready] or [neuron]
+            self.ready |= authors_prompt_sets(self.model, layer, self.corpus, self.split, self.proto, self.index)
+        return self.ready.pop(neuron)
+
+
+def index_candidates(model, index, neurons, split, n: int) -> tuple[dict, dict]:
+    """({neuron: [(doc_id, p, A)]}, {neuron: A_bos}): each neuron's top n documents the authors' way (A = max
+    over ALL positions of [BOS] + doc, p its first argmax; ties: lower doc_id first) from the index, whose
+    peaks leave BOS out. Position 0 sees only BOS, so its activation A_bos is the same in every document and
+    A = max(A_bos, A_index): the documents whose index peak is above A_bos rank as the index has them; every
+    other document peaks at BOS (p = 0, A = A_bos). A neuron with fewer than n documents above A_bos has
+    them all in the index (its k-th is not above A_bos, or it holds every document); the authors' stable sort
+    then ranks the split's lowest doc_ids next (``authors_prompt_sets`` adds them)."""
+    from minitf.prompts import last_activations
+
+    a_bos = dict(zip(neurons, last_activations(model, [([model.bos], nn) for nn in neurons])))  # BOS alone
+    return {nn: [(d, p, a) for d, p, a in index.top(nn, split) if a > a_bos[nn]][:n] for nn in neurons}, a_bos
 
 
 def card_record(card: dict, layer_size: int) -> NeuronCard:
