@@ -48,13 +48,13 @@ from pathlib import Path
 
 from minitf.errors import MinitfError
 from minitf.explain.llm import DEFAULT_CONCURRENCY, DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT
-from minitf.names import Neuron, check_layer, parse_neuron
+from minitf.names import Neuron
 from minitf.protocol import get_protocol
 from minitf.study.select import read_neuron_list, select_neurons, study_selection  # noqa: F401  (the API's)
 from minitf.study.folder import FORMAT, VERSION, StudyDir
 from minitf.util.lock import folder_lock
 from minitf.study.summary import aggregates, summary_entry, summary_lines  # noqa: F401  (summary_lines: the CLI's)
-from minitf.study.scoring import pair_scoring, random_explanations
+from minitf.study.scoring import explain_and_score, pair_scoring, random_explanations
 
 
 class StudyInterrupted(KeyboardInterrupt):
@@ -178,28 +178,6 @@ def test_ablation_samples(model, neuron: Neuron, prompts, token: int, heads: lis
     p_clean = softmax(model.run(tokens, logits="last").logits)[:, token]  # [P]
     return {str(h): {"active": [str(h) in p.active_heads for p in test.prompts],
                      "dp": [float(x) for x in drops[h][1]], "p_clean": [float(x) for x in p_clean]} for h in hs}
-
-
-def explain_and_score(llm, train, test, protocol: str = "neo2024", explain_prompts: int | None = None,
-                      scoring=None) -> tuple[dict, list[str]]:
-    """{head: HeadScore dict (with items)} for the train trace's differential heads, explained from the first
-    ``explain_prompts`` prompts of ``train`` and scored on the first n_test (the protocol's) of ``test``
-    (``explain.evaluate_head``, with the protocol's requests and scoring), and the heads left undone because the
-    LLM's call budget (``max_calls``) ran out (their answers so far are cached). ``scoring`` (``minitf.study.scoring
-    .pair_scoring``) adds each scored pair's ``"scorers"``."""
-    from minitf.explain.budget import BudgetExhausted
-    from minitf.explain.driver import evaluate_head, get_protocol, head_examples
-
-    p = get_protocol(protocol)
-    done, pending, scored = {}, [], {}
-    for h in train.differential_heads:
-        try:
-            examples = head_examples(test, h, p.n_test)
-            scored[h] = (evaluate_head(llm, head_examples(train, h, explain_prompts), examples, protocol=p), examples)
-            done[h] = scored[h][0].to_dict(items=True)
-        except BudgetExhausted:
-            pending.append(h)
-    return (done, pending) if scoring is None else scoring(llm, train, test, scored, done, pending)
 
 
 def study_neuron(model, neuron: Neuron, options: StudyOptions, corpus: Path, index, docs, explain: bool,

@@ -13,7 +13,7 @@ distribution.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 
@@ -27,7 +27,7 @@ CHANCE = {"balanced_accuracy": 0.5, "roc_auc": 0.5}
 
 # ---- per pair --------------------------------------------------------------------------------------------------
 def pair_scoring(model, options) -> Callable:
-    """``fn(llm, train, test, scored, done, pending) -> (done, pending)`` for ``run.explain_and_score``: the study's
+    """``fn(llm, train, test, scored, done, pending) -> (done, pending)`` for ``explain_and_score``: the study's
     ``scorers`` on a neuron's pairs (``scored``: {head: (HeadScore, its test HeadExamples)}), each scored pair's
     results added to its ``done[head]["scorers"]``; a pair the ``max_calls`` budget leaves undone moves from ``done``
     to ``pending`` (in head order, redone by a rerun). ``options``: a ``StudyOptions``. With ``options.baselines`` the scorers past the
@@ -184,3 +184,25 @@ def scorer_lines(study: dict) -> list[str]:
                 f"{BASELINE_LABEL.get(n, n)} {_fmt(d['mean'])}±{_fmt(d['std'])} (n {d['count']})"
                 for n, d in a["baselines"].items()))
     return lines
+
+
+def explain_and_score(llm, train, test, protocol: str = "neo2024", explain_prompts: int | None = None,
+                      scoring=None) -> tuple[dict, list[str]]:
+    """{head: HeadScore dict (with items)} for the train trace's differential heads, explained from the first
+    ``explain_prompts`` prompts of ``train`` and scored on the first n_test (the protocol's) of ``test``
+    (``explain.evaluate_head``, with the protocol's requests and scoring), and the heads left undone because the
+    LLM's call budget (``max_calls``) ran out (their answers so far are cached). ``scoring`` (``minitf.study.scoring
+    .pair_scoring``) adds each scored pair's ``"scorers"``."""
+    from minitf.explain.budget import BudgetExhausted
+    from minitf.explain.driver import evaluate_head, get_protocol, head_examples
+
+    p = get_protocol(protocol)
+    done, pending, scored = {}, [], {}
+    for h in train.differential_heads:
+        try:
+            examples = head_examples(test, h, p.n_test)
+            scored[h] = (evaluate_head(llm, head_examples(train, h, explain_prompts), examples, protocol=p), examples)
+            done[h] = scored[h][0].to_dict(items=True)
+        except BudgetExhausted:
+            pending.append(h)
+    return (done, pending) if scoring is None else scoring(llm, train, test, scored, done, pending)
