@@ -139,11 +139,7 @@ def examples(trace: dict[str, Any], head: str) -> HeadExamples:
 
 @pytest.fixture
 def server():
-    srv = FakeServer()
-    srv.answer = fake_answer
-    srv.start()
-    yield srv
-    srv.stop()
+    yield from FakeServer.serving(fake_answer)
 
 
 def files_under(folder: Path) -> list[Path]:

@@ -81,6 +81,19 @@ class FakeServer:
         self.httpd.server_close()
         self.thread.join(timeout=5)
 
+    @classmethod
+    def serving(cls, answer: Callable[[dict[str, Any]], str] | None = None):
+        """A started server answering ``answer(body)`` (default "Yes"), stopped after: ``yield from`` it in a
+        fixture."""
+        srv = cls()
+        if answer is not None:
+            srv.answer = answer
+        srv.start()
+        try:
+            yield srv
+        finally:
+            srv.stop()
+
     def respond(self, handler: BaseHTTPRequestHandler, body: dict[str, Any], action: tuple | None) -> None:
         if handler.path != "/v1/chat/completions":
             return self.send(handler, 404, {"error": {"message": f"no route {handler.path}"}})
@@ -142,10 +155,7 @@ def completion(body: dict[str, Any], text: str) -> dict[str, Any]:
 
 @pytest.fixture
 def server():
-    srv = FakeServer()
-    srv.start()
-    yield srv
-    srv.stop()
+    yield from FakeServer.serving()
 
 
 @pytest.fixture(autouse=True)

@@ -54,11 +54,7 @@ def run(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def server():
-    srv = FakeServer()
-    srv.answer = answer
-    srv.start()
-    yield srv
-    srv.stop()
+    yield from FakeServer.serving(answer)
 
 
 @pytest.fixture(scope="module")

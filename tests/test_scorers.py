@@ -95,11 +95,7 @@ def answer(body: dict) -> str:
 
 @pytest.fixture
 def server():
-    srv = FakeServer()
-    srv.answer = answer
-    srv.start()
-    yield srv
-    srv.stop()
+    yield from FakeServer.serving(answer)
 
 
 def make_llm(server: FakeServer, cache: Path) -> LLM:

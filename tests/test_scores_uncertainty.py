@@ -42,11 +42,7 @@ def answer(body) -> str:
 
 @pytest.fixture(scope="module")
 def server():
-    srv = FakeServer()
-    srv.answer = answer
-    srv.start()
-    yield srv
-    srv.stop()
+    yield from FakeServer.serving(answer)
 
 
 @pytest.fixture(scope="module")

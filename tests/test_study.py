@@ -60,11 +60,7 @@ def without_run(obj):
 
 @pytest.fixture(scope="module")
 def server():
-    srv = FakeServer()
-    srv.answer = fake_answer
-    srv.start()
-    yield srv
-    srv.stop()
+    yield from FakeServer.serving(fake_answer)
 
 
 @pytest.fixture(scope="module")

@@ -118,7 +118,7 @@ SCORE_SYSTEM = (
     "an explanation of when the head is active. Answer with a single word: Yes or No."
 )
 
-SCORE_TEMPLATE = """\
+EXPLANATION_AND_EXAMPLE = """\
 An attention head in a language model helps the model predict that the next token is "{token}". \
 Here is an explanation of when the head is active:
 
@@ -129,8 +129,10 @@ document are shown as {newline}.
 \"\"\"
 * {example}
 \"\"\"
+"""
+"""What the scoring and the simulation questions both start with: the explanation, then one example."""
 
-Is the head active on this example? Answer Yes or No."""
+SCORE_TEMPLATE = EXPLANATION_AND_EXAMPLE + "\nIs the head active on this example? Answer Yes or No."
 
 
 def score_messages(explanation: str, token: str, prompt: str) -> list[dict[str, str]]:
@@ -265,18 +267,7 @@ SIMULATION_SYSTEM = (
     "Answer with a single integer from 0 to 10."
 )
 
-SIMULATION_TEMPLATE = """\
-An attention head in a language model helps the model predict that the next token is "{token}". \
-Here is an explanation of when the head is active:
-
-{explanation}
-
-Here is an example document, which ends with the token "{token}". Line breaks inside the \
-document are shown as {newline}.
-\"\"\"
-* {example}
-\"\"\"
-
+SIMULATION_TEMPLATE = EXPLANATION_AND_EXAMPLE + """
 On a scale from 0 (not at all) to 10 (as strongly as it ever does), how strongly does the head drive the \
 prediction of "{token}" on this example? Answer with one integer from 0 to 10."""
 
