@@ -21,7 +21,7 @@ neuron with fewer prompts than ``n_prompts`` uses the ones it has (as their code
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 

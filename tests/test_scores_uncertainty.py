@@ -13,7 +13,6 @@ from __future__ import annotations
 import itertools
 import json
 import re
-from pathlib import Path
 
 import pytest
 
@@ -194,7 +193,7 @@ def test_study_scores_every_pair_with_its_interval_and_baselines(server, tmp_pat
              if e.get("scorers")]
     assert len(pairs) >= 2
     sources = []
-    for r, h, e in pairs:
+    for r, head, e in pairs:
         paper = e["scorers"]["paper"]
         labels = [i["label"] for i in e["items"]]
         predictions = [i["prediction"] for i in e["items"]]
@@ -202,7 +201,7 @@ def test_study_scores_every_pair_with_its_interval_and_baselines(server, tmp_pat
         check_scored(paper["value"], paper["interval"], labels, predictions)
         assert paper["p_value"] == pytest.approx(brute_force_p(labels, predictions))
         rnd = next(b for b in paper["baselines"] if b["name"] == "random_explanation")
-        assert rnd["source"] != f"{r['neuron']}/{h}"  # never the pair's own
+        assert rnd["source"] != f"{r['neuron']}/{head}"  # never the pair's own
         donor_neuron, donor_head = rnd["source"].split("/")
         assert rnd["explanation"] == recs[donor_neuron]["explanations"][donor_head]["explanation"]
         sources.append(rnd["source"])
