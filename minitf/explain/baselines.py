@@ -24,10 +24,11 @@ from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
 from minitf.errors import MinitfError
+from minitf.protocol import get_protocol
 from minitf.explain.metrics import Confusion, HeadScore, authors_score, balanced_accuracy, confusion
 from minitf.explain.prompts import HeadExamples
-from minitf.explain.scorers import Baseline, ScorerResult
-from minitf.explain.uncertainty import ba_posterior, score_uncertainty, token_only_explanation
+from minitf.explain.scorers import Baseline, ScorerResult, constant_baselines, posterior_interval
+from minitf.explain.uncertainty import score_uncertainty, token_only_explanation
 
 LLM_BASELINES = ("random_explanation", "token_only")
 """The baselines asked of the LLM (``--baselines``); the constant ones cost nothing and always come."""
@@ -38,26 +39,12 @@ BASELINE_ORDER = LLM_BASELINES + CONSTANT_BASELINES
 """How the paper scorer's baselines are listed and printed."""
 
 
-def _protocol(protocol):
-    from minitf.explain.driver import get_protocol
-
-    return get_protocol(protocol)
-
-
 def protocol_score(labels: Sequence[int], predictions: Sequence[int | None], scoring: str) -> float | None:
     """A pair's score as the protocol scores it: minitf's balanced accuracy over the answered items, or
     ``authors_score`` of the confusion counts (drop-undefined, rate-fallback)."""
     if scoring == "minitf":
         return balanced_accuracy(labels, predictions)
     return authors_score(confusion(labels, predictions), scoring)
-
-
-def posterior_interval(c: Confusion) -> tuple[float, float] | None:
-    """The 95 % Beta-posterior interval of balanced accuracy from the counts; None when a class is unanswered."""
-    if c.tp + c.fn == 0 or c.tn + c.fp == 0:
-        return None
-    post = ba_posterior(c.tp, c.fp, c.tn, c.fn)
-    return (post.low, post.high)
 
 
 def paper_result(score: HeadScore, baselines: Sequence[Baseline] = (), *, seed: int = 0,
@@ -94,15 +81,10 @@ def scored_baseline(name: str, score: HeadScore, source: str | None = None) -> B
                     explanation=score.explanation, source=source)
 
 
-def constant_baselines(labels: Sequence[int], protocol=None) -> list[Baseline]:
-    """Always Yes and always No on the pair's labels, scored by the protocol (no LLM call)."""
-    scoring = _protocol(protocol).scoring
-    out = []
-    for name, answer in zip(CONSTANT_BASELINES, (1, 0)):
-        predictions = [answer] * len(labels)
-        out.append(Baseline(name, protocol_score(labels, predictions, scoring),
-                            posterior_interval(confusion(labels, predictions))))
-    return out
+def paper_constant_baselines(labels: Sequence[int], protocol=None) -> list[Baseline]:
+    """Always Yes and always No on the pair's labels, scored by the protocol (``scorers.constant_baselines``)."""
+    scoring = get_protocol(protocol).scoring
+    return list(constant_baselines(labels, lambda y, predictions: protocol_score(y, predictions, scoring)))
 
 
 def baseline_requests(test: HeadExamples, protocol=None, donor: str | None = None) -> dict[str, list[dict]]:
@@ -265,30 +247,32 @@ def plan_score(inputs, scorers: Sequence[str], ctx, *, seed: int = 0, baselines:
                                         for r in baseline_requests(t, p, (donors[h] or (None,))[0])[name]]
     for name in scorers:
         if name != "paper":
-            plan = PLANNERS.get(name)
-            planned[name] = [] if plan is None else [r for pair in _pairs(inputs, donors) for r in plan(ctx, pair)]
+            planned[name] = [r for pair in _pairs(inputs, donors) for r in PLANNERS[name](ctx, pair)]
     return planned
+
+
+def pair_results(llm, score: HeadScore, pair, scorers: Sequence[str], ctx, protocol, *, seed: int = 0,
+                 baselines: bool = False, paper_donor: tuple[str, str] | None = None) -> dict[str, ScorerResult]:
+    """{scorer: ScorerResult} of one scored pair (``pair``: a ``scorers.PairToScore``): the paper's with its
+    uncertainty, its constant baselines and (``baselines``) its LLM baselines (the random explanation from
+    ``paper_donor``, when given); then each other scorer of ``scorers`` (``scorers.RUNNERS``)."""
+    from minitf.explain.scorers import RUNNERS
+
+    extra = llm_baselines(llm, pair.test, protocol, paper_donor) if baselines else []
+    results = {"paper": with_baselines(paper_result(score, seed=seed),
+                                       extra + paper_constant_baselines(score.labels, protocol))}
+    for name in scorers:
+        if name != "paper":
+            results[name] = RUNNERS[name](llm, ctx, pair)
+    return results
 
 
 def run_scorers(llm, inputs, scores: Sequence[HeadScore], scorers: Sequence[str], ctx, *, seed: int = 0,
                 baselines: bool = False) -> dict[str, dict[str, ScorerResult]]:
-    """{head: {scorer: ScorerResult}} for the scored heads: the paper's with its uncertainty, its constant
-    baselines and (``baselines``) its LLM baselines; then each other scorer of ``scorers`` (``scorers.RUNNERS``;
-    one not built in is a result with its ``skip_reason``)."""
-    from minitf.explain.scorers import RUNNERS
-
+    """{head: {scorer: ScorerResult}} for the scored heads (:func:`pair_results`; the random explanation another
+    head's of the neuron, ``donors_of``)."""
     donors = donors_of(inputs.explained, seed) if baselines else {}
     by_head = {s.head: s for s in scores}
-    out: dict[str, dict[str, ScorerResult]] = {}
-    for pair in _pairs(inputs, donors):
-        s = by_head[pair.head]
-        extra = llm_baselines(llm, pair.test, inputs.protocol, donors.get(pair.head)) if baselines else []
-        results = {"paper": with_baselines(paper_result(s, seed=seed), extra + constant_baselines(s.labels,
-                                                                                             inputs.protocol))}
-        for name in scorers:
-            if name != "paper":
-                run = RUNNERS.get(name)
-                results[name] = (run(llm, ctx, pair) if run is not None else
-                                 ScorerResult(name, "", None, skip_reason="not built in this minitf"))
-        out[pair.head] = results
-    return out
+    return {pair.head: pair_results(llm, by_head[pair.head], pair, scorers, ctx, inputs.protocol, seed=seed,
+                                    baselines=baselines, paper_donor=donors.get(pair.head))
+            for pair in _pairs(inputs, donors)}

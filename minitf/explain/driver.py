@@ -116,16 +116,22 @@ def explain_head(llm: CompletionClient, train: HeadExamples, max_examples: int =
     return text.strip() if p.explain_prompt == "minitf" or not text.strip() else text
 
 
+def yes_no_answers(llm: CompletionClient, requests: list[dict[str, Any]], protocol=None) -> list[Answer]:
+    """The LLM's answers to Yes/No ``requests``, parsed as the protocol parses them: minitf's ``parse_response``,
+    or the authors' (only an exact "Yes"/"No" counts, ``authors_answer``)."""
+    answers = [parse_response(r) for r in llm.complete_many(requests)]
+    if _protocol(protocol).answers == "exact":
+        answers = [replace(a, prediction=authors_answer(a.text)) for a in answers]
+    return answers
+
+
 def score_explanation(llm: CompletionClient, explanation: str, test: HeadExamples, protocol=None) -> HeadScore:
     """Ask the LLM Yes/No for every test prompt (active ones first) and score the answers: minitf's
     ``score_head``, or the authors' (answers exactly "Yes"/"No", ``authors_score`` by the protocol's scoring)."""
     p = _protocol(protocol)
     prompts = list(test.active) + list(test.inactive)
     labels = [1] * len(test.active) + [0] * len(test.inactive)
-    requests = [classify_request(explanation, test.token, q, p) for q in prompts]
-    answers = [parse_response(r) for r in llm.complete_many(requests)]
-    if p.answers == "exact":
-        answers = [replace(a, prediction=authors_answer(a.text)) for a in answers]
+    answers = yes_no_answers(llm, [classify_request(explanation, test.token, q, p) for q in prompts], p)
     result = score_head(
         labels, answers, neuron=test.neuron, head=test.head, token=test.token, explanation=explanation
     )

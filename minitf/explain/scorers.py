@@ -19,16 +19,16 @@ token-only explanation) are :class:`Baseline` records scored the same way.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
-from minitf.explain.answers import Answer, parse_response, parse_simulation
+from minitf.explain.answers import Answer, parse_simulation
 from minitf.explain.correlation import AUCEstimate, Correlation, auc_with_se, correlation_p_value, pearson, spearman
-from minitf.explain.metrics import authors_answer
+from minitf.explain.metrics import Confusion, balanced_accuracy, confusion
 from minitf.explain.prompts import FUZZ_PARAMS, SIMULATION_PARAMS, fuzz_messages, simulation_messages
 from minitf.explain.scorer_data import FuzzCase, ScorerData, fuzz_cases, scorer_data  # noqa: F401
-from minitf.explain.uncertainty import ScoreUncertainty, constant_baseline, score_uncertainty
+from minitf.explain.uncertainty import ScoreUncertainty, ba_posterior, score_uncertainty
 from minitf.heads import both_classes
 from minitf.protocol import get_protocol
 
@@ -207,11 +207,10 @@ def plan_detection(data: ScorerData, explanation: str, protocol=None, donor: str
 
 
 def _answers(llm, requests: list[dict[str, Any]], protocol=None) -> list[Answer]:
-    """Yes/No answers, parsed as the protocol parses them (exact "Yes"/"No" under the authors' answers)."""
-    answers = [parse_response(r) for r in llm.complete_many(requests)]
-    if protocol is not None and get_protocol(protocol).answers == "exact":
-        answers = [replace(a, prediction=authors_answer(a.text)) for a in answers]
-    return answers
+    """Yes/No answers, parsed as the protocol parses them (``driver.yes_no_answers``; None: minitf's parsing)."""
+    from minitf.explain.driver import yes_no_answers
+
+    return yes_no_answers(llm, requests, protocol)
 
 
 def _ba(labels: list[int], answers: list[Answer], seed: int) -> tuple[ScoreUncertainty, AUCEstimate | None]:
@@ -223,12 +222,22 @@ def _interval(u: ScoreUncertainty) -> tuple[float, float] | None:
     return None if u.posterior is None else (u.posterior.low, u.posterior.high)
 
 
-def _constant_baselines(labels: list[int]) -> tuple[Baseline, ...]:
-    """Always Yes, always No (``uncertainty.constant_baseline``: ½ with both classes, its Beta interval)."""
+def posterior_interval(c: Confusion) -> tuple[float, float] | None:
+    """The 95 % Beta-posterior interval of balanced accuracy from the counts; None when a class is unanswered."""
+    if c.tp + c.fn == 0 or c.tn + c.fp == 0:
+        return None
+    post = ba_posterior(c.tp, c.fp, c.tn, c.fn)
+    return (post.low, post.high)
+
+
+def constant_baselines(labels: Sequence[int], score: Callable[[Sequence[int], list[int]], float | None]
+                       = balanced_accuracy) -> tuple[Baseline, ...]:
+    """Always Yes and always No on ``labels`` (no LLM call): ``score(labels, predictions)`` (½ with both classes
+    under every scoring) and the Beta-posterior interval of their counts."""
     out = []
     for name, answer in (("constant_yes", 1), ("constant_no", 0)):
-        u = constant_baseline(labels, answer)
-        out.append(Baseline(name, u.balanced_accuracy, _interval(u)))
+        predictions = [answer] * len(labels)
+        out.append(Baseline(name, score(labels, predictions), posterior_interval(confusion(labels, predictions))))
     return tuple(out)
 
 
@@ -238,7 +247,7 @@ def _ba_result(scorer: str, labels: list[int], answers: list[Answer], donor_answ
     """A balanced-accuracy scorer's result: the Beta interval, ``P(BA ≤ ½)`` as p-value, ROC-AUC of P(Yes), the
     constant and random-explanation baselines."""
     u, auc = _ba(labels, answers, seed)
-    baselines = _constant_baselines(labels)
+    baselines = constant_baselines(labels)
     if donor_answers is not None:
         d, _ = _ba(labels, donor_answers, seed)
         baselines += (Baseline("random_explanation", d.balanced_accuracy, _interval(d), donor, donor_source),)

@@ -33,9 +33,9 @@ def pair_scoring(model, options) -> Callable:
     to ``pending`` (in head order, redone by a rerun). ``options``: a ``StudyOptions``. With ``options.baselines`` the scorers past the
     paper's get their random explanation from another of the neuron's heads (the paper's: :func:`random_explanations`,
     over the whole study)."""
-    from minitf.explain.baselines import constant_baselines, donors_of, llm_baselines, paper_result, with_baselines
+    from minitf.explain.baselines import donors_of, pair_results
     from minitf.explain.budget import BudgetExhausted
-    from minitf.explain.scorers import RUNNERS, PairToScore, ScorerResult, ScoringContext, parse_scorers
+    from minitf.explain.scorers import PairToScore, ScoringContext, parse_scorers
 
     scorers = parse_scorers(options.scorers)
 
@@ -45,18 +45,12 @@ def pair_scoring(model, options) -> Callable:
         undone = []
         for h, (s, examples) in scored.items():
             try:
-                extra = llm_baselines(llm, examples, options.protocol) if options.baselines else []
-                out = {"paper": with_baselines(paper_result(s, seed=options.seed),
-                                               extra + constant_baselines(s.labels, options.protocol)).to_json()}
                 ctx = ScoringContext(model, s.neuron, s.token, options.protocol, options.seed, train, test,
                                      options.corpus)
                 pair = PairToScore(h, s.explanation, examples, *(donors.get(h) or (None, None)))
-                for name in scorers:
-                    if name != "paper":
-                        run = RUNNERS.get(name)
-                        out[name] = (run(llm, ctx, pair) if run is not None
-                                     else ScorerResult(name, "", None, skip_reason="not built in this minitf")).to_json()
-                done[h]["scorers"] = out
+                results = pair_results(llm, s, pair, scorers, ctx, options.protocol, seed=options.seed,
+                                       baselines=options.baselines)
+                done[h]["scorers"] = {name: r.to_json() for name, r in results.items()}
             except BudgetExhausted:
                 undone.append(h)
         return ({h: d for h, d in done.items() if h not in undone},
